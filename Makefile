@@ -1,0 +1,38 @@
+# The two commands (both install what they need first):
+#   make run    - the nightly pipeline on the embedded default, ending with where the outputs are
+#   make test   - the whole test suite (CI runs exactly this)
+# Extras: make test-quick (skips @slow end-to-end tests), make lint, make clean.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test test-quick lint clean
+
+install: $(STAMP)
+
+# torch first, from the CPU wheel pip finds on this machine: asked for later, as a dependency,
+# an unpinned resolver would pull a multi-GB CUDA build. Re-runs only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ICG needs Python 3.11")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	bash scripts/main.sh
+
+test: install
+	$(VENV)/bin/pytest
+
+test-quick: install
+	$(VENV)/bin/pytest -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check icg_core pipelines tests
+
+clean:
+	rm -rf data .airflow .pytest_cache

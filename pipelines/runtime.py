@@ -1,0 +1,84 @@
+"""What every stage entry point shares: options, logging, config + store, and clean failures.
+
+Each stage module exposes one typer command function. The same function is the stage's
+``python -m pipelines.<stage>`` entry point and its ``icg <stage>`` subcommand (one implementation,
+two doors). Heavy libraries are imported inside the commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from icg_core.config import ICGConfig, load_config
+from icg_core.schemas import SchemaError
+from icg_core.storage import ObjectStore, StorageError
+
+log = logging.getLogger("icg")
+
+RootOpt = Annotated[
+    str | None, typer.Option("--root", help="Object root (path, file:// or s3://bucket/prefix); default from config.")
+]
+DsOpt = Annotated[str, typer.Option("--ds", help="Logical date of the run, YYYY-MM-DD (the data interval ends here).")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="YAML config; default $ICG_CONFIG or configs/embedded.yaml values.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the stage summary as JSON only.")]
+
+
+class StageFailed(RuntimeError):
+    """A stage refused to go on (bad input, failed gate). Its message says why."""
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def open_stage(stage: str, config: Path | None, root: str | None) -> tuple[ICGConfig, ObjectStore]:
+    """Load the config and open the object store for a stage, logging where it runs."""
+    setup_logging()
+    cfg = load_config(config, root=root)
+    store = ObjectStore.from_config(cfg.storage)
+    log.info("stage=%s root=%s", stage, store.root)
+    return cfg, store
+
+
+def print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    """Print a stage's summary: JSON for machines (``--json``), ``key: value`` lines for people."""
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        return
+    for key, value in summary.items():
+        shown = value if isinstance(value, (str, int, float)) else json.dumps(value, default=str)
+        typer.echo(f"{key}: {shown}")
+
+
+def main(command: Callable[..., Any]) -> None:
+    """Run one stage command as a script, turning expected failures into a message and exit status 2."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(command)
+    run_app(app)
+
+
+def run_app(app: typer.Typer) -> None:
+    try:
+        app(standalone_mode=False)
+    except (StageFailed, StorageError, SchemaError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise

@@ -1,0 +1,133 @@
+"""The storage layer, run against local files and a real S3-compatible server (SeaweedFS) alike."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from icg_core.schemas import SchemaError
+from icg_core.storage import LATEST, SUCCESS, ObjectStore, StorageError, normalize_root
+from tests.conftest import s3_store_for
+
+
+def _catalog(n: int, title: str = "t") -> pa.Table:
+    return pa.table(
+        {
+            "item_id": [f"i{k}" for k in range(n)],
+            "title": [f"{title}{k}" for k in range(n)],
+            "category": ["c"] * n,
+            "reference_image_uri": [f"file:///x/{k}.png" for k in range(n)],
+            "updated_at": pa.array([dt.datetime(2026, 11, 1, tzinfo=dt.UTC)] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def test_bytes_and_json_round_trip(any_store: ObjectStore) -> None:
+    uri = any_store.put_bytes("a/b/c.bin", b"\x00\x01payload")
+    assert uri == any_store.uri("a/b/c.bin")
+    assert any_store.get_bytes("a/b/c.bin") == b"\x00\x01payload"
+    assert any_store.read_uri(uri) == b"\x00\x01payload"
+    any_store.put_json("a/meta.json", {"k": [1, 2], "s": "ünïcode"})
+    assert any_store.get_json("a/meta.json") == {"k": [1, 2], "s": "ünïcode"}
+    assert any_store.list("a") == ["a/b/c.bin", "a/meta.json"]
+    assert any_store.list("nothing/here") == []
+    assert any_store.exists("a/b/c.bin") and not any_store.exists("a/b/missing")
+
+
+def test_read_missing_object_is_a_clear_error(any_store: ObjectStore) -> None:
+    with pytest.raises(StorageError, match="cannot read"):
+        any_store.get_bytes("missing/object")
+
+
+def test_read_uri_refuses_oversized_objects_and_foreign_roots(any_store: ObjectStore) -> None:
+    uri = any_store.put_bytes("big.bin", b"x" * 100)
+    with pytest.raises(StorageError, match="larger than"):
+        any_store.read_uri(uri, max_bytes=10)
+    with pytest.raises(StorageError, match="not under"):
+        any_store.read_uri("file:///somewhere/else.png")
+
+
+def test_partition_rewrite_replaces_and_never_duplicates(any_store: ObjectStore) -> None:
+    any_store.write_table("catalog_items", _catalog(3), ds="2026-11-01", area="raw")
+    any_store.write_table("catalog_items", _catalog(2, title="new"), ds="2026-11-01", area="raw")
+    table = any_store.read_table("catalog_items", ds="2026-11-01", area="raw")
+    assert table.column("title").to_pylist() == ["new0", "new1"]
+    files = [k for k in any_store.list("raw/catalog_items/ds=2026-11-01") if k.endswith(".parquet")]
+    assert len(files) == 1
+    assert any_store.partitions("catalog_items", area="raw") == ["2026-11-01"]
+
+
+def test_readers_see_only_committed_files(any_store: ObjectStore) -> None:
+    any_store.write_table("catalog_items", _catalog(2), ds="2026-11-01", area="raw")
+    # A writer that crashed mid-commit leaves a file that _SUCCESS does not list.
+    any_store.put_bytes("raw/catalog_items/ds=2026-11-01/part-crashed.parquet", b"not parquet at all")
+    assert any_store.read_table("catalog_items", ds="2026-11-01", area="raw").num_rows == 2
+    # A partition that was never committed does not exist for readers.
+    any_store.put_bytes("raw/catalog_items/ds=2026-11-02/part-x.parquet", b"half")
+    assert any_store.partitions("catalog_items", area="raw") == ["2026-11-01"]
+    with pytest.raises(StorageError, match=f"no {SUCCESS}"):
+        any_store.read_table("catalog_items", ds="2026-11-02", area="raw")
+
+
+def test_latest_pointer_moves_only_to_committed_partitions(any_store: ObjectStore) -> None:
+    assert any_store.get_latest("manifests", "catalog_items") is None
+    any_store.write_table("catalog_items", _catalog(1), ds="2026-11-01", area="manifests")
+    any_store.set_latest("manifests", "catalog_items", "2026-11-01")
+    with pytest.raises(StorageError):
+        any_store.set_latest("manifests", "catalog_items", "2026-11-02")
+    assert any_store.get_latest("manifests", "catalog_items") == "2026-11-01"
+    assert any_store.exists(f"manifests/catalog_items/{LATEST}")
+
+
+def test_read_tables_appends_ds(any_store: ObjectStore) -> None:
+    any_store.write_table("catalog_items", _catalog(2), ds="2026-11-01", area="raw")
+    any_store.write_table("catalog_items", _catalog(1), ds="2026-11-02", area="raw")
+    both = any_store.read_tables("catalog_items", dss=["2026-11-01", "2026-11-02"], area="raw")
+    assert both.column("ds").to_pylist() == ["2026-11-01", "2026-11-01", "2026-11-02"]
+    assert any_store.read_tables("catalog_items", dss=[], area="raw").num_rows == 0
+
+
+def test_schema_mismatch_names_table_column_and_type(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path))
+    drifted = _catalog(2).set_column(4, "updated_at", pa.array(["yesterday", "today"]))
+    with pytest.raises(SchemaError, match="catalog_items.*'updated_at'.*string.*timestamp"):
+        store.write_table("catalog_items", drifted, ds="2026-11-01", area="raw")
+    with pytest.raises(SchemaError, match="missing column 'title'"):
+        store.write_table("catalog_items", _catalog(1).drop_columns(["title"]), ds="2026-11-01", area="raw")
+    assert store.list("raw") == []
+
+
+def test_keys_cannot_escape_the_root(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path / "root"))
+    with pytest.raises(StorageError, match=r"\.\."):
+        store.put_bytes("../outside.txt", b"x")
+    with pytest.raises(StorageError, match="YYYY-MM-DD"):
+        store.write_table("catalog_items", _catalog(1), ds="20261101", area="raw")
+
+
+def test_unwritable_roots_fail_early(tmp_path: Path, s3_server) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot write"):
+        ObjectStore(str(blocker / "root")).check_writable()
+    with pytest.raises(StorageError, match="cannot write"):
+        ObjectStore("s3://no-such-bucket-icg/x", s3_endpoint_url=s3_server.endpoint_url).check_writable()
+
+
+def test_root_normalization(tmp_path: Path) -> None:
+    assert normalize_root(str(tmp_path)) == f"file://{tmp_path.resolve()}"
+    assert normalize_root(f"file://{tmp_path}/") == f"file://{tmp_path.resolve()}"
+    assert normalize_root("s3://bucket/pre/fix/") == "s3://bucket/pre/fix"
+    with pytest.raises(StorageError, match="scheme"):
+        normalize_root("gs://bucket/x")
+
+
+def test_same_contract_over_moto_server(moto_s3_server) -> None:
+    store = s3_store_for(moto_s3_server)
+    store.write_table("catalog_items", _catalog(4), ds="2026-11-03", area="validated")
+    assert store.read_table("catalog_items", ds="2026-11-03", area="validated").num_rows == 4
+    store.set_latest("validated", "catalog_items", "2026-11-03")
+    assert store.get_latest("validated", "catalog_items") == "2026-11-03"
