@@ -102,7 +102,7 @@ class ObjectStore:
             self._base = (parsed.netloc + parsed.path).rstrip("/")
 
     @classmethod
-    def from_config(cls, storage: StorageConfig, root: str | None = None) -> "ObjectStore":
+    def from_config(cls, storage: StorageConfig, root: str | None = None) -> ObjectStore:
         return cls(root or storage.root, s3_endpoint_url=storage.s3_endpoint_url, s3_region=storage.s3_region)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -118,6 +118,10 @@ class ObjectStore:
         if ".." in key.split("/"):
             raise StorageError(f"key must not contain '..': {key!r}")
         return f"{self._base}/{key}" if key else self._base
+
+    def arrow_path(self, key: str) -> str:
+        """``key`` as a path on :attr:`fs` (``bucket/key`` on S3, absolute locally), for pyarrow readers."""
+        return self._path(key)
 
     def uri(self, key: str) -> str:
         """The absolute URI of ``key`` (what tables store, e.g. ``reference_image_uri``)."""
@@ -280,7 +284,7 @@ class ObjectStore:
 
     def read_table(self, table_name: str, *, ds: str, area: str) -> pa.Table:
         """Read one committed partition, checked against its contract."""
-        tables = [pq.read_table(self.fs.open_input_file(self._path(k))) for k in self.committed_files(table_name, ds=ds, area=area)]
+        tables = [pq.read_table(self.fs.open_input_file(self.arrow_path(k))) for k in self.committed_files(table_name, ds=ds, area=area)]
         return conform(table_name, pa.concat_tables(tables) if tables else pa.table({}))
 
     def read_tables(self, table_name: str, *, dss: list[str], area: str) -> pa.Table:

@@ -1,0 +1,1 @@
+"""Stage entry points: one module per stage, each runnable as ``python -m pipelines.<stage>``."""

@@ -30,12 +30,18 @@ def movielens(
 
 
 @app.command("pixelrec")
-def pixelrec(path: PathArg, root: RootOpt = None, config: ConfigOpt = None, json: JsonOpt = False) -> None:
-    """Import PixelRec (interactions, item_info, covers/<item_id>.jpg)."""
+def pixelrec(
+    path: PathArg,
+    root: RootOpt = None,
+    subset: Annotated[str | None, typer.Option(help="Which subset's CSVs to read (e.g. Pixel200K) when several are present.")] = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Import PixelRec (pixelrec_interaction/, pixelrec_iteminfo/, cover/<item_id>.jpg)."""
     from icg_core.importers import import_pixelrec
 
     _, store = open_stage("import-pixelrec", config, root)
-    print_summary(import_pixelrec(path, store).to_dict(), json)
+    print_summary(import_pixelrec(path, store, subset=subset).to_dict(), json)
 
 
 if __name__ == "__main__":

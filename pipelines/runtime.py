@@ -25,7 +25,23 @@ log = logging.getLogger("icg")
 RootOpt = Annotated[
     str | None, typer.Option("--root", help="Object root (path, file:// or s3://bucket/prefix); default from config.")
 ]
-DsOpt = Annotated[str, typer.Option("--ds", help="Logical date of the run, YYYY-MM-DD (the data interval ends here).")]
+
+
+def _ds_option(value: str) -> str:
+    import datetime as dt
+
+    try:
+        if dt.date.fromisoformat(value).isoformat() == value:
+            return value
+    except ValueError:
+        pass
+    raise typer.BadParameter(f"expected a date as YYYY-MM-DD, got {value!r}")
+
+
+DsOpt = Annotated[
+    str,
+    typer.Option("--ds", callback=_ds_option, help="Logical date of the run, YYYY-MM-DD (the data interval ends here)."),
+]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML config; default $ICG_CONFIG or configs/embedded.yaml values.")
 ]
@@ -68,17 +84,9 @@ def main(command: Callable[..., Any]) -> None:
 
 
 def run_app(app: typer.Typer) -> None:
+    """Run a typer app; expected failures print ``error: ...`` and exit 2 instead of a traceback."""
     try:
-        app(standalone_mode=False)
+        app()
     except (StageFailed, StorageError, SchemaError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
-    except typer.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        raise

@@ -1,0 +1,248 @@
+"""Extraction: the day's candidate tables from raw partitions, by SQL on DuckDB (DESIGN.md section 4).
+
+The nightly run for ``ds`` looks at the data interval that ENDS at ``ds`` 00:00 UTC:
+
+- ``impressions``: rows with ``shown_at`` in ``[ds - lookback_days, ds)`` (half-open);
+- ``catalog_items``: each item's latest row with ``updated_at < ds``, i.e. the catalog as it stood
+  when the impressions window closed.
+
+Raw partitions are day dumps, so a row can only appear in the dump of its own day or a later one.
+Impressions are read from the partitions ``date(window_start) .. ds`` (the ``ds`` dump may still carry
+late rows of the window's last day; later dumps are the next run's business, which keeps a rerun of
+``ds`` reproducible). The catalog snapshot needs every dump up to and including ``ds``: an item last
+changed months ago lives only in an old partition.
+
+Raw files are read as one :mod:`pyarrow.dataset` over ``store.fs`` (local or S3) registered in DuckDB,
+so filters push down into the Parquet scan. The SQL lives in ``sql/`` with bound parameters only;
+the results go to ``staging/extract/<table>/ds=<ds>/`` for validation, even when empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from icg_core.config import ExtractConfig
+from icg_core.schemas import OPTIONAL_COLUMNS, TABLES, SchemaError, conform
+from icg_core.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+RAW_AREA = "raw"
+STAGING_AREA = "staging/extract"
+CATALOG = "catalog_items"
+IMPRESSIONS = "impressions"
+SQL_FILES = {CATALOG: "extract_catalog", IMPRESSIONS: "extract_impressions"}  # table -> sql/<name>.sql
+
+
+@dataclass(frozen=True)
+class ExtractWindow:
+    """The data interval of the nightly run for ``ds`` (all instants UTC).
+
+    ``snapshot_end`` and ``window_end`` are both ``ds`` 00:00: the catalog is taken as of the moment
+    the impressions window closes.
+    """
+
+    ds: str
+    window_start: dt.datetime  # inclusive bound on impressions.shown_at
+    window_end: dt.datetime  # exclusive bound on impressions.shown_at
+    snapshot_end: dt.datetime  # exclusive bound on catalog_items.updated_at
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "ds": self.ds,
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+            "snapshot_end": self.snapshot_end.isoformat(),
+        }
+
+
+def extraction_window(ds: str, lookback_days: int) -> ExtractWindow:
+    """The window of the run for ``ds``: impressions in ``[ds - lookback_days, ds)``, catalog before ``ds``.
+
+    Args:
+        ds: the run's date, ``YYYY-MM-DD``.
+        lookback_days: length of the impressions window in days (>= 1).
+    """
+    if lookback_days < 1:
+        raise ValueError(f"lookback_days must be >= 1, got {lookback_days}")
+    day = dt.date.fromisoformat(ds)
+    end = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+    return ExtractWindow(
+        ds=ds, window_start=end - dt.timedelta(days=lookback_days), window_end=end, snapshot_end=end
+    )
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    """What one extraction read and wrote."""
+
+    ds: str
+    window: ExtractWindow
+    rows: dict[str, int]  # table -> rows written to staging
+    partitions_read: dict[str, list[str]]  # table -> raw ds values read
+    files_read: dict[str, list[str]]  # table -> raw object keys read
+    files_written: dict[str, list[str]] = field(default_factory=dict)  # table -> staging object keys
+
+
+def load_sql(name: str) -> str:
+    """The text of ``sql/<name>.sql`` (placeholders such as ``$window_start`` left for binding)."""
+    path = SQL_DIR / f"{name}.sql"
+    if not path.is_file():
+        raise FileNotFoundError(f"SQL file {path} not found (expected next to the icg_core package)")
+    return path.read_text(encoding="utf-8")
+
+
+def raw_partitions_for(store: ObjectStore, table_name: str, window: ExtractWindow) -> list[str]:
+    """The committed raw ``ds`` partitions of ``table_name`` that may hold rows of ``window``."""
+    committed = store.partitions(table_name, area=RAW_AREA)
+    if table_name == CATALOG:
+        return [p for p in committed if p <= window.ds]
+    if table_name == IMPRESSIONS:
+        first = window.window_start.date().isoformat()
+        return [p for p in committed if first <= p <= window.ds]
+    raise ValueError(f"no extraction rule for table {table_name!r}")
+
+
+def _scan_schema(table_name: str) -> pa.Schema:
+    """Contract columns plus every optional column: the one schema all raw files are read as."""
+    schema = TABLES[table_name]
+    for name, type_ in OPTIONAL_COLUMNS.get(table_name, {}).items():
+        schema = schema.append(pa.field(name, type_))
+    return schema
+
+
+def _with_all_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` (already conformed) with the columns of ``schema`` it lacks added as nulls, in order."""
+    columns = [
+        table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def open_raw_dataset(
+    store: ObjectStore, table_name: str, partitions: list[str]
+) -> tuple[pads.Dataset, list[str], set[str]]:
+    """The committed raw files of ``partitions`` as one dataset with the contract schema.
+
+    Files already in canonical types are scanned lazily from the store. A file of compatible but
+    different types (naive or nanosecond timestamps, large strings) is conformed in memory first,
+    because a pyarrow scan cannot evaluate pushed-down filters across mixed physical types.
+
+    Returns:
+        (dataset, keys of the files read, optional columns present in at least one file).
+
+    Raises:
+        SchemaError: a file drifted from the contract (the file, column and expected type named).
+    """
+    schema = _scan_schema(table_name)
+    keys = [key for ds in partitions for key in store.committed_files(table_name, ds=ds, area=RAW_AREA)]
+    canonical, conformed = [], []
+    optional_present: set[str] = set()
+    for key in keys:
+        path = store.arrow_path(key)
+        physical = pq.read_schema(path, filesystem=store.fs)
+        try:
+            conform(table_name, physical.empty_table())
+        except SchemaError as exc:
+            raise SchemaError(f"raw file {store.uri(key)}: {exc}") from exc
+        optional_present |= set(physical.names) & set(OPTIONAL_COLUMNS.get(table_name, {}))
+        if all(physical.field(f.name).type.equals(f.type) for f in schema if f.name in physical.names):
+            canonical.append(path)
+        else:
+            table = conform(table_name, pq.read_table(path, filesystem=store.fs))
+            conformed.append(pads.dataset(_with_all_columns(table, schema)))
+    on_store = pads.dataset(canonical, schema=schema, format="parquet", filesystem=store.fs)
+    dataset = pads.dataset([on_store, *conformed]) if conformed else on_store
+    return dataset, keys, optional_present
+
+
+def run_extract_query(
+    connection: duckdb.DuckDBPyConnection, name: str, params: dict[str, object]
+) -> pa.Table:
+    """Run ``sql/<name>.sql`` with ``params`` bound by name (``$name`` placeholders); result as Arrow."""
+    return connection.sql(load_sql(name), params=params).to_arrow_table()
+
+
+def _extract_table(
+    store: ObjectStore,
+    connection: duckdb.DuckDBPyConnection,
+    table_name: str,
+    window: ExtractWindow,
+    params: dict[str, object],
+) -> tuple[pa.Table, list[str], list[str]]:
+    partitions = raw_partitions_for(store, table_name, window)
+    dataset, keys, optional_present = open_raw_dataset(store, table_name, partitions)
+    relation = f"raw_{table_name}"
+    connection.register(relation, dataset)
+    try:
+        result = run_extract_query(connection, SQL_FILES[table_name], params)
+    finally:
+        connection.unregister(relation)
+    # The SQL selects every optional column; keep only those some raw file actually carried.
+    absent = [
+        c
+        for c in OPTIONAL_COLUMNS.get(table_name, {})
+        if c in result.column_names and c not in optional_present
+    ]
+    return result.drop_columns(absent), partitions, keys
+
+
+def extract_day(store: ObjectStore, ds: str, cfg: ExtractConfig) -> ExtractSummary:
+    """Extract the catalog snapshot and the impressions window of ``ds`` into ``staging/extract``.
+
+    Args:
+        store: the object store holding ``raw/`` partitions.
+        ds: the run's date, ``YYYY-MM-DD``.
+        cfg: extraction settings (``lookback_days``).
+
+    Raises:
+        SchemaError: a raw file drifted from its contract.
+    """
+    window = extraction_window(ds, cfg.lookback_days)
+    params = {
+        CATALOG: {"snapshot_end": window.snapshot_end},
+        IMPRESSIONS: {"window_start": window.window_start, "window_end": window.window_end},
+    }
+    rows, partitions_read, files_read, files_written = {}, {}, {}, {}
+    connection = duckdb.connect()
+    try:
+        # Session time zone fixed so timestamp results never depend on the host's zone.
+        connection.execute("SET TimeZone = 'UTC'")
+        for table_name in (CATALOG, IMPRESSIONS):
+            result, partitions, keys = _extract_table(
+                store, connection, table_name, window, params[table_name]
+            )
+            commit = store.write_table(table_name, result, ds=ds, area=STAGING_AREA)
+            rows[table_name] = commit.rows
+            partitions_read[table_name] = partitions
+            files_read[table_name] = keys
+            files_written[table_name] = list(commit.files)
+            log.info(
+                "stage=extract ds=%s table=%s raw_partitions=%d raw_files=%d rows=%d window=[%s, %s)",
+                ds,
+                table_name,
+                len(partitions),
+                len(keys),
+                commit.rows,
+                window.window_start.isoformat(),
+                window.window_end.isoformat(),
+            )
+            if commit.rows == 0:
+                log.warning(
+                    "stage=extract ds=%s table=%s extracted no rows; validation will reject the day",
+                    ds,
+                    table_name,
+                )
+    finally:
+        connection.close()
+    return ExtractSummary(ds, window, rows, partitions_read, files_read, files_written)

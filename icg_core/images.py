@@ -1,0 +1,208 @@
+"""Image safety checks: reject by size from the header first, then decode fully to find corruption.
+
+Images come from outside (platform dumps, importers) and are decoded by several stages, so one
+function decides whether an image may be decoded at all:
+
+1. the object's byte size against ``max_bytes`` (before it is even read, for stored objects);
+2. the header only (``Image.open`` is lazy): format among :data:`ALLOWED_FORMATS`, declared
+   width x height against ``max_pixels`` and ``min_side``. A decompression bomb (a few KB declaring
+   20000 x 20000) stops here, before a single pixel is allocated. Pillow's own guard
+   (``Image.MAX_IMAGE_PIXELS``: a warning above it, an error above twice it) is escalated to the same
+   ``too_many_pixels`` verdict;
+3. a full check: ``verify()`` (PNG chunk CRCs) and then ``load()`` of a fresh handle, which finds
+   truncated or corrupt pixel data.
+
+The checks temporarily turn Pillow's ``DecompressionBombWarning`` into an error with
+:func:`warnings.catch_warnings`, which touches process-wide state: call them from one thread at a
+time (:func:`check_image_uris` reads objects in threads but checks them in the caller's thread).
+They rely on Pillow's default ``ImageFile.LOAD_TRUNCATED_IMAGES = False``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from icg_core.config import ValidationConfig
+from icg_core.storage import ObjectStore, StorageError
+
+log = logging.getLogger(__name__)
+
+# Formats a cover or reference image may have. Everything else (EPS, which shells out to
+# Ghostscript, and the long tail of rarely fuzzed plugins) is refused as not an image.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+STATUSES = frozenset(
+    {"ok", "too_large_bytes", "too_many_pixels", "too_small", "not_an_image", "corrupt", "unreadable"}
+)
+_DEFAULT_LIMITS = ValidationConfig()
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """The verdict on one image; ``width``/``height``/``format`` are set once the header was read."""
+
+    status: str  # one of STATUSES
+    detail: str = ""
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def label(self) -> str:
+        """``"ok"``, or ``"<status>: <detail>"`` for reports."""
+        return "ok" if self.ok else f"{self.status}: {self.detail}"
+
+
+class ImageRejected(ValueError):
+    """An image failed its check; ``check`` says why."""
+
+    def __init__(self, check: ImageCheck) -> None:
+        super().__init__(check.label())
+        self.check = check
+
+
+def _inspect(
+    data: bytes, *, max_bytes: int, max_pixels: int, min_side: int
+) -> tuple[ImageCheck, Image.Image | None]:
+    """The check of ``data`` and, when it passed, the decoded image (still in its own mode)."""
+    if len(data) > max_bytes:
+        return ImageCheck("too_large_bytes", f"{len(data)} bytes exceeds the limit of {max_bytes}"), None
+    if not data:
+        return ImageCheck("not_an_image", "empty object"), None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            header = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            return ImageCheck("too_many_pixels", f"refused from the header: {exc}"), None
+        except UnidentifiedImageError:
+            return ImageCheck("not_an_image", f"not a {'/'.join(ALLOWED_FORMATS)} image"), None
+        except Exception as exc:  # noqa: BLE001 - plugins raise many types on malformed headers
+            return ImageCheck("corrupt", f"header unreadable: {type(exc).__name__}: {exc}"), None
+        width, height = header.size
+        fmt = header.format
+        if width * height > max_pixels:
+            detail = f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+            return ImageCheck("too_many_pixels", detail, width, height, fmt), None
+        if min(width, height) < min_side:
+            return ImageCheck(
+                "too_small", f"{width}x{height} has a side under {min_side}", width, height, fmt
+            ), None
+        try:
+            header.verify()  # checksums; leaves the handle unusable, hence the fresh open below
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image.load()
+        except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, zlib errors...
+            return ImageCheck(
+                "corrupt", f"decoding failed: {type(exc).__name__}: {exc}", width, height, fmt
+            ), None
+    return ImageCheck("ok", "", width, height, fmt), image
+
+
+def check_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int, min_side: int) -> ImageCheck:
+    """Check that ``data`` is a decodable image within limits, never decoding an over-limit one.
+
+    Args:
+        data: the encoded image.
+        max_bytes: largest accepted encoded size.
+        max_pixels: largest accepted width * height, checked from the header before decoding.
+        min_side: smallest accepted width and height.
+
+    Returns:
+        The verdict; status is one of :data:`STATUSES` (never ``"unreadable"``, which is for fetches).
+    """
+    return _inspect(data, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)[0]
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_bytes: int = _DEFAULT_LIMITS.max_image_bytes,
+    max_pixels: int = _DEFAULT_LIMITS.max_image_pixels,
+    min_side: int = 1,
+) -> Image.Image:
+    """Decode ``data`` to an RGB image after the same checks as :func:`check_image_bytes`.
+
+    Transparent images are composited onto white, so a transparent background does not turn black.
+
+    Returns:
+        A loaded ``PIL.Image.Image`` of mode ``"RGB"``, size (width, height).
+
+    Raises:
+        ImageRejected: the image failed a check (its ``check`` says which).
+    """
+    check, image = _inspect(data, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
+    if image is None:
+        raise ImageRejected(check)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def fetch_image_bytes(store: ObjectStore, uri: str, *, max_bytes: int) -> bytes:
+    """Read an image object by URI, refusing one over ``max_bytes`` before reading it.
+
+    Raises:
+        ImageRejected: status ``unreadable`` (missing, not under the store's root, I/O error) or
+            ``too_large_bytes``.
+    """
+    try:
+        key = store.key(uri)
+        size = store.size(key)
+        if size > max_bytes:
+            raise ImageRejected(
+                ImageCheck("too_large_bytes", f"object of {size} bytes exceeds the limit of {max_bytes}")
+            )
+        return store.get_bytes(key)
+    except (StorageError, OSError) as exc:
+        raise ImageRejected(ImageCheck("unreadable", str(exc))) from exc
+
+
+def check_image_uris(
+    store: ObjectStore,
+    uris: Iterable[str],
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    min_side: int,
+    io_threads: int = 8,
+) -> dict[str, ImageCheck]:
+    """Check every distinct URI once: objects are read ``io_threads`` at a time, checked in this thread.
+
+    Returns:
+        URI -> verdict, for each distinct URI given.
+    """
+    unique = list(dict.fromkeys(uris))
+
+    def fetch(uri: str) -> bytes | ImageCheck:
+        try:
+            return fetch_image_bytes(store, uri, max_bytes=max_bytes)
+        except ImageRejected as rejected:
+            return rejected.check
+
+    checks: dict[str, ImageCheck] = {}
+    chunk = max(1, io_threads) * 4  # bounds the encoded bytes held in memory at once
+    with ThreadPoolExecutor(max_workers=max(1, io_threads)) as pool:
+        for start in range(0, len(unique), chunk):
+            batch = unique[start : start + chunk]
+            for uri, fetched in zip(batch, pool.map(fetch, batch), strict=True):
+                if isinstance(fetched, ImageCheck):
+                    checks[uri] = fetched
+                else:
+                    checks[uri] = check_image_bytes(
+                        fetched, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side
+                    )
+    bad = sum(not c.ok for c in checks.values())
+    log.info("image checks: %d distinct images, %d rejected", len(checks), bad)
+    return checks
