@@ -1,0 +1,188 @@
+"""Cover sampling: a standard diffusers checkpoint (UNet + VAE + scheduler) driven by ICG conditioning.
+
+The folder is the usual ``model_index.json`` layout (``unet/``, ``vae/``, ``scheduler/``), loaded
+offline with each component's ``from_pretrained``. The denoising loop is written here over the UNet
+and scheduler instead of going through ``StableDiffusionPipeline``: it is a dozen lines, takes our
+conditioning directly, handles SD1.5- and SDXL-type UNets alike, and seeds every sample on its own
+so a cover is reproducible whatever batch it was generated in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from icg_core.models.conditioning import Conditioning
+
+log = logging.getLogger(__name__)
+
+SchedulerName = Literal["ddim", "dpm"]
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def seed_for(item_id: str, segment_id: int, generator_version: str) -> int:
+    """Stable per-cover seed in [0, 2**63): same (item, segment, generator) -> same seed on any machine."""
+    key = f"{item_id}\x1f{segment_id}\x1f{generator_version}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") & (2**63 - 1)
+
+
+def to_pil(images: np.ndarray) -> list:
+    """uint8 [B, H, W, 3] -> list of PIL RGB images."""
+    from PIL import Image
+
+    return [Image.fromarray(image) for image in images]
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """float32 on CPU whatever was asked (half precision is slow or unsupported there)."""
+    if device.type == "cpu" or dtype is None:
+        return torch.float32
+    return _DTYPES[dtype] if isinstance(dtype, str) else dtype
+
+
+class CoverGenerator:
+    """A frozen diffusers UNet + VAE that turns :class:`Conditioning` into uint8 covers.
+
+    Args:
+        checkpoint_dir: diffusers folder with ``model_index.json``, ``unet/``, ``vae/``, ``scheduler/``.
+        device: torch device; the GPU path is switched on by passing ``"cuda"``.
+        dtype: ``"float16"`` / ``"bfloat16"`` on CUDA; always float32 on CPU.
+        channels_last: use the channels-last memory format for the UNet (faster convolutions on GPU).
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        model_index = json.loads((self.checkpoint_dir / "model_index.json").read_text())
+        self.base_model = str(model_index.get("_name_or_path") or self.checkpoint_dir.name)
+        self.unet = UNet2DConditionModel.from_pretrained(
+            self.checkpoint_dir, subfolder="unet", local_files_only=True, torch_dtype=self.dtype
+        )
+        self.vae = AutoencoderKL.from_pretrained(self.checkpoint_dir, subfolder="vae", local_files_only=True)
+        # VAEs flagged force_upcast (the SDXL one) overflow in float16: keep those in float32.
+        if not self.vae.config.get("force_upcast", True):
+            self.vae.to(self.dtype)
+        for module in (self.unet, self.vae):
+            module.requires_grad_(False)
+            module.eval()
+            module.to(self.device)
+            if hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+                module.set_attn_processor(AttnProcessor2_0())  # fused SDPA kernels
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        self.scheduler_config = self._scheduler_config()
+        self.kind = "sdxl" if self.unet.config.addition_embed_type == "text_time" else "sd15"
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_size = int(self.unet.config.sample_size)
+        self.image_size = self.latent_size * self.vae_scale_factor
+        log.info(
+            "cover generator: checkpoint=%s kind=%s image=%d device=%s dtype=%s",
+            self.checkpoint_dir,
+            self.kind,
+            self.image_size,
+            self.device,
+            self.dtype,
+        )
+
+    def _scheduler_config(self) -> dict:
+        from diffusers import DDIMScheduler
+
+        return dict(
+            DDIMScheduler.load_config(self.checkpoint_dir, subfolder="scheduler", local_files_only=True)
+        )
+
+    def make_scheduler(self, name: SchedulerName):
+        """A fresh scheduler of the checkpoint's noise schedule: ``"ddim"`` or ``"dpm"`` (DPM-Solver++ 2M)."""
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+        if name == "ddim":
+            return DDIMScheduler.from_config(self.scheduler_config)
+        if name == "dpm":
+            return DPMSolverMultistepScheduler.from_config(
+                self.scheduler_config, algorithm_type="dpmsolver++", solver_order=2
+            )
+        raise ValueError(f"unknown scheduler {name!r} (use 'ddim' or 'dpm')")
+
+    def initial_latents(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Gaussian latents [B, 4, h, w], row i drawn on CPU from its own ``seeds[i]`` (device independent)."""
+        shape = (1, self.unet.config.in_channels, self.latent_size, self.latent_size)
+        rows = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
+        return torch.cat(rows).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Conditioning,
+        *,
+        seeds: Sequence[int],
+        steps: int = 20,
+        guidance_scale: float = 5.0,
+        scheduler: SchedulerName = "ddim",
+        null_cond: Conditioning | None = None,
+    ) -> np.ndarray:
+        """Generate one cover per conditioning row.
+
+        Args:
+            cond: B rows of conditioning (from ``ConditionAdapter``), matching this UNet's kind.
+            seeds: B seeds, one per row (see :func:`seed_for`).
+            steps: denoising steps.
+            guidance_scale: classifier-free guidance weight; > 1 needs ``null_cond``.
+            scheduler: ``"ddim"`` (eta 0) or ``"dpm"``; both deterministic given the initial latents.
+            null_cond: the adapter's ``null_conditioning(B)`` for the unconditional branch.
+
+        Returns:
+            uint8 array [B, H, W, 3].
+        """
+        if len(seeds) != len(cond):
+            raise ValueError(f"{len(cond)} conditioning rows but {len(seeds)} seeds")
+        if (cond.pooled_embeds is not None) != (self.kind == "sdxl"):
+            raise ValueError(f"conditioning does not match a {self.kind} UNet (pooled embeds / time ids)")
+        use_cfg = guidance_scale > 1.0
+        if use_cfg and null_cond is None:
+            raise ValueError("guidance_scale > 1 needs null_cond (the adapter's null_conditioning)")
+        cond = cond.to(self.device, self.dtype)
+        unet_cond = Conditioning.cat([null_cond.to(self.device, self.dtype), cond]) if use_cfg else cond
+        noise_scheduler = self.make_scheduler(scheduler)
+        noise_scheduler.set_timesteps(steps, device=self.device)
+        latents = self.initial_latents(seeds) * noise_scheduler.init_noise_sigma
+        for t in noise_scheduler.timesteps:
+            model_in = torch.cat([latents, latents]) if use_cfg else latents
+            model_in = noise_scheduler.scale_model_input(model_in, t)
+            noise = self.unet(model_in, t, return_dict=False, **unet_cond.unet_kwargs())[0]
+            if use_cfg:
+                uncond, text = noise.chunk(2)
+                noise = uncond + guidance_scale * (text - uncond)
+            latents = noise_scheduler.step(noise, t, latents, return_dict=False)[0]
+        return self.decode(latents)
+
+    __call__ = sample
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """VAE-decode latents [B, 4, h, w] to uint8 images [B, H, W, 3]."""
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        images = self.vae.decode(latents, return_dict=False)[0]
+        images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled VAE latents of images [B, 3, H, W] in [-1, 1] (for the denoising loss in training)."""
+        dist = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist
+        return (dist.sample(generator) * self.vae.config.scaling_factor).to(self.dtype)
