@@ -72,8 +72,16 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
         typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return
     for key, value in summary.items():
-        shown = value if isinstance(value, (str, int, float)) else json.dumps(value, default=str)
-        typer.echo(f"{key}: {shown}")
+        typer.echo(f"{key}: {_brief(value)}")
+
+
+def _brief(value: Any) -> str:
+    """One line per summary field; long lists (file names) are counted, not printed."""
+    if isinstance(value, (list, tuple)) and len(value) > 5:
+        return f"[{len(value)} items]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_brief(v)}" for k, v in value.items()) + "}"
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def main(command: Callable[..., Any]) -> None:
