@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from pipelines import extract, imports, validate, world
+from pipelines import extract, imports, publish, validate, world
 from pipelines.runtime import run_app
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app.command("world")(world.world)
 app.add_typer(imports.app, name="import")
 app.command("extract")(extract.extract)
 app.command("validate")(validate.validate)
+app.command("publish")(publish.publish)
 
 
 def main() -> None:

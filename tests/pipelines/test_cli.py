@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 
-STAGES = [["world"], ["extract"], ["validate"], ["import", "movielens"], ["import", "pixelrec"]]
+STAGES = [["world"], ["extract"], ["validate"], ["publish"], ["import", "movielens"], ["import", "pixelrec"]]
 
 
 def test_top_level_help_lists_every_stage() -> None:
@@ -27,7 +27,7 @@ def test_every_command_has_help(words: list[str]) -> None:
     assert "Usage" in result.output
 
 
-@pytest.mark.parametrize("module", ["extract", "validate", "world", "imports"])
+@pytest.mark.parametrize("module", ["extract", "validate", "publish", "world", "imports"])
 def test_python_m_twin_has_the_same_options(module: str) -> None:
     out = subprocess.run(
         [sys.executable, "-m", f"pipelines.{module}", "--help"], capture_output=True, text=True, timeout=60

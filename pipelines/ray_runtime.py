@@ -1,0 +1,144 @@
+"""Where a stage's Ray work runs: an existing cluster (``RAY_ADDRESS``) or local Ray started in-process.
+
+Every Ray stage opens one :func:`ray_session`. The same stage code then runs
+
+- on this machine: no address set, so Ray starts in-process with the machine's CPUs (and GPUs);
+- on a cluster: ``RAY_ADDRESS=<head>:6379`` set by the operator, or by the Ray Jobs API, which sets
+  it for every job's driver, so a stage submitted with :mod:`pipelines.launch` joins its cluster.
+
+Local Ray runs without token auth (``RAY_AUTH_MODE=disabled``, unless the caller chose a mode): the
+session is private to this process, and a token would only add a file under ``~/.ray``. A cluster's
+auth mode is the cluster's business and is left as the environment says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+AUTO_GPUS = "auto"
+
+
+@dataclass(frozen=True)
+class RaySession:
+    """The Ray cluster a stage runs on, as seen when the session opened."""
+
+    address: str  # the GCS address ("host:port"); for local Ray the in-process head's
+    local: bool  # True when this session started Ray in this process
+    nodes: int  # alive nodes
+    cpus: float
+    gpus: float
+    init_seconds: float  # time spent in ray.init (start-up or connection)
+
+
+def cluster_resources() -> tuple[int, float, float]:
+    """(alive nodes, CPUs, GPUs) of the connected cluster."""
+    import ray
+
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    total = ray.cluster_resources()
+    return len(alive), float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0))
+
+
+@contextmanager
+def ray_session(
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    address: str | None = None,
+    progress_bars: bool = False,
+) -> Iterator[RaySession]:
+    """Connect to the configured Ray cluster, or start Ray in this process, for the ``with`` block.
+
+    Args:
+        num_cpus: CPUs of a local Ray (default: all this machine has); ignored on a cluster.
+        num_gpus: GPUs of a local Ray (default: Ray detects them); ignored on a cluster.
+        address: cluster address (``host:port`` or ``ray://...``); default ``$RAY_ADDRESS``. Without
+            either, Ray starts locally, never attaching to another Ray that happens to run here.
+        progress_bars: Ray Data progress bars (off by default: they flood batch logs).
+
+    Yields:
+        The session's :class:`RaySession`. If Ray was already initialized in this process (a test, a
+        notebook), that connection is used and left open at the end.
+    """
+    import ray
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = progress_bars
+    if ray.is_initialized():
+        yield _describe(_current_address(), local=False, init_seconds=0.0)
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    started = time.perf_counter()
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # "local" rather than None: None would join whatever cluster `ray start` left in /tmp/ray.
+        # num_cpus=None lets Ray count this machine's CPUs (container CPU limits included).
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
+    init_seconds = time.perf_counter() - started
+    try:
+        yield _describe(_current_address(), local=not address, init_seconds=init_seconds)
+    finally:
+        ray.shutdown()
+
+
+def _current_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def _describe(address: str, *, local: bool, init_seconds: float) -> RaySession:
+    nodes, cpus, gpus = cluster_resources()
+    session = RaySession(address, local, nodes, cpus, gpus, init_seconds)
+    log.info(
+        "ray %s at %s: nodes=%d cpus=%g gpus=%g (init %.1fs)",
+        "started locally" if local else "connected",
+        address,
+        nodes,
+        cpus,
+        gpus,
+        init_seconds,
+    )
+    return session
+
+
+def gpus_per_actor(requested: float | str | None, cluster_gpus: float) -> float:
+    """GPUs each model actor asks Ray for, from the config value.
+
+    Args:
+        requested: ``"auto"`` or None: one GPU per actor when the cluster has GPUs, else 0 (CPU).
+            A number is used as given (0 forces CPU; fractions share a GPU between actors), even when
+            no GPU is visible now, since an autoscaling cluster adds GPU nodes on demand.
+        cluster_gpus: GPUs the cluster has now (:attr:`RaySession.gpus`).
+
+    Raises:
+        ValueError: a negative number or an unknown word.
+    """
+    if requested is None or requested == AUTO_GPUS:
+        return 1.0 if cluster_gpus >= 1 else 0.0
+    if isinstance(requested, str):
+        raise ValueError(f"num_gpus per actor must be a number or {AUTO_GPUS!r}, got {requested!r}")
+    if requested < 0:
+        raise ValueError(f"num_gpus per actor must be >= 0, got {requested}")
+    if requested > 0 and cluster_gpus == 0:
+        log.warning(
+            "actors ask for %g GPU each but the cluster has none now: they wait until a GPU node joins",
+            requested,
+        )
+    return float(requested)

@@ -1,0 +1,219 @@
+"""Publishing covers: only a complete, readable manifest becomes visible, and all at once."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import pyarrow as pa
+import pytest
+
+from icg_core.publish import (
+    PUBLISHED_AREA,
+    STAGING_AREA,
+    TABLE,
+    PublishError,
+    publish_day,
+    read_published,
+)
+from icg_core.schemas import TABLES
+from icg_core.storage import ObjectStore, StorageError
+from tests.icg_core.conftest import png_bytes
+
+YESTERDAY, TODAY = "2026-11-15", "2026-11-16"
+ITEMS = ["i1", "i2", "i3"]
+SEGMENTS = [0, 1]
+SIZE = 32
+
+
+def cover_row(store: ObjectStore, ds: str, item: str, segment: int, **overrides) -> dict:
+    """A manifest row whose PNG is written at the canonical key."""
+    uri = store.put_bytes(
+        f"covers/ds={ds}/segment={segment}/{item}.png", png_bytes((SIZE, SIZE), (10 * segment, 80, 160))
+    )
+    row = {
+        "item_id": item, "segment_id": segment, "cover_uri": uri, "width": SIZE, "height": SIZE, "format": "PNG",
+        "reward_aesthetic": 0.5, "reward_relevance": 0.25, "reward_preference": 0.125,
+        "generator_version": "gen-v1", "base_model": "tiny-sd", "seed": 1000 * segment + len(item),
+        "content_hash": f"hash-{item}", "created_at": dt.datetime(2026, 11, 16, 3, tzinfo=dt.UTC),
+    }  # fmt: skip
+    return {**row, **overrides}
+
+
+def stage(store: ObjectStore, ds: str, rows: list[dict]) -> None:
+    store.write_table(TABLE, pa.Table.from_pylist(rows, schema=TABLES[TABLE]), ds=ds, area=STAGING_AREA)
+
+
+def full_day(store: ObjectStore, ds: str) -> list[dict]:
+    return [cover_row(store, ds, item, segment) for item in ITEMS for segment in SEGMENTS]
+
+
+def publish(store: ObjectStore, ds: str, items: list[str] = ITEMS, segments: list[int] = SEGMENTS):
+    return publish_day(store, ds, expected_item_ids=items, expected_segment_ids=segments)
+
+
+def test_complete_day_is_published_and_read_back(any_store: ObjectStore) -> None:
+    stage(any_store, TODAY, full_day(any_store, TODAY))
+    summary = publish(any_store, TODAY)
+    assert (summary.rows, summary.items, summary.segments, summary.images_checked) == (6, 3, 2, 6)
+    assert summary.latest == TODAY and summary.latest_moved and summary.previous_latest is None
+    assert any_store.get_latest(PUBLISHED_AREA, TABLE) == TODAY
+    assert any_store.exists(f"{PUBLISHED_AREA}/{TABLE}/ds={TODAY}/_SUCCESS")
+    published = read_published(any_store)
+    assert published.num_rows == 6
+    assert set(published.column("ds").to_pylist()) == {TODAY}
+    pairs = set(
+        zip(published.column("item_id").to_pylist(), published.column("segment_id").to_pylist(), strict=True)
+    )
+    assert pairs == {(i, s) for i in ITEMS for s in SEGMENTS}
+    assert read_published(any_store, TODAY).equals(published)
+
+
+def _duplicate(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    return [*rows, dict(rows[0])]
+
+
+def _drop_one(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    return rows[1:]
+
+
+def _unknown_item(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    return [*rows, cover_row(store, TODAY, "ghost", 0)]
+
+
+def _unknown_segment(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    return [*rows, cover_row(store, TODAY, "i1", 9)]
+
+
+def _missing_image(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    store.delete(store.key(rows[2]["cover_uri"]))
+    return rows
+
+
+def _corrupt_image(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    key = store.key(rows[2]["cover_uri"])
+    store.put_bytes(key, store.get_bytes(key)[:-40])
+    return rows
+
+
+def _not_an_image(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    store.put_bytes(store.key(rows[2]["cover_uri"]), b"<html>oops</html>")
+    return rows
+
+
+def _wrong_size(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    rows[2] = {**rows[2], "width": 64}
+    return rows
+
+
+def _wrong_format(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    rows[2] = {**rows[2], "format": "JPEG"}
+    return rows
+
+
+def _outside_covers(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    rows[2] = {
+        **rows[2],
+        "cover_uri": store.put_bytes("raw/images/reference/i2.png", png_bytes((SIZE, SIZE))),
+    }
+    return rows
+
+
+def _shared_cover(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    rows[2] = {**rows[2], "cover_uri": rows[0]["cover_uri"]}
+    return rows
+
+
+def _null_uri(store: ObjectStore, rows: list[dict]) -> list[dict]:
+    rows[2] = {**rows[2], "cover_uri": None}
+    return rows
+
+
+# rows[0] is (i1, segment 0) and rows[2] is (i2, segment 0): each refusal must name the row.
+BAD_DAYS: dict[str, tuple[Callable[[ObjectStore, list[dict]], list[dict]], str, str]] = {
+    "duplicate": (_duplicate, "duplicate", "item=i1 segment=0"),
+    "missing_row": (_drop_one, "missing_row", "item=i1 segment=0"),
+    "unknown_item": (_unknown_item, "unexpected_item", "item=ghost segment=0"),
+    "unknown_segment": (_unknown_segment, "unexpected_segment", "item=i1 segment=9"),
+    "missing_image": (_missing_image, "image_unreadable", "item=i2 segment=0"),
+    "corrupt_image": (_corrupt_image, "image_corrupt", "item=i2 segment=0"),
+    "not_an_image": (_not_an_image, "image_not_an_image", "item=i2 segment=0"),
+    "wrong_size": (_wrong_size, "size_mismatch", "declared 64x32, image is 32x32"),
+    "wrong_format": (_wrong_format, "format_mismatch", "declared JPEG, image is PNG"),
+    "outside_covers": (_outside_covers, "bad_uri", "item=i2 segment=0"),
+    "null_uri": (_null_uri, "null_value", "item=i2 segment=0"),
+    "shared_cover": (_shared_cover, "shared_cover", "item=i1 segment=0 and item=i2 segment=0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DAYS))
+def test_bad_day_is_refused_naming_rows_and_yesterday_stays(tmp_path, case: str) -> None:
+    store = ObjectStore(str(tmp_path))
+    stage(store, YESTERDAY, full_day(store, YESTERDAY))
+    publish(store, YESTERDAY)
+    corrupt, kind, mention = BAD_DAYS[case]
+    stage(store, TODAY, corrupt(store, full_day(store, TODAY)))
+    with pytest.raises(PublishError) as raised:
+        publish(store, TODAY)
+    message = str(raised.value)
+    assert kind in [p.kind for p in raised.value.problems], message
+    assert mention in message
+    assert f"readers keep ds={YESTERDAY}" in message
+    assert store.get_latest(PUBLISHED_AREA, TABLE) == YESTERDAY
+    assert not store.has_partition(TABLE, ds=TODAY, area=PUBLISHED_AREA)
+    assert set(read_published(store).column("ds").to_pylist()) == {YESTERDAY}
+
+
+def test_several_problems_are_reported_together(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    rows = _corrupt_image(store, _duplicate(store, full_day(store, TODAY)))
+    stage(store, TODAY, rows)
+    with pytest.raises(PublishError) as raised:
+        publish(store, TODAY)
+    kinds = {p.kind for p in raised.value.problems}
+    assert {"duplicate", "image_corrupt"} <= kinds
+
+
+def test_missing_staged_manifest_is_refused(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    with pytest.raises(PublishError, match="no committed manifest .*staging/covers/covers/ds=2026-11-16"):
+        publish(store, TODAY)
+    assert store.get_latest(PUBLISHED_AREA, TABLE) is None
+
+
+def test_empty_catalog_or_no_segments_is_refused(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    stage(store, TODAY, full_day(store, TODAY))
+    with pytest.raises(PublishError, match="empty_catalog"):
+        publish(store, TODAY, items=[])
+    with pytest.raises(PublishError, match="no_segments"):
+        publish(store, TODAY, segments=[])
+
+
+def test_rerun_replaces_the_day_never_duplicates(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    stage(store, TODAY, full_day(store, TODAY))
+    publish(store, TODAY)
+    rows = [{**row, "generator_version": "gen-v2"} for row in full_day(store, TODAY)]
+    stage(store, TODAY, rows)
+    publish(store, TODAY)
+    published = read_published(store)
+    assert published.num_rows == 6
+    assert set(published.column("generator_version").to_pylist()) == {"gen-v2"}
+    assert len(store.committed_files(TABLE, ds=TODAY, area=PUBLISHED_AREA)) == 1
+
+
+def test_backfill_of_an_older_day_keeps_latest(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    for ds in (TODAY, YESTERDAY):  # today first, then a backfill of yesterday
+        stage(store, ds, full_day(store, ds))
+    publish(store, TODAY)
+    summary = publish(store, YESTERDAY)
+    assert not summary.latest_moved and summary.latest == TODAY and summary.notes
+    assert store.get_latest(PUBLISHED_AREA, TABLE) == TODAY
+    assert read_published(store, YESTERDAY).num_rows == 6
+
+
+def test_nothing_published_yet_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(StorageError, match="no covers published yet"):
+        read_published(ObjectStore(str(tmp_path)))

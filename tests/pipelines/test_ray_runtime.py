@@ -1,0 +1,81 @@
+"""Ray sessions: local Ray in-process, or a real two-node cluster through RAY_ADDRESS."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipelines.ray_runtime import gpus_per_actor, ray_session
+from tests.pipelines.conftest import RayCluster, node_ids_by_role
+
+
+def test_gpus_per_actor_follows_config_and_cluster() -> None:
+    assert gpus_per_actor("auto", cluster_gpus=0) == 0.0
+    assert gpus_per_actor(None, cluster_gpus=4) == 1.0
+    assert gpus_per_actor(0, cluster_gpus=4) == 0.0
+    assert gpus_per_actor(0.5, cluster_gpus=1) == 0.5
+    assert gpus_per_actor(1, cluster_gpus=0) == 1.0  # an autoscaler may add GPU nodes
+    with pytest.raises(ValueError, match="number or 'auto'"):
+        gpus_per_actor("many", cluster_gpus=1)
+    with pytest.raises(ValueError, match=">= 0"):
+        gpus_per_actor(-1, cluster_gpus=1)
+
+
+@pytest.mark.slow
+def test_local_session_starts_ray_in_process_and_stops_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with ray_session(num_cpus=1) as session:
+        assert session.local and session.nodes == 1 and session.cpus == 1 and session.gpus == 0
+        assert ray.get(ray.remote(lambda: 6 * 7).remote()) == 42
+    assert not ray.is_initialized()
+    print(f"local ray.init: {session.init_seconds:.1f}s")
+
+
+class NodeTagger:
+    """A Ray Data actor that tags each row with the node it ran on."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict) -> dict:
+        time.sleep(0.2)  # keep both actors busy, so the work cannot all land on one
+        return {"id": batch["id"], "node_id": [self.node_id] * len(batch["id"])}
+
+
+@pytest.mark.slow
+def test_ray_address_joins_the_cluster_and_work_runs_on_both_nodes(
+    ray_cluster: RayCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+    import ray.data
+
+    print(f"two-node cluster started in {ray_cluster.start_seconds:.1f}s")
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.gcs_address)
+    with ray_session() as session:
+        assert not session.local and session.nodes == 2 and session.cpus == 2
+        print(f"connect to cluster: {session.init_seconds:.1f}s")
+        nodes = node_ids_by_role()
+        assert set(nodes) == {"head_node", "worker_node"} and nodes["head_node"] != nodes["worker_node"]
+
+        @ray.remote(num_cpus=1)
+        def where() -> str:
+            return ray.get_runtime_context().get_node_id()
+
+        ran_on = ray.get(
+            [where.options(resources={name: 0.01}).remote() for name in ("head_node", "worker_node")]
+        )
+        assert ran_on == [nodes["head_node"], nodes["worker_node"]]
+
+        # One CPU per node and one CPU per actor: a pool of two must place one actor on each node.
+        tagged = ray.data.from_items([{"id": i} for i in range(16)], override_num_blocks=8).map_batches(
+            NodeTagger, batch_size=2, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=2)
+        )
+        rows = tagged.take_all()
+        assert sorted(r["id"] for r in rows) == list(range(16))
+        assert {r["node_id"] for r in rows} == set(nodes.values())
+    assert not ray.is_initialized()
