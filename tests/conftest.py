@@ -157,3 +157,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "local":
         return ObjectStore(str(tmp_path / "root"))
     return s3_store_for(request.getfixturevalue("s3_server"))
+
+
+# A genuine two-node Ray cluster on this machine (session-scoped; tests/ray_cluster.py).
+from tests.ray_cluster import ray_cluster  # noqa: E402, F401

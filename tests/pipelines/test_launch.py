@@ -11,7 +11,7 @@ from icg_core.config import WorldConfig
 from icg_core.storage import ObjectStore
 from icg_core.world.simulator import REFERENCE_PREFIX, generate_world
 from pipelines.launch import StageCrashed, StageRefused, run_stage
-from tests.pipelines.conftest import RayCluster
+from tests.ray_cluster import RayCluster
 
 TINY = WorldConfig(
     seed=1,

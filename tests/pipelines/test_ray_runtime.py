@@ -7,7 +7,7 @@ import time
 import pytest
 
 from pipelines.ray_runtime import gpus_per_actor, ray_session
-from tests.pipelines.conftest import RayCluster, node_ids_by_role
+from tests.ray_cluster import RayCluster, node_ids_by_role
 
 
 def test_gpus_per_actor_follows_config_and_cluster() -> None:
