@@ -1,16 +1,19 @@
-"""icg_nightly: the nightly ICG run for one ``ds``.
+"""icg_nightly: the nightly ICG run for one ``ds`` (the run's logical date).
 
-extract -> validate -> ... (each task runs the stage entry point ``python -m pipelines.<stage>`` for
-the run's logical date, locally or on a Ray cluster). A stage that refuses its input fails the run
-before anything is published, with the reason in the task log.
+extract -> validate  (users, rewards, features, finetune, generate and publish exist as stages and
+are wired in next: see the README's status table)
+
+Each task runs the stage entry point ``python -m pipelines.<stage> --ds DS`` (locally, or as a Ray
+job when ``ray_address`` / ``ICG_RAY_JOBS_ADDRESS`` is set). A stage that refuses its input (exit
+status 2) fails its task without retries, with the reason in the task log; nothing after it runs.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
-from icg_common import DEFAULT_ARGS, run_stage
+from icg_common import DEFAULT_ARGS, stage_task
 
 
 @dag(
@@ -23,22 +26,12 @@ from icg_common import DEFAULT_ARGS, run_stage
     tags=["icg", "nightly"],
     doc_md=__doc__,
     params={
-        "ray_address": Param(
-            None, type=["null", "string"], description="Ray dashboard address to submit stages to; empty = local."
-        ),
+        "ray_address": Param(None, type=["null", "string"], description="Ray dashboard address; empty = local."),
     },
 )
 def icg_nightly() -> None:
-    @task
-    def extract(ds: str | None = None, params: dict | None = None) -> dict:
-        """Catalog snapshot and impressions window for ds, by SQL over the raw tables."""
-        return run_stage("extract", ds, params)
-
-    @task
-    def validate(extracted: dict, ds: str | None = None, params: dict | None = None) -> dict:
-        """great-expectations suites; promotes to validated/ only when every suite passes."""
-        return run_stage("validate", ds, params)
-
+    extract = stage_task("extract", "Catalog snapshot and impressions window for ds, by SQL over the raw tables.")
+    validate = stage_task("validate", "great-expectations suites; promotes to validated/ only if every suite passes.")
     validate(extract())
 
 

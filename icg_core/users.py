@@ -45,10 +45,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
+from icg_core.config import USER_VISUAL_ATTRIBUTES, UsersConfig
 from icg_core.models.checkpoint import save_module_checkpoint
 from icg_core.rewards.common import read_images
 from icg_core.storage import ObjectStore, StorageError
@@ -58,43 +58,10 @@ log = logging.getLogger(__name__)
 USERS_AREA = "users"
 VALIDATED_AREA = "validated"
 MODEL_NAME = "users"
-ATTRIBUTE_NAMES: tuple[str, ...] = ("warmth", "brightness", "saturation", "contrast")
+ATTRIBUTE_NAMES = USER_VISUAL_ATTRIBUTES  # one definition, in the config (UsersConfig sizes by it)
 ATTRIBUTE_SIZE = 64  # covers are resized to this square side before measuring, whatever their size
 _READ_CHUNK = 2048  # covers decoded at once by cover_attributes (bounds memory on big catalogs)
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)  # Rec. 709 luma weights
-
-
-class UsersConfig(BaseModel):
-    """Knobs of user embeddings and segmentation."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    embedding_dim: int = 16  # total width: BPR factors + one value per attribute (the refiner's user_dim)
-    bpr_epochs: int = 15  # passes over the clicks
-    bpr_batch_size: int = 1024  # clicks per BPR step
-    bpr_lr: float = 0.02  # Adam learning rate
-    bpr_l2: float = 1e-4  # L2 penalty on the factors in each step's loss
-    bpr_skip_negative_share: float = 0.5  # share of negatives drawn among the user's skipped items
-    visual_prior_impressions: float = 5.0  # shrinkage of the clicked-minus-skipped attribute gap
-    visual_weight: float = 2.0  # scale of the visual block against the collaborative block
-    n_segments: int = 8  # K of k-means
-    kmeans_restarts: int = 10  # k-means initializations, best inertia kept
-    seed: int = 0  # seeds BPR and k-means
-    import_uri: str | None = None  # Parquet (user_id, embedding) of a platform's own embeddings
-
-    @field_validator("embedding_dim")
-    @classmethod
-    def _room_for_collaborative_part(cls, value: int) -> int:
-        if value <= len(ATTRIBUTE_NAMES):
-            raise ValueError(
-                f"embedding_dim must exceed the {len(ATTRIBUTE_NAMES)} visual attributes, got {value}"
-            )
-        return value
-
-    @property
-    def collab_dim(self) -> int:
-        """BPR factors: the embedding minus the visual block."""
-        return self.embedding_dim - len(ATTRIBUTE_NAMES)
 
 
 # ----------------------------------------------------------------------------- pixel attributes

@@ -7,7 +7,19 @@ from __future__ import annotations
 
 import typer
 
-from pipelines import extract, imports, publish, validate, world
+from pipelines import (
+    bootstrap,
+    extract,
+    features,
+    finetune,
+    generate,
+    imports,
+    publish,
+    rewards,
+    users,
+    validate,
+    world,
+)
 from pipelines.runtime import run_app
 
 app = typer.Typer(
@@ -20,7 +32,14 @@ app.command("world")(world.world)
 app.add_typer(imports.app, name="import")
 app.command("extract")(extract.extract)
 app.command("validate")(validate.validate)
+app.command("features")(features.features)
+app.command("generate")(generate.generate)
 app.command("publish")(publish.publish)
+app.command("bootstrap")(bootstrap.bootstrap)
+app.command("generate-sample")(bootstrap.generate_sample)
+app.command("train-users")(users.train_users)
+app.command("train-rewards")(rewards.train_rewards)
+app.command("finetune")(finetune.finetune)
 
 
 def main() -> None:

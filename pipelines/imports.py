@@ -9,7 +9,9 @@ import typer
 
 from pipelines.runtime import ConfigOpt, JsonOpt, RootOpt, open_stage, print_summary, run_app
 
-PathArg = Annotated[Path, typer.Argument(help="Folder holding the dataset in its public layout.", exists=True)]
+PathArg = Annotated[
+    Path, typer.Argument(help="Folder holding the dataset in its public layout.", exists=True)
+]
 
 app = typer.Typer(help="Import a public dataset into raw/ (catalog_items, impressions, cover images).")
 
@@ -18,7 +20,9 @@ app = typer.Typer(help="Import a public dataset into raw/ (catalog_items, impres
 def movielens(
     path: PathArg,
     root: RootOpt = None,
-    click_threshold: Annotated[float, typer.Option(help="A rating at or above this counts as a click.")] = 4.0,
+    click_threshold: Annotated[
+        float, typer.Option(help="A rating at or above this counts as a click.")
+    ] = 4.0,
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -33,7 +37,10 @@ def movielens(
 def pixelrec(
     path: PathArg,
     root: RootOpt = None,
-    subset: Annotated[str | None, typer.Option(help="Which subset's CSVs to read (e.g. Pixel200K) when several are present.")] = None,
+    subset: Annotated[
+        str | None,
+        typer.Option(help="Which subset's CSVs to read (e.g. Pixel200K) when several are present."),
+    ] = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:

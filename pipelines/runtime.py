@@ -23,7 +23,8 @@ from icg_core.storage import ObjectStore, StorageError
 log = logging.getLogger("icg")
 
 RootOpt = Annotated[
-    str | None, typer.Option("--root", help="Object root (path, file:// or s3://bucket/prefix); default from config.")
+    str | None,
+    typer.Option("--root", help="Object root (path, file:// or s3://bucket/prefix); default from config."),
 ]
 
 
@@ -40,10 +41,13 @@ def _ds_option(value: str) -> str:
 
 DsOpt = Annotated[
     str,
-    typer.Option("--ds", callback=_ds_option, help="Logical date of the run, YYYY-MM-DD (the data interval ends here)."),
+    typer.Option(
+        "--ds", callback=_ds_option, help="Logical date of the run, YYYY-MM-DD (the data interval ends here)."
+    ),
 ]
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="YAML config; default $ICG_CONFIG or configs/embedded.yaml values.")
+    Path | None,
+    typer.Option("--config", help="YAML config; default $ICG_CONFIG or configs/embedded.yaml values."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the stage summary as JSON only.")]
 
@@ -54,7 +58,9 @@ class StageFailed(RuntimeError):
 
 def setup_logging(level: int = logging.INFO) -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.basicConfig(
+            level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
 
 
 def open_stage(stage: str, config: Path | None, root: str | None) -> tuple[ICGConfig, ObjectStore]:

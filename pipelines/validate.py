@@ -22,7 +22,9 @@ def validate(ds: DsOpt, root: RootOpt = None, config: ConfigOpt = None, json: Js
     report = validate_day(store, ds, cfg)
     if not report.success:
         typer.echo(format_failures(report), err=True)
-        raise StageFailed(f"validation failed for ds={ds}; nothing written to validated/ (report: {report.report_uri})")
+        raise StageFailed(
+            f"validation failed for ds={ds}; nothing written to validated/ (report: {report.report_uri})"
+        )
     print_summary(dataclasses.asdict(report), json)
 
 

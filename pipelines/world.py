@@ -13,13 +13,17 @@ from pipelines.runtime import ConfigOpt, JsonOpt, main, open_stage, print_summar
 
 
 def world(
-    out: Annotated[str | None, typer.Option("--out", "--root", help="Object root to write the world under.")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "--root", help="Object root to write the world under.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Simulator seed.")] = None,
     items: Annotated[int | None, typer.Option(help="Catalog size.")] = None,
     users: Annotated[int | None, typer.Option(help="Number of users.")] = None,
     categories: Annotated[int | None, typer.Option(help="Number of categories (visual motifs).")] = None,
     taste_groups: Annotated[int | None, typer.Option(help="Latent taste groups of users.")] = None,
-    taste_strength: Annotated[float | None, typer.Option(help="How much cover attributes move clicks.")] = None,
+    taste_strength: Annotated[
+        float | None, typer.Option(help="How much cover attributes move clicks.")
+    ] = None,
     click_noise: Annotated[float | None, typer.Option(help="Share of clicks that ignore the cover.")] = None,
     days: Annotated[int | None, typer.Option(help="Days of impression logs.")] = None,
     impressions_per_day: Annotated[int | None, typer.Option(help="Impressions logged per day.")] = None,

@@ -334,6 +334,8 @@ def build_tiny_sd(
     layers_per_block: int = 1,
     pooled_dim: int | None = None,
     addition_time_embed_dim: int = 8,
+    vae_block_out_channels: tuple[int, ...] = (16, 32, 32),
+    prediction_type: str = "epsilon",
 ) -> Path:
     """Write a tiny diffusers checkpoint folder (``unet/``, ``vae/``, ``scheduler/``, ``model_index.json``).
 
@@ -347,6 +349,8 @@ def build_tiny_sd(
         layers_per_block: resnet layers per UNet level.
         pooled_dim: SDXL pooled text-embedding width; default ``cross_attention_dim``.
         addition_time_embed_dim: SDXL per-time-id embedding width (6 time ids).
+        vae_block_out_channels: VAE channels per level (3 levels = the 2 downsamples).
+        prediction_type: the scheduler's (and so the UNet's) target, ``"epsilon"`` or ``"v_prediction"``.
 
     Returns:
         The folder; each component loads with ``<Class>.from_pretrained(out_dir, subfolder=...)``.
@@ -358,6 +362,8 @@ def build_tiny_sd(
     cross_attention_dim = cross_attention_dim or 32
     torch.manual_seed(seed)
     vae_downsamples = 2
+    if len(vae_block_out_channels) != vae_downsamples + 1:
+        raise ValueError(f"vae_block_out_channels needs {vae_downsamples + 1} levels, got {vae_block_out_channels}")
     levels = len(block_out_channels)
     # Plain resnet blocks at full latent resolution, cross-attention below it (cheap at 16x16 latents).
     down_blocks = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1)
@@ -390,7 +396,7 @@ def build_tiny_sd(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
-        block_out_channels=(16, 32, 32),  # 3 levels = 2 downsamples
+        block_out_channels=tuple(vae_block_out_channels),
         down_block_types=("DownEncoderBlock2D",) * (vae_downsamples + 1),
         up_block_types=("UpDecoderBlock2D",) * (vae_downsamples + 1),
         layers_per_block=1,
@@ -405,6 +411,7 @@ def build_tiny_sd(
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
+        prediction_type=prediction_type,
     )
     unet.save_pretrained(out / "unet")
     vae.save_pretrained(out / "vae")

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from icg_core.config import AestheticConfig
 from icg_core.rewards.common import (
     RewardFn,
     RewardStats,
@@ -63,18 +63,6 @@ PROXY_WEIGHTS: dict[str, float] = {
 }
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 _ENTROPY_BINS = 32
-
-
-class AestheticConfig(BaseModel):
-    """Knobs of the aesthetic reward."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["proxy", "laion"] = "proxy"  # embedded pixel proxy, or the LAION predictor
-    clip_path: str | None = None  # local CLIP ViT-L/14 folder (backend "laion")
-    head_path: str | None = None  # LAION MLP head weights, .pth state dict or .safetensors (backend "laion")
-    device: str = "auto"  # "auto" = CUDA when present
-    batch_size: int = 64  # covers scored at once
 
 
 # ----------------------------------------------------------------------------- pixel measures

@@ -35,10 +35,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
+from icg_core.config import PreferenceConfig, UsersConfig
 from icg_core.rewards.common import (
     RewardFn,
     RewardStats,
@@ -53,7 +53,6 @@ from icg_core.users import (
     ATTRIBUTE_SIZE,
     VALIDATED_AREA,
     UserEmbeddings,
-    UsersConfig,
     cover_attributes,
     load_user_embeddings,
     pixel_attributes,
@@ -63,22 +62,6 @@ from icg_core.users import (
 log = logging.getLogger(__name__)
 
 KIND = "preference"
-
-
-class PreferenceConfig(BaseModel):
-    """Knobs of the click model and of its acceptance gate."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    holdout_days: int = 3  # last days of the window scored by the gate, never trained on by it
-    auc_floor: float = 0.6  # held-out AUC below this refuses the model (the pipeline gates on it)
-    use_category: bool = False  # item category one-hot as context (constant per item); measured no gain
-    epochs: int = 8  # passes over the impressions
-    batch_size: int = 2048  # impressions per Adam step
-    lr: float = 0.01  # Adam learning rate
-    weight_decay: float = 1e-4  # L2 on every weight
-    reference_rows: int = 20000  # impressions the standardization statistics are measured on
-    seed: int = 0  # seeds init, batch order and the reference sample
 
 
 class PreferenceGateError(RuntimeError):

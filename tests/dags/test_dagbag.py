@@ -11,7 +11,7 @@ import pytest
 
 from tests.dags.conftest import DAGS, REPO
 
-EXPECTED_DAGS = {"icg_nightly"}
+EXPECTED_DAGS = {"icg_nightly", "icg_bootstrap"}
 HEAVY_MODULES = ("torch", "ray", "diffusers", "transformers", "pandas", "great_expectations", "duckdb")
 
 

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 
 STAGES = [["world"], ["extract"], ["validate"], ["publish"], ["import", "movielens"], ["import", "pixelrec"]]
+STAGES += [["bootstrap"], ["generate-sample"], ["train-users"], ["train-rewards"], ["finetune"]]
+STAGES += [["features"], ["generate"]]
 
 
 def test_top_level_help_lists_every_stage() -> None:
@@ -27,7 +29,12 @@ def test_every_command_has_help(words: list[str]) -> None:
     assert "Usage" in result.output
 
 
-@pytest.mark.parametrize("module", ["extract", "validate", "publish", "world", "imports"])
+MODULES = ["extract", "validate", "publish", "world", "imports"]
+MODULES += ["users", "rewards", "finetune"]
+MODULES += ["features", "generate"]
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_python_m_twin_has_the_same_options(module: str) -> None:
     out = subprocess.run(
         [sys.executable, "-m", f"pipelines.{module}", "--help"], capture_output=True, text=True, timeout=60

@@ -1,0 +1,564 @@
+"""Covers at catalog scale: one PNG and one manifest row per (item, segment), resumable, without Ray.
+
+The generate stage (:mod:`pipelines.generate`) runs :class:`CoverWriter` inside Ray actors; a plain
+loop (:func:`generate_covers`) runs the same writer in one process. Layout under the root::
+
+    covers/ds=<ds>/segment=<s>/<item_id>.png    the cover
+    covers/ds=<ds>/segment=<s>/<item_id>.json   its sidecar: the manifest row + the cover's fingerprint
+
+A cover is a pure function of its inputs: the item's content hash (title, reference image, encoder
+version), the generator version, the segment centroid and the sampling settings; its seed is
+``seed_for(item, segment, generator version)``. Their digest is the cover's *fingerprint*. Before
+generating, a writer looks for a sidecar with the same fingerprint: today's (a retried batch, a
+rerun after a crash: the cover is kept) or the previous day's (a nightly run: the PNG is copied,
+not regenerated). The sidecar is written after its PNG, so a sidecar always names a complete cover.
+
+The VLM does not run here: covers read the per-item feature cache (:mod:`icg_core.features`),
+so the encoder's cost grows with items, and only diffusion with items x segments.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+
+from icg_core.config import ICGConfig, ModelsConfig
+from icg_core.features import FEATURES_AREA, load_features
+from icg_core.models.checkpoint import MODELS_PREFIX, checkpoint_exists, checkpoint_prefix, resolve_version
+from icg_core.models.generator import seed_for
+from icg_core.publish import STAGING_AREA, TABLE
+from icg_core.rewards.common import model_name
+from icg_core.schemas import TABLES
+from icg_core.storage import ObjectStore, StorageError
+
+log = logging.getLogger(__name__)
+
+COVERS_PREFIX = "covers"
+CATALOG_AREA = "validated"
+SEGMENTS_AREA = "users"  # icg_core.users.USERS_AREA (not imported: it pulls in scikit-learn)
+REWARD_KINDS = ("aesthetic", "relevance", "preference")
+FORMAT = "PNG"
+# Columns of a generation request: one row per (item, segment).
+REQUEST_COLUMNS = ("item_id", "title", "category", "content_hash", "features_uri", "segment_id")
+# Status of each manifest row: generated now, kept from today's earlier attempt, or copied from a previous day.
+GENERATED, KEPT, COPIED = "generated", "kept", "copied"
+
+
+class GenerateInputError(ValueError):
+    """The generate (or features) stage cannot start on these inputs; the message says what to run or fix."""
+
+
+def cover_key(ds: str, segment_id: int, item_id: str) -> str:
+    return f"{COVERS_PREFIX}/ds={ds}/segment={int(segment_id)}/{item_id}.png"
+
+
+def sidecar_key(ds: str, segment_id: int, item_id: str) -> str:
+    return f"{COVERS_PREFIX}/ds={ds}/segment={int(segment_id)}/{item_id}.json"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings that change a cover's pixels (part of its fingerprint)."""
+
+    steps: int
+    guidance_scale: float
+    scheduler: str
+
+    @classmethod
+    def from_models(cls, models: ModelsConfig) -> Sampling:
+        return cls(models.sample_steps, models.guidance_scale, models.scheduler)
+
+
+def cover_fingerprint(
+    content_hash: str, generator_version: str, centroid: np.ndarray, sampling: Sampling
+) -> str:
+    """Digest of everything a cover depends on; equal fingerprints mean identical covers."""
+    centroid_digest = hashlib.sha256(np.asarray(centroid, np.float32).tobytes()).hexdigest()
+    parts = [
+        content_hash,
+        generator_version,
+        centroid_digest,
+        sampling.steps,
+        sampling.guidance_scale,
+        sampling.scheduler,
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+
+# ------------------------------------------------------------------ inputs, checked before any work
+@dataclass
+class GeneratePlan:
+    """What the generate stage will do for ``ds``; built by :func:`plan_generation`.
+
+    Attributes:
+        items: one row per item: item_id, title, category, content_hash, features_uri.
+        centroids: segment id -> centroid ``[D]``.
+        generator_version: the resolved generator checkpoint version.
+        reward_versions: reward kind -> resolved version.
+        previous_ds: the latest earlier day with covers (reuse source), or None.
+    """
+
+    ds: str
+    items: pa.Table
+    centroids: dict[int, np.ndarray]
+    generator_version: str
+    reward_versions: dict[str, str]
+    previous_ds: str | None
+    sampling: Sampling
+
+    @property
+    def segment_ids(self) -> list[int]:
+        return sorted(self.centroids)
+
+    @property
+    def rows(self) -> int:
+        return self.items.num_rows * len(self.centroids)
+
+
+def read_catalog_items(store: ObjectStore, ds: str, items_limit: int | None = None) -> pa.Table:
+    """The validated catalog of ``ds`` sorted by item_id (first ``items_limit`` items when given).
+
+    Raises:
+        GenerateInputError: no validated catalog for ``ds``, or it is empty.
+    """
+    if not store.has_partition("catalog_items", ds=ds, area=CATALOG_AREA):
+        where = store.uri(store.partition_prefix(CATALOG_AREA, "catalog_items", ds))
+        raise GenerateInputError(
+            f"no validated catalog for ds={ds} ({where}); run extract and validate first"
+        )
+    catalog = store.read_table("catalog_items", ds=ds, area=CATALOG_AREA)
+    catalog = catalog.sort_by("item_id")
+    if items_limit is not None:
+        catalog = catalog.slice(0, max(items_limit, 0))
+    if catalog.num_rows == 0:
+        raise GenerateInputError(
+            f"the validated catalog of ds={ds} is empty (items_limit={items_limit}): nothing to do"
+        )
+    return catalog
+
+
+def read_centroids(store: ObjectStore, ds: str) -> dict[int, np.ndarray]:
+    """Segment centroids of ``ds`` (area ``users``).
+
+    Raises:
+        GenerateInputError: no segment table for ``ds``, or no segments in it.
+    """
+    if not store.has_partition("segment_centroids", ds=ds, area=SEGMENTS_AREA):
+        where = store.uri(store.partition_prefix(SEGMENTS_AREA, "segment_centroids", ds))
+        raise GenerateInputError(f"no segment table for ds={ds} ({where}); run the users stage first")
+    table = store.read_table("segment_centroids", ds=ds, area=SEGMENTS_AREA)
+    centroids = {
+        int(s): np.asarray(c, np.float32)
+        for s, c in zip(
+            table.column("segment_id").to_pylist(), table.column("centroid").to_pylist(), strict=True
+        )
+    }
+    if not centroids:
+        raise GenerateInputError(f"the segment table of ds={ds} has no segments")
+    return centroids
+
+
+def resolve_generator(store: ObjectStore, models: ModelsConfig, version: str) -> tuple[str, dict[str, Any]]:
+    """(resolved version, saved module config) of the generator, or a clear error if it does not exist."""
+    name = models.generator_name
+    if not checkpoint_exists(store, name, version):
+        known = sorted({k.split("/")[2] for k in store.list(f"{MODELS_PREFIX}/{name}") if k.count("/") >= 3})
+        raise GenerateInputError(
+            f"generator {name!r} version {version!r} does not exist under {store.uri(MODELS_PREFIX + '/' + name)}"
+            f" (versions found: {known or 'none'}); run bootstrap / finetune, or pick an existing version"
+        )
+    resolved = resolve_version(store, name, version)
+    config = store.get_json(f"{checkpoint_prefix(name, resolved)}/config.json")["config"]
+    return resolved, config
+
+
+def plan_generation(
+    store: ObjectStore, cfg: ICGConfig, ds: str, *, items_limit: int | None = None, version: str | None = None
+) -> GeneratePlan:
+    """Check every input of the generate stage and say what it will do; nothing is written but a probe.
+
+    Order: the output root is writable; catalog, segments, generator, reward models and the day's
+    item features exist and agree (features computed with the generator's encoder, for every item).
+
+    Raises:
+        StorageError: the root cannot be written.
+        GenerateInputError: a missing or inconsistent input, named with what to run.
+    """
+    store.check_writable()
+    catalog = read_catalog_items(store, ds, items_limit)
+    centroids = read_centroids(store, ds)
+    generator_version, generator_config = resolve_generator(
+        store, cfg.models, version or cfg.generate.generator_version
+    )
+    reward_versions = {}
+    for kind in REWARD_KINDS:
+        if not checkpoint_exists(store, model_name(kind), cfg.generate.reward_version):
+            raise GenerateInputError(
+                f"reward model {model_name(kind)!r} version {cfg.generate.reward_version!r} does not exist; run the rewards stage first"
+            )
+        reward_versions[kind] = resolve_version(store, model_name(kind), cfg.generate.reward_version)
+    if not store.has_partition("item_features", ds=ds, area=FEATURES_AREA):
+        raise GenerateInputError(f"no item features for ds={ds}; run the features stage first")
+    features = store.read_table("item_features", ds=ds, area=FEATURES_AREA)
+    encoder_version = generator_config["encoder_version"]
+    features = features.filter(pc.equal(features.column("encoder_version"), encoder_version))
+    items = (
+        catalog.select(["item_id", "title", "category"])
+        .join(features.select(["item_id", "content_hash", "features_uri"]), "item_id", join_type="left outer")
+        .sort_by("item_id")
+    )
+    missing = items.filter(pc.is_null(items.column("features_uri"))).column("item_id").to_pylist()
+    if missing:
+        raise GenerateInputError(
+            f"{len(missing)} items of ds={ds} have no features from encoder {encoder_version} "
+            f"(e.g. {missing[:3]}); run the features stage with generator {generator_version}"
+        )
+    previous = [d for d in _cover_days(store) if d < ds] if cfg.generate.reuse_previous_days else []
+    plan = GeneratePlan(
+        ds=ds,
+        items=items,
+        centroids=centroids,
+        generator_version=generator_version,
+        reward_versions=reward_versions,
+        previous_ds=previous[-1] if previous else None,
+        sampling=Sampling.from_models(cfg.models),
+    )
+    log.info(
+        "stage=generate ds=%s plan items=%d segments=%d rows=%d generator=%s previous_ds=%s",
+        ds, items.num_rows, len(centroids), plan.rows, generator_version, plan.previous_ds,
+    )  # fmt: skip
+    return plan
+
+
+def _cover_days(store: ObjectStore) -> list[str]:
+    """Days that have a staged covers manifest (their sidecars are complete)."""
+    return store.partitions(TABLE, area=STAGING_AREA)
+
+
+def requests(plan: GeneratePlan, items: pa.Table | None = None) -> pa.Table:
+    """Items x segments as request rows (``REQUEST_COLUMNS``), item-major."""
+    items = plan.items if items is None else items
+    segments = plan.segment_ids
+    index = np.repeat(np.arange(items.num_rows), len(segments))
+    expanded = items.take(pa.array(index, pa.int64()))
+    return expanded.append_column("segment_id", pa.array(segments * items.num_rows, pa.int32())).select(
+        list(REQUEST_COLUMNS)
+    )
+
+
+# ------------------------------------------------------------------ rewards and the writer
+@dataclass
+class CoverRewards:
+    """The three standardized reward fns, scoring covers for their (item title, segment)."""
+
+    aesthetic: Callable
+    relevance: Callable
+    preference: Callable
+
+    def score(
+        self, images: np.ndarray, titles: Sequence[str], segment_ids: Sequence[int], categories: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Rewards ``[B]`` per kind for uint8 covers ``[B, H, W, 3]``."""
+        metadata = [
+            {"segment_id": int(s), "category": c} for s, c in zip(segment_ids, categories, strict=True)
+        ]
+        return {
+            "aesthetic": self.aesthetic(images, titles, metadata)[0],
+            "relevance": self.relevance(images, titles, metadata)[0],
+            "preference": self.preference(images, titles, metadata)[0],
+        }
+
+
+def load_cover_rewards(
+    store: ObjectStore, versions: Mapping[str, str], centroids: Mapping[int, np.ndarray]
+) -> CoverRewards:
+    """Load the saved reward models (standardized) for scoring covers of the given segments."""
+    from icg_core.rewards.aesthetic import load_aesthetic_reward_fn
+    from icg_core.rewards.preference import load_preference_reward_fn
+    from icg_core.rewards.relevance import load_relevance_reward_fn
+
+    return CoverRewards(
+        load_aesthetic_reward_fn(store, versions["aesthetic"]),
+        load_relevance_reward_fn(store, versions["relevance"]),
+        load_preference_reward_fn(store, versions["preference"], centroids=dict(centroids)),
+    )
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=FORMAT)
+    return buffer.getvalue()
+
+
+@dataclass
+class WriterCounts:
+    generated: int = 0
+    kept: int = 0
+    copied: int = 0
+    encoder_calls: int = 0  # meta-token encoder forward passes made while generating (expected 0)
+    sample_seconds: float = 0.0
+
+
+@dataclass
+class CoverWriter:
+    """Turns request rows into covers + manifest rows, skipping covers whose fingerprint is already written.
+
+    Args:
+        store: the object store.
+        bundle: the loaded generator (:class:`icg_core.models.bundle.ICGBundle`).
+        rewards: the reward fns (:func:`load_cover_rewards`).
+        plan: the day's :class:`GeneratePlan` (ds, centroids, versions, previous day, sampling).
+        force: regenerate even when a matching cover exists.
+        on_written: called with the number of covers this writer generated so far, after each one
+            (the fault-injection hook of the stage's tests).
+    """
+
+    store: ObjectStore
+    bundle: Any
+    rewards: CoverRewards
+    plan: GeneratePlan
+    force: bool = False
+    on_written: Callable[[int], None] | None = None
+    counts: WriterCounts = field(default_factory=WriterCounts)
+
+    def __post_init__(self) -> None:
+        self.bundle.encoder.register_forward_hook(self._count_encoder_call)
+
+    def _count_encoder_call(self, *_: Any) -> None:
+        self.counts.encoder_calls += 1
+
+    def write(self, batch: pa.Table) -> pa.Table:
+        """Covers for ``batch`` (``REQUEST_COLUMNS``): the manifest rows plus ``status``, in batch order."""
+        rows = batch.to_pylist()
+        out: list[dict[str, Any] | None] = [None] * len(rows)
+        todo = []
+        for i, row in enumerate(rows):
+            row["fingerprint"] = cover_fingerprint(
+                row["content_hash"],
+                self.plan.generator_version,
+                self.plan.centroids[int(row["segment_id"])],
+                self.plan.sampling,
+            )
+            out[i] = None if self.force else self._reuse(row)
+            if out[i] is None:
+                todo.append(i)
+        if todo:
+            for i, manifest_row in zip(todo, self._generate([rows[i] for i in todo]), strict=True):
+                out[i] = manifest_row
+        return pa.Table.from_pylist(out, schema=MANIFEST_SCHEMA)
+
+    def _reuse(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        ds, segment, item = self.plan.ds, int(row["segment_id"]), row["item_id"]
+        for day, status in ((ds, KEPT), (self.plan.previous_ds, COPIED)):
+            if day is None:
+                continue
+            saved = self._sidecar(day, segment, item)
+            if saved is None or saved["fingerprint"] != row["fingerprint"]:
+                continue
+            if status == COPIED:
+                self.store.put_bytes(
+                    cover_key(ds, segment, item), self.store.get_bytes(cover_key(day, segment, item))
+                )
+                self.store.put_json(sidecar_key(ds, segment, item), saved)
+                self.counts.copied += 1
+            else:
+                self.counts.kept += 1
+            return self._manifest_row(saved, status)
+        return None
+
+    def _sidecar(self, day: str, segment: int, item: str) -> dict[str, Any] | None:
+        key = sidecar_key(day, segment, item)
+        if not self.store.exists(key) or not self.store.exists(cover_key(day, segment, item)):
+            return None
+        try:
+            return self.store.get_json(key)
+        except (StorageError, ValueError):
+            return None  # a sidecar that cannot be read is regenerated, not trusted
+
+    def _generate(self, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        started = time.perf_counter()
+        plan, bundle = self.plan, self.bundle
+        import torch
+
+        features = load_features(self.store, [r["features_uri"] for r in rows])
+        segments = [int(r["segment_id"]) for r in rows]
+        users = torch.from_numpy(np.stack([plan.centroids[s] for s in segments]))
+        seeds = [
+            seed_for(r["item_id"], s, plan.generator_version) for r, s in zip(rows, segments, strict=True)
+        ]
+        images = bundle.generate(
+            features,
+            seeds,
+            users=users,
+            steps=plan.sampling.steps,
+            guidance_scale=plan.sampling.guidance_scale,
+            scheduler=plan.sampling.scheduler,
+            batch_size=len(rows),
+        )
+        rewards = self.rewards.score(
+            images, [r["title"] for r in rows], segments, [r["category"] for r in rows]
+        )
+        self.counts.sample_seconds += time.perf_counter() - started
+        created_at = dt.datetime.now(dt.UTC).isoformat()
+        for i, row in enumerate(rows):
+            saved = {
+                "item_id": row["item_id"],
+                "segment_id": segments[i],
+                "width": int(images.shape[2]),
+                "height": int(images.shape[1]),
+                "format": FORMAT,
+                "reward_aesthetic": float(rewards["aesthetic"][i]),
+                "reward_relevance": float(rewards["relevance"][i]),
+                "reward_preference": float(rewards["preference"][i]),
+                "generator_version": plan.generator_version,
+                "base_model": bundle.covers.base_model,
+                "seed": seeds[i],
+                "content_hash": row["content_hash"],
+                "created_at": created_at,
+                "fingerprint": row["fingerprint"],
+            }
+            # PNG first, sidecar second: a sidecar always names a complete cover.
+            self.store.put_bytes(cover_key(plan.ds, segments[i], row["item_id"]), encode_png(images[i]))
+            self.store.put_json(sidecar_key(plan.ds, segments[i], row["item_id"]), saved)
+            self.counts.generated += 1
+            if self.on_written is not None:
+                self.on_written(self.counts.generated)
+            yield self._manifest_row(saved, GENERATED)
+
+    def _manifest_row(self, saved: Mapping[str, Any], status: str) -> dict[str, Any]:
+        row = {name: saved[name] for name in MANIFEST_SCHEMA.names if name in saved}
+        row["cover_uri"] = self.store.uri(cover_key(self.plan.ds, int(saved["segment_id"]), saved["item_id"]))
+        row["created_at"] = dt.datetime.fromisoformat(saved["created_at"])
+        row["status"] = status
+        return row
+
+
+# The covers contract plus the row's status (dropped by the contract when the manifest is written).
+MANIFEST_SCHEMA = pa.schema(
+    [
+        *[pa.field(f.name, f.type) for f in TABLES[TABLE]],
+        pa.field("status", pa.string()),
+    ]
+)
+
+
+# ------------------------------------------------------------------ the day's manifest
+@dataclass
+class GenerateSummary:
+    """What a generate run did (the stage prints it)."""
+
+    ds: str
+    generator_version: str
+    items: int
+    segments: int
+    rows: int
+    generated: int
+    kept: int
+    copied: int
+    encoder_calls: int
+    manifest_uri: str
+    previous_ds: str | None
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def commit_manifest(
+    store: ObjectStore,
+    plan: GeneratePlan,
+    manifest: pa.Table,
+    *,
+    seconds: float,
+    encoder_calls: int,
+    extra: dict[str, Any] | None = None,
+) -> GenerateSummary:
+    """Check the rows cover items x segments once each, then commit them to ``staging/covers`` for publish.
+
+    Raises:
+        StorageError: rows missing or duplicated (a worker lost or repeated work); nothing committed.
+    """
+    keys = list(
+        zip(manifest.column("item_id").to_pylist(), manifest.column("segment_id").to_pylist(), strict=True)
+    )
+    if len(keys) != plan.rows or len(set(keys)) != len(keys):
+        raise StorageError(
+            f"generate ds={plan.ds}: {len(keys)} rows ({len(set(keys))} distinct) for {plan.rows} expected; manifest not committed"
+        )
+    store.write_table(TABLE, manifest, ds=plan.ds, area=STAGING_AREA)
+    statuses = manifest.column("status").to_pylist()
+    summary = GenerateSummary(
+        ds=plan.ds,
+        generator_version=plan.generator_version,
+        items=plan.items.num_rows,
+        segments=len(plan.centroids),
+        rows=manifest.num_rows,
+        generated=statuses.count(GENERATED),
+        kept=statuses.count(KEPT),
+        copied=statuses.count(COPIED),
+        encoder_calls=encoder_calls,
+        manifest_uri=store.uri(store.partition_prefix(STAGING_AREA, TABLE, plan.ds)),
+        previous_ds=plan.previous_ds,
+        seconds=round(seconds, 3),
+        extra=dict(extra or {}),
+    )
+    log.info(
+        "stage=generate ds=%s committed %s",
+        plan.ds,
+        {k: v for k, v in summary.__dict__.items() if k != "extra"},
+    )
+    return summary
+
+
+def generate_covers(
+    store: ObjectStore,
+    cfg: ICGConfig,
+    ds: str,
+    *,
+    items_limit: int | None = None,
+    force: bool = False,
+    plan: GeneratePlan | None = None,
+) -> GenerateSummary:
+    """The generate stage in this process (no Ray): same writer, same batches, same manifest.
+
+    Args:
+        store: the object store.
+        cfg: configuration (``models`` for sampling, ``generate`` for versions and batch size).
+        ds: the day.
+        items_limit: only the first N items (by item_id).
+        force: regenerate covers even when a matching one exists.
+        plan: a plan already made by :func:`plan_generation` (else made here).
+    """
+    from icg_core.bootstrap import torch_threads
+    from icg_core.models.bundle import load_bundle
+
+    started = time.perf_counter()
+    plan = plan or plan_generation(store, cfg, ds, items_limit=items_limit)
+    with torch_threads(cfg.models.cpu_threads):
+        bundle = load_bundle(store, cfg.models, plan.generator_version)
+        writer = CoverWriter(
+            store, bundle, load_cover_rewards(store, plan.reward_versions, plan.centroids), plan, force
+        )
+        table = requests(plan)
+        parts = [
+            writer.write(table.slice(s, cfg.generate.batch_size))
+            for s in range(0, table.num_rows, cfg.generate.batch_size)
+        ]
+    manifest = pa.concat_tables(parts)
+    return commit_manifest(
+        store,
+        plan,
+        manifest,
+        seconds=time.perf_counter() - started,
+        encoder_calls=writer.counts.encoder_calls,
+    )

@@ -1,0 +1,634 @@
+"""Stage 2, multi-reward alignment (DESIGN.md section 2, step 5): reward-weighted fine-tuning, no covers.
+
+Per step:
+
+1. draw ``pairs_per_step`` (training item, segment) pairs;
+2. sample ``candidates`` (K) covers per pair from the current generator, the segment centroid as user;
+3. score every cover with the three standardized rewards and combine them:
+   ``R = w_a*aesthetic + w_r*relevance + w_p*preference(segment, cover)``;
+4. weight the denoising loss on each candidate (its VAE latents, re-noised at random timesteps) by
+   ``softmax(R / beta)`` within its pair -- the model moves toward its own best candidates (RWR);
+5. add ``reg_weight`` x the stage-1 denoising loss on training items' reference covers with the null
+   user or a random user, so content and the non-personalized path stay put;
+6. update the refiner and (``train_adapter``) the adapter. The UNet and VAE stay frozen, and so do
+   the meta tokens: items are read from the feature cache. LoRA on the UNet is not implemented.
+
+Reward hacking guard: at step 0, every ``guard_every`` steps and at the end, a fixed set of held-out
+items x every segment is generated with fixed seeds and scored: the relevance reward's raw cosine,
+the aesthetic reward, the held-out aesthetic measure (``composition_score``, never trained on) and
+the preference reward. If held-out relevance falls more than ``max_relevance_drop`` (relative) below
+its step-0 value, training stops and the run fails (:class:`RelevanceCollapse`): nothing is saved
+as a generator and ``_latest`` does not move.
+
+Resumable like stage 1: weights, optimizer, step, curves and the generator state are saved every
+``checkpoint_every`` steps as ``models/<generator>-stage2-state/<version>/``; a rerun continues.
+The generator version hashes the recipe (config, reward weights, reward and user versions, base
+generator, ds) and spells out the weights, e.g. ``s2-a0.5-r1-p0-<hash>`` for a w_p = 0 ablation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from icg_core.config import FinetuneConfig, ICGConfig, RewardWeights
+from icg_core.features import compute_item_features, load_features
+from icg_core.models.bundle import ICGBundle, load_bundle, save_bundle
+from icg_core.models.checkpoint import (
+    MODELS_PREFIX,
+    checkpoint_exists,
+    checkpoint_prefix,
+    load_module_checkpoint,
+    resolve_version,
+    save_module_checkpoint,
+)
+from icg_core.models.generator import seed_for
+from icg_core.rewards.aesthetic import composition_score, load_aesthetic_reward_fn
+from icg_core.rewards.common import RewardFn
+from icg_core.rewards.preference import load_preference_reward_fn
+from icg_core.rewards.relevance import load_relevance_reward_fn
+from icg_core.storage import LATEST, ObjectStore
+from icg_core.training.base import lr_factor
+from icg_core.training.data import load_catalog_covers, read_catalog, split_items
+from icg_core.training.stage1 import _flatten_optimizer, _unflatten_optimizer, encode_latents
+from icg_core.users import load_segments
+
+log = logging.getLogger(__name__)
+
+STATE_SUFFIX = "-stage2-state"
+REPORT_PREFIX = "reports"
+REWARD_NAMES = ("aesthetic", "relevance", "preference")
+MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting, as stage 1's default
+GUARD_SEED_KEY = "stage2-guard"  # held-out checks use seed_for(item, segment, this): same covers every check
+# Fields that change how a run executes, not what it learns: kept out of the version hash.
+_NOT_RECIPE = {"checkpoint_every", "log_every"}
+
+
+class RelevanceCollapse(RuntimeError):
+    """Held-out relevance fell more than the configured share below its step-0 value: the run failed."""
+
+    def __init__(self, step: int, baseline: float, value: float, threshold: float) -> None:
+        drop = (baseline - value) / max(abs(baseline), 1e-8)
+        super().__init__(
+            f"stage 2 stopped at step {step}: held-out relevance {value:.4f} is {drop:.1%} below its "
+            f"step-0 value {baseline:.4f} (limit {threshold:.0%}); no generator was saved"
+        )
+        self.step, self.baseline, self.value, self.drop = step, baseline, value, drop
+        self.result: Stage2Result | None = None  # the stopped run (curves), set by the trainer
+
+
+# ----------------------------------------------------------------------------- rewards
+@dataclass
+class Rewards:
+    """The three standardized reward fns (``fn(images, prompts, metadata) -> (rewards, info)``)."""
+
+    aesthetic: RewardFn
+    relevance: RewardFn
+    preference: RewardFn
+
+    def score(
+        self, images: np.ndarray, titles: Sequence[str], segment_ids: Sequence[int]
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """Each reward of covers ``[B, H, W, 3]``: {name: {"standardized": [B], "raw": [B]}}."""
+        metadata = [{"segment_id": int(s)} for s in segment_ids]
+        out = {}
+        for name in REWARD_NAMES:
+            standardized, info = getattr(self, name)(images, list(titles), metadata)
+            out[name] = {"standardized": np.asarray(standardized, np.float32), "raw": np.asarray(info["raw"])}
+        return out
+
+
+def load_rewards(store: ObjectStore, version: str, centroids: dict[int, np.ndarray]) -> Rewards:
+    """The saved rewards of ``version`` (the rewards stage saves version = ds), standardized."""
+    return Rewards(
+        aesthetic=load_aesthetic_reward_fn(store, version),
+        relevance=load_relevance_reward_fn(store, version),
+        preference=load_preference_reward_fn(store, version, centroids=centroids),
+    )
+
+
+def combine_rewards(standardized: dict[str, np.ndarray], weights: RewardWeights) -> np.ndarray:
+    """``R = w_a*aesthetic + w_r*relevance + w_p*preference`` over standardized rewards ``[B]`` each."""
+    total = np.zeros_like(standardized[REWARD_NAMES[0]], dtype=np.float32)
+    for name in REWARD_NAMES:
+        total = total + float(getattr(weights, name)) * standardized[name]
+    return total
+
+
+def pair_weights(rewards: torch.Tensor, beta: float) -> torch.Tensor:
+    """Loss weights ``softmax(R / beta)`` within each pair: rewards ``[P, K]`` -> weights ``[P, K]``, rows sum to 1."""
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    return torch.softmax(rewards.float() / beta, dim=1)
+
+
+def min_snr_weight(alphas: torch.Tensor, timesteps: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """min-SNR-gamma weights of ``timesteps`` ``[B]`` (Hang et al. 2023), as in stage 1."""
+    alpha = alphas[timesteps]
+    snr = alpha / (1 - alpha)
+    clipped = torch.clamp(snr, max=MIN_SNR_GAMMA)
+    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class Stage2Data:
+    """What stage 2 reads: items' cached features, reference latents, and the segments.
+
+    Attributes:
+        titles: per training item, length I.
+        features: ``[I, N, d]`` cached meta-token features of the training items.
+        ref_mean, ref_std: ``[I, 4, h, w]`` scaled VAE posterior of their reference covers.
+        guard_titles: per guard (held-out) item, length G.
+        guard_item_ids: their ids (the guard seeds depend on them).
+        guard_features: ``[G, N, d]``.
+        segment_ids: ``[S]`` segment ids; centroids ``[S, D]`` in that order.
+    """
+
+    titles: list[str]
+    features: torch.Tensor
+    ref_mean: torch.Tensor
+    ref_std: torch.Tensor
+    guard_titles: list[str]
+    guard_item_ids: list[str]
+    guard_features: torch.Tensor
+    segment_ids: np.ndarray
+    centroids: torch.Tensor
+
+
+# ----------------------------------------------------------------------------- trainer
+@dataclass
+class Stage2Result:
+    """What a stage-2 run did."""
+
+    steps: int  # optimizer steps reached
+    resumed_from: int  # step the run started at
+    seconds: dict[str, float]  # sample / score / update / guard / total wall time of this run
+    complete: bool  # reached cfg.steps without a collapse
+    collapsed: bool  # the relevance guard stopped it
+    curve: list[dict[str, float]] = field(default_factory=list)  # per-reward means of the candidates
+    guard: list[dict[str, float]] = field(default_factory=list)  # held-out checks
+
+
+class Stage2Trainer:
+    """The stage-2 loop over a bundle, its data and rewards; resumable through the object store.
+
+    Args:
+        bundle: the generator to fine-tune (refiner and adapter train, everything else frozen).
+        data: see :class:`Stage2Data`.
+        rewards: the standardized reward fns.
+        cfg: the finetune section.
+        weights: reward weights.
+        guidance_scale, scheduler: sampling settings of the held-out checks (``models`` section).
+        store: where resumable states go; None = no states.
+        version: the run's identity (the generator version it will produce).
+        state_name: checkpoint name of the resumable states.
+    """
+
+    def __init__(
+        self,
+        bundle: ICGBundle,
+        data: Stage2Data,
+        rewards: Rewards,
+        cfg: FinetuneConfig,
+        weights: RewardWeights,
+        *,
+        guidance_scale: float = 3.0,
+        scheduler: str = "ddim",
+        store: ObjectStore | None = None,
+        version: str = "run",
+        state_name: str = "icg_generator" + STATE_SUFFIX,
+    ) -> None:
+        self.bundle, self.data, self.rewards, self.cfg, self.weights = bundle, data, rewards, cfg, weights
+        self.guidance_scale, self.sampler = guidance_scale, scheduler
+        self.store, self.version, self.state_name = store, version, state_name
+        self.unet = bundle.covers.unet
+        self.noise_scheduler = bundle.covers.make_scheduler("ddim")
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        self.alphas = self.noise_scheduler.alphas_cumprod.to(torch.float32)
+        groups = [{"params": list(bundle.refiner.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+        if cfg.train_adapter:
+            groups.append({"params": list(bundle.adapter.parameters()), "lr": cfg.adapter_lr, "base_lr": cfg.adapter_lr})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.curve: list[dict[str, float]] = []
+        self.guard: list[dict[str, float]] = []
+        self.timing = {"sample": 0.0, "score": 0.0, "update": 0.0, "guard": 0.0}
+        self._window: list[dict[str, float]] = []
+
+    def trainable_params(self) -> list[torch.nn.Parameter]:
+        params = list(self.bundle.refiner.parameters())
+        return params + (list(self.bundle.adapter.parameters()) if self.cfg.train_adapter else [])
+
+    # ------------------------------------------------------------------ state
+    def save_state(self) -> None:
+        """Write the resumable state (weights, optimizer, step, generator, curves)."""
+        if self.store is None:
+            return
+        tensors, groups = _flatten_optimizer(self.optimizer.state_dict())
+        modules = {
+            "refiner": self.bundle.refiner,
+            "adapter": self.bundle.adapter,
+            "optimizer": tensors,
+            "rng": {"generator": self.generator.get_state()},
+        }
+        config = {"step": self.step, "param_groups": groups, "curve": self.curve, "guard": self.guard}
+        save_module_checkpoint(self.store, self.state_name, self.version, modules, config, set_latest=False)
+
+    def load_state(self) -> bool:
+        """Continue from a saved state of this version, if one exists. Returns whether it did."""
+        if self.store is None or not checkpoint_exists(self.store, self.state_name, self.version):
+            return False
+        states, config = load_module_checkpoint(self.store, self.state_name, self.version)
+        self.bundle.refiner.load_state_dict(states["refiner"])
+        self.bundle.adapter.load_state_dict(states["adapter"])
+        self.optimizer.load_state_dict(_unflatten_optimizer(states["optimizer"], config["param_groups"]))
+        self.generator.set_state(states["rng"]["generator"])
+        self.step, self.curve, self.guard = int(config["step"]), list(config["curve"]), list(config["guard"])
+        log.info("stage=finetune resumed version=%s step=%d", self.version, self.step)
+        return True
+
+    # ------------------------------------------------------------------ pieces of a step
+    def _train_mode(self, training: bool) -> None:
+        self.bundle.refiner.train(training)
+        self.bundle.adapter.train(training and self.cfg.train_adapter)
+        self.unet.requires_grad_(False)
+        self.bundle.adapter.requires_grad_(self.cfg.train_adapter)
+
+    def _generate(
+        self, features: torch.Tensor, users: torch.Tensor, seeds: Sequence[int], guidance_scale: float
+    ) -> np.ndarray:
+        was_training = self.bundle.refiner.training
+        self.bundle.refiner.eval()
+        self.bundle.adapter.eval()
+        try:
+            return self.bundle.generate(
+                features,
+                list(seeds),
+                users=users,
+                steps=self.cfg.sample_steps,
+                guidance_scale=guidance_scale,
+                scheduler=self.sampler,
+                batch_size=64,
+            )
+        finally:
+            self._train_mode(was_training)
+
+    def denoising_loss(
+        self, features: torch.Tensor, users: torch.Tensor | None, user_mask: torch.Tensor | None,
+        mean: torch.Tensor, std: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-row min-SNR denoising loss ``[B]`` of latents drawn from posteriors (mean, std) ``[B, 4, h, w]``."""
+        g, device, dtype = self.generator, self.bundle.covers.device, self.bundle.covers.dtype
+        latents = mean + std * torch.randn(mean.shape, generator=g)
+        noise = torch.randn(mean.shape, generator=g)
+        timesteps = torch.randint(0, len(self.alphas), (len(mean),), generator=g)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        cond = self.bundle.conditioning(
+            features.to(device),
+            None if users is None else users.to(device),
+            None if user_mask is None else user_mask.to(device),
+        )
+        prediction = self.unet(
+            noisy.to(device, dtype), timesteps.to(device), return_dict=False, **cond.to(dtype=dtype).unet_kwargs()
+        )[0].float()
+        if self.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        per_row = (prediction - target.to(device)).pow(2).mean(dim=(1, 2, 3))
+        return per_row * min_snr_weight(self.alphas, timesteps, self.prediction_type).to(device)
+
+    def regularization_loss(self) -> torch.Tensor:
+        """The stage-1 term: reference covers of training items with the null user, a segment centroid
+        or a random user. Centroid rows matter most: the segments' path is the one the rewards move, and
+        without them it drifts to a degenerate conditioning that guidance turns into the same
+        saturated texture for every item (measured, with any reward weights)."""
+        g, data, cfg = self.generator, self.data, self.cfg
+        rows = torch.randint(0, len(data.titles), (cfg.reg_batch_size,), generator=g)
+        users = torch.randn(len(rows), data.centroids.shape[1], generator=g)
+        kind = torch.rand(len(rows), generator=g)
+        centroid_rows = kind < cfg.reg_segment_fraction
+        picked = torch.randint(0, len(data.segment_ids), (len(rows),), generator=g)
+        users[centroid_rows] = data.centroids[picked[centroid_rows]]
+        mask = kind < cfg.reg_segment_fraction + cfg.reg_random_user_fraction
+        return self.denoising_loss(
+            data.features[rows], users, mask, data.ref_mean[rows], data.ref_std[rows]
+        ).mean()
+
+    def train_step(self) -> dict[str, float]:
+        """One step: sample, score, weight, update. Returns the step's reward means and losses."""
+        cfg, g, data = self.cfg, self.generator, self.data
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(self.step, cfg.steps, cfg.warmup_steps)
+        pairs, k = cfg.pairs_per_step, cfg.candidates
+        items = torch.randint(0, len(data.titles), (pairs,), generator=g).repeat_interleave(k)
+        segments = torch.randint(0, len(data.segment_ids), (pairs,), generator=g).repeat_interleave(k)
+        seeds = torch.randint(0, 2**62, (pairs * k,), generator=g).tolist()
+        started = time.perf_counter()
+        # Candidates come from the conditional model itself (guidance off by default): training the
+        # conditional branch on guided samples and sampling them with guidance again compounds the
+        # guidance every step (measured: every cover turns into one saturated texture within 20 steps).
+        images = self._generate(data.features[items], data.centroids[segments], seeds, cfg.candidate_guidance_scale)
+        mean, std = encode_latents(self.bundle.covers, images)
+        sampled = time.perf_counter()
+        titles = [data.titles[i] for i in items.tolist()]
+        scores = self.rewards.score(images, titles, data.segment_ids[segments.numpy()])
+        total = combine_rewards({n: s["standardized"] for n, s in scores.items()}, self.weights)
+        weights = pair_weights(torch.from_numpy(total).view(pairs, k), cfg.beta).view(-1)
+        scored = time.perf_counter()
+        losses = []
+        for _ in range(cfg.updates_per_batch):  # sampling dominates the cost: each batch serves a few updates
+            reward_loss = torch.zeros(())
+            for _ in range(cfg.noise_draws):
+                per_row = self.denoising_loss(data.features[items], data.centroids[segments], None, mean, std)
+                reward_loss = reward_loss + (weights.to(per_row.device) * per_row).sum() / (pairs * cfg.noise_draws)
+            reg_loss = self.regularization_loss() if cfg.reg_weight > 0 else torch.zeros(())
+            loss = reward_loss + cfg.reg_weight * reg_loss
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.trainable_params(), 1.0)
+            self.optimizer.step()
+            losses.append((reward_loss.item(), reg_loss.item()))
+        self.step += 1
+        self.timing["sample"] += sampled - started
+        self.timing["score"] += scored - sampled
+        self.timing["update"] += time.perf_counter() - scored
+        entropy = -(weights * weights.clamp_min(1e-12).log()).view(pairs, k).sum(1).mean()
+        point = {f"{n}_raw": float(scores[n]["raw"].mean()) for n in REWARD_NAMES}
+        point |= {f"{n}_z": float(scores[n]["standardized"].mean()) for n in REWARD_NAMES}
+        # How much each reward varies among a pair's candidates: what actually steers the weights.
+        point |= {f"{n}_spread": float(scores[n]["standardized"].reshape(pairs, k).std(1).mean()) for n in REWARD_NAMES}
+        return point | {
+            "reward": float(total.mean()),
+            "reward_loss": float(np.mean([r for r, _ in losses])),
+            "reg_loss": float(np.mean([r for _, r in losses])),
+            "weight_entropy": float(entropy) / float(np.log(k)) if k > 1 else 1.0,
+        }
+
+    @torch.no_grad()
+    def check_heldout(self) -> dict[str, float]:
+        """Score held-out items x every segment with fixed seeds (the guard's measurements)."""
+        started = time.perf_counter()
+        data = self.data
+        n_items, n_segments = len(data.guard_titles), len(data.segment_ids)
+        items = torch.arange(n_items).repeat_interleave(n_segments)
+        segments = torch.arange(n_segments).repeat(n_items)
+        seeds = [
+            seed_for(data.guard_item_ids[i], int(data.segment_ids[s]), GUARD_SEED_KEY)
+            for i, s in zip(items.tolist(), segments.tolist(), strict=True)
+        ]
+        images = self._generate(data.guard_features[items], data.centroids[segments], seeds, self.guidance_scale)
+        scores = self.rewards.score(
+            images, [data.guard_titles[i] for i in items.tolist()], data.segment_ids[segments.numpy()]
+        )
+        point = {"step": self.step, "composition": float(composition_score(images).mean())}
+        point |= {f"{n}_raw": float(scores[n]["raw"].mean()) for n in REWARD_NAMES}
+        point |= {f"{n}_z": float(scores[n]["standardized"].mean()) for n in REWARD_NAMES}
+        self.timing["guard"] += time.perf_counter() - started
+        return point
+
+    def _relevance_collapsed(self, point: dict[str, float]) -> bool:
+        baseline = self.guard[0]["relevance_raw"]
+        drop = (baseline - point["relevance_raw"]) / max(abs(baseline), 1e-8)
+        point["relevance_drop"] = round(drop, 5)
+        return drop > self.cfg.max_relevance_drop
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop_after: int | None = None) -> Stage2Result:
+        """Train from the saved state (if any) to ``cfg.steps``, or stop after ``stop_after`` steps.
+
+        Raises:
+            RelevanceCollapse: held-out relevance fell past ``max_relevance_drop`` (state is kept).
+        """
+        if self.step == 0:
+            self.load_state()
+        resumed_from = self.step
+        target = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
+        started = time.perf_counter()
+        if not self.guard:
+            self.guard.append(self.check_heldout())
+        collapse: RelevanceCollapse | None = None
+        self._train_mode(True)
+        try:
+            with tqdm(total=target, initial=self.step, desc="stage 2", unit="step", disable=None) as bar:
+                while self.step < target:
+                    self._window.append(self.train_step())
+                    bar.update(1)
+                    if self.step % self.cfg.log_every == 0 or self.step == target:
+                        self._log_point(started)
+                        bar.set_postfix(reward=f"{self.curve[-1]['reward']:.3f}")
+                    if self.step % self.cfg.guard_every == 0 or self.step == self.cfg.steps:
+                        point = self.check_heldout()
+                        collapsed = self._relevance_collapsed(point)
+                        self.guard.append(point)
+                        log.info("stage=finetune step=%d held-out %s", self.step, json.dumps(point))
+                        if collapsed:
+                            collapse = RelevanceCollapse(
+                                self.step, self.guard[0]["relevance_raw"], point["relevance_raw"],
+                                self.cfg.max_relevance_drop,
+                            )
+                            break
+                    if self.step % self.cfg.checkpoint_every == 0 and self.step < target:
+                        self.save_state()
+        finally:
+            self._train_mode(False)
+        self.save_state()
+        seconds = {k: round(v, 2) for k, v in self.timing.items()}
+        seconds["total"] = round(time.perf_counter() - started, 2)
+        result = Stage2Result(
+            steps=self.step,
+            resumed_from=resumed_from,
+            seconds=seconds,
+            complete=collapse is None and self.step >= self.cfg.steps,
+            collapsed=collapse is not None,
+            curve=list(self.curve),
+            guard=list(self.guard),
+        )
+        log.info("stage=finetune version=%s steps=%d (from %d) seconds=%s", self.version, self.step, resumed_from, seconds)
+        if collapse is not None:
+            collapse.result = result
+            raise collapse
+        return result
+
+    def _log_point(self, started: float) -> None:
+        if not self._window:
+            return
+        keys = self._window[0].keys()
+        point = {k: round(float(np.mean([w[k] for w in self._window])), 5) for k in keys}
+        point |= {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
+        point["seconds"] = round(time.perf_counter() - started, 2)
+        self.curve.append(point)
+        self._window = []
+
+
+# ----------------------------------------------------------------------------- the stage
+@dataclass
+class FinetuneSummary:
+    """What :func:`run_finetune` did (also written as ``reports/ds=<ds>/finetune-<version>.json``)."""
+
+    ds: str
+    generator_version: str
+    base_version: str
+    reused: bool  # the version existed: nothing trained
+    latest_moved: bool
+    reward_versions: dict[str, str]
+    users_version: str
+    items: dict[str, int]
+    seconds: dict[str, float]
+    result: dict[str, Any] = field(default_factory=dict)
+    report: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def stage1_version(store: ObjectStore, generator_name: str) -> str:
+    """The stage-1 generator stage 2 starts from: ``_latest``, or the base a stage-2 ``_latest`` names."""
+    version = resolve_version(store, generator_name)
+    config = store.get_json(f"{checkpoint_prefix(generator_name, version)}/config.json")["config"]
+    return str(config.get("stage2", {}).get("base_version", version))
+
+
+def generator_version(
+    cfg: ICGConfig, base_version: str, ds: str, reward_versions: dict[str, str], users_version: str
+) -> str:
+    """``s2-a<w_a>-r<w_r>-p<w_p>-<hash of the whole recipe>``: ablations are readable in the name."""
+    w = cfg.rewards.weights
+    recipe = {
+        "finetune": cfg.finetune.model_dump(exclude=_NOT_RECIPE),
+        "weights": w.model_dump(),
+        "sampling": {"guidance_scale": cfg.models.guidance_scale, "scheduler": cfg.models.scheduler},
+        "holdout_fraction": cfg.stage1.holdout_fraction,
+    }
+    digest = _digest(recipe, base_version, ds, reward_versions, users_version)
+    return f"s2-a{w.aesthetic:g}-r{w.relevance:g}-p{w.preference:g}-{digest}"
+
+
+def load_stage2_data(
+    store: ObjectStore, bundle: ICGBundle, ds: str, holdout_fraction: float, guard_items: int
+) -> tuple[Stage2Data, dict[str, int]]:
+    """Features (from the cache), reference latents of training items, guard items, segments of ``ds``."""
+    catalog = read_catalog(store, ds)
+    item_ids = catalog.column("item_id").to_pylist()
+    train_ids, held_ids = split_items(item_ids, holdout_fraction)
+    if not train_ids or not held_ids:
+        raise ValueError(f"holdout_fraction={holdout_fraction} leaves no training or no held-out items")
+    rows = compute_item_features(bundle.encoder, catalog, store).table
+    uri_of = dict(zip(rows.column("item_id").to_pylist(), rows.column("features_uri").to_pylist(), strict=True))
+    train = load_catalog_covers(store, ds, bundle.covers.image_size, item_ids=train_ids, with_variants=False)
+    guard_ids = held_ids[:guard_items]
+    title_of = dict(zip(item_ids, catalog.column("title").to_pylist(), strict=True))
+    ref_mean, ref_std = encode_latents(bundle.covers, train.references)
+    segments = load_segments(store, ds)
+    segment_ids, centroids = segments.centroid_matrix()
+    data = Stage2Data(
+        titles=train.titles,
+        features=load_features(store, [uri_of[i] for i in train.item_ids]),
+        ref_mean=ref_mean,
+        ref_std=ref_std,
+        guard_titles=[title_of[i] for i in guard_ids],
+        guard_item_ids=guard_ids,
+        guard_features=load_features(store, [uri_of[i] for i in guard_ids]),
+        segment_ids=segment_ids,
+        centroids=torch.from_numpy(centroids).float(),
+    )
+    return data, {"train": len(train_ids), "held_out": len(held_ids), "guard": len(guard_ids), "segments": len(segment_ids)}
+
+
+def run_finetune(
+    store: ObjectStore,
+    cfg: ICGConfig,
+    ds: str,
+    *,
+    stop_after: int | None = None,
+    rewards: Callable[[dict[int, np.ndarray]], Rewards] | None = None,
+) -> FinetuneSummary:
+    """The finetune stage for ``ds``: stage 2 from the stage-1 generator, saved as a new version.
+
+    Args:
+        store: the object store with the validated day, the users stage's segments and the rewards
+            stage's models of ``ds``, and a stage-1 generator.
+        cfg: the configuration (``finetune``, ``rewards.weights``, ``models``, ``stage1.holdout_fraction``).
+        ds: the run's date.
+        stop_after: stop after this many steps (state saved; a rerun resumes).
+        rewards: build the reward fns from the segment centroids (tests); default the saved rewards of ``ds``.
+
+    Returns:
+        The summary. ``_latest`` moves only when training completed without a relevance collapse.
+
+    Raises:
+        RelevanceCollapse: the guard stopped training (report written, no generator saved).
+    """
+    started = time.perf_counter()
+    name = cfg.models.generator_name
+    base_version = stage1_version(store, name)
+    reward_versions = {n: resolve_version(store, f"reward_{n}", ds) for n in REWARD_NAMES}
+    users_version = str(store.read_table("user_embeddings", ds=ds, area="users").column("model_version")[0])
+    version = generator_version(cfg, base_version, ds, reward_versions, users_version)
+    summary = FinetuneSummary(
+        ds=ds, generator_version=version, base_version=base_version, reused=False, latest_moved=False,
+        reward_versions=reward_versions, users_version=users_version, items={}, seconds={},
+    )
+    if checkpoint_exists(store, name, version):  # only ever saved after a successful run
+        _point_latest(store, name, version)
+        summary.reused, summary.latest_moved = True, True
+        summary.seconds = {"total": round(time.perf_counter() - started, 2)}
+        log.info("stage=finetune ds=%s version=%s exists: reused", ds, version)
+        return summary
+    bundle = load_bundle(store, cfg.models, base_version)
+    data, summary.items = load_stage2_data(
+        store, bundle, ds, cfg.stage1.holdout_fraction, cfg.finetune.guard_items
+    )
+    load_seconds = round(time.perf_counter() - started, 2)
+    centroids = {int(s): c.numpy() for s, c in zip(data.segment_ids, data.centroids, strict=True)}
+    reward_fns = rewards(centroids) if rewards is not None else load_rewards(store, ds, centroids)
+    trainer = Stage2Trainer(
+        bundle, data, reward_fns, cfg.finetune, cfg.rewards.weights,
+        guidance_scale=cfg.models.guidance_scale, scheduler=cfg.models.scheduler,
+        store=store, version=version, state_name=name + STATE_SUFFIX,
+    )
+    try:
+        result = trainer.run(stop_after=stop_after)
+    except RelevanceCollapse as collapse:
+        summary.result = asdict(collapse.result) if collapse.result else {}
+        summary.result["failure"] = str(collapse)
+        summary.seconds = {"load": load_seconds, "total": round(time.perf_counter() - started, 2)}
+        summary.report = _write_report(store, summary)
+        raise
+    summary.result = asdict(result)
+    if result.complete:
+        extra = {"stage2": {"base_version": base_version, "ds": ds, "reward_versions": reward_versions,
+                            "users_version": users_version, "weights": cfg.rewards.weights.model_dump(),
+                            "finetune": cfg.finetune.model_dump(), "guard": result.guard}}
+        save_bundle(store, bundle, name, version, extra)  # moves _latest
+        summary.latest_moved = True
+    summary.seconds = {"load": load_seconds, **{f"train_{k}": v for k, v in result.seconds.items()},
+                       "total": round(time.perf_counter() - started, 2)}
+    summary.report = _write_report(store, summary)
+    log.info("stage=finetune ds=%s version=%s complete=%s seconds=%s", ds, version, result.complete, summary.seconds)
+    return summary
+
+
+def _point_latest(store: ObjectStore, name: str, version: str) -> None:
+    """Point ``models/<name>/_latest`` at an existing complete version."""
+    store.put_json(f"{MODELS_PREFIX}/{name}/{LATEST}", {"version": version})
+
+
+def _write_report(store: ObjectStore, summary: FinetuneSummary) -> str:
+    """The summary with its reward curves, as ``reports/ds=<ds>/finetune-<version>.json``."""
+    return store.put_json(f"{REPORT_PREFIX}/ds={summary.ds}/finetune-{summary.generator_version}.json", summary.to_dict())

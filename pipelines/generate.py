@@ -1,0 +1,200 @@
+"""Stage generate: one cover per (item, segment) on Ray Data, staged for publish.
+
+``python -m pipelines.generate --root ROOT --ds DATE`` (or ``icg generate``):
+
+1. checks every input before Ray starts (:func:`icg_core.covers.plan_generation`): a writable root,
+   a non-empty catalog, the segment table, the generator and reward versions, the day's features;
+2. streams items x segments through a pool of actors; each loads the generator bundle and the
+   reward models once and writes covers in batches (:class:`icg_core.covers.CoverWriter`): PNG at
+   ``covers/ds=<ds>/segment=<s>/<item_id>.png``, a sidecar next to it, and the manifest row;
+3. checks one row per (item, segment) and commits the manifest to ``staging/covers`` for publish.
+
+Resumable: a cover whose fingerprint (item content hash, generator version, centroid, sampling) is
+already written today is kept, and one written on the previous day is copied; ``--force``
+regenerates. A crashed actor is restarted by Ray (``generate.max_actor_restarts``) and its batch
+retried; covers it finished before crashing are kept, not redone.
+
+Test-only fault injection: with ``ICG_FAULT_EXIT_AFTER_COVERS=N`` in the driver's environment, the
+first actor to write N covers exits (``os._exit``) once per day (a marker object records it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Annotated, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import typer
+
+from icg_core.config import ICGConfig
+from pipelines.features import (
+    ACTOR_TASKS_IN_FLIGHT,
+    BLOCKS_PER_ACTOR,
+    ItemsLimitOpt,
+    VersionOpt,
+    actor_models,
+    collect,
+    peak_rss_mb,
+    pool_size,
+    set_actor_threads,
+    split_blocks,
+    start_actors_before_work,
+)
+from pipelines.runtime import ConfigOpt, DsOpt, JsonOpt, RootOpt, main, open_stage, print_summary
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "ICG_FAULT_EXIT_AFTER_COVERS"
+FAULT_MARKER = "_faults/generate/ds={ds}"
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Regenerate covers even when a matching one exists.")]
+
+
+class CoverActor:
+    """Loads the generator and the reward models once; writes the covers of each batch of requests."""
+
+    def __init__(
+        self, store: Any, cfg: ICGConfig, plan: Any, gpus: float, force: bool, fault_after: int
+    ) -> None:
+        import ray
+
+        from icg_core.covers import CoverWriter, load_cover_rewards
+        from icg_core.models.bundle import load_bundle
+
+        set_actor_threads(cfg)
+        self.store, self.plan, self.fault_after = store, plan, fault_after
+        bundle = load_bundle(store, actor_models(cfg, gpus), plan.generator_version)
+        rewards = load_cover_rewards(store, plan.reward_versions, plan.centroids)
+        self.writer = CoverWriter(
+            store, bundle, rewards, plan, force, self._inject_fault if fault_after else None
+        )
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def _inject_fault(self, generated: int) -> None:
+        marker = FAULT_MARKER.format(ds=self.plan.ds)
+        if generated >= self.fault_after and not self.store.exists(marker):
+            self.store.put_json(marker, {"pid": os.getpid(), "after_covers": generated})
+            log.warning("fault injection: actor pid=%d exits after %d covers", os.getpid(), generated)
+            os._exit(1)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        calls = self.writer.counts.encoder_calls
+        out = self.writer.write(batch)
+        rows = out.num_rows
+        first = [1] + [0] * (rows - 1)  # batch-level values on the first row only, so sums total them
+        return (
+            out.append_column("node_id", pa.array([self.node_id] * rows, pa.string()))
+            .append_column(
+                "encoder_calls",
+                pa.array([(self.writer.counts.encoder_calls - calls) * f for f in first], pa.int64()),
+            )
+            .append_column("actor_rss_mb", pa.array([peak_rss_mb()] * rows, pa.float64()))
+        )
+
+
+def expand_segments(items: pa.Table, segment_ids: list[int]) -> pa.Table:
+    """A block of items -> its (item, segment) request rows (runs as a Ray task, next to the data)."""
+    count = len(segment_ids)
+    expanded = items.take(pa.array([i for i in range(items.num_rows) for _ in range(count)], pa.int64()))
+    return expanded.append_column("segment_id", pa.array(segment_ids * items.num_rows, pa.int32()))
+
+
+def run_generate(
+    store: Any,
+    cfg: ICGConfig,
+    ds: str,
+    *,
+    items_limit: int | None = None,
+    version: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Generate and stage the covers of ``ds`` on Ray; see the module docstring.
+
+    Returns:
+        The summary: rows, generated / kept / copied counts, encoder calls (expected 0: features are
+        cached per item), actors, nodes used, peak RSS of driver and actors, Ray start-up, throughput.
+
+    Raises:
+        GenerateInputError / StorageError: bad inputs, before any worker starts; nothing is staged.
+    """
+    import ray
+    import ray.data
+
+    from icg_core.covers import commit_manifest, plan_generation
+    from pipelines.ray_runtime import gpus_per_actor, ray_session
+
+    started = time.perf_counter()
+    plan = plan_generation(store, cfg, ds, items_limit=items_limit, version=version)
+    fault_after = int(os.environ.get(FAULT_ENV) or 0)
+    actor_plan = dataclasses.replace(plan, items=plan.items.slice(0, 0))  # actors need no item list
+    with ray_session() as session:
+        gpus = gpus_per_actor(cfg.generate.gpus_per_actor, session.gpus)
+        actors = pool_size(cfg.generate, session.cpus, session.gpus, gpus, plan.rows)
+        blocks = split_blocks(plan.items, actors * BLOCKS_PER_ACTOR)
+        start_actors_before_work()
+        generating = time.perf_counter()
+        rows = collect(
+            ray.data.from_arrow(blocks)
+            .map_batches(
+                expand_segments, fn_kwargs={"segment_ids": plan.segment_ids}, batch_size=None, batch_format="pyarrow",
+                # Bookkeeping only: reserving a CPU would starve it behind the actors that hold every CPU.
+                num_cpus=0
+            )
+            .map_batches(
+                CoverActor,
+                fn_constructor_kwargs={
+                    "store": store, "cfg": cfg, "plan": actor_plan, "gpus": gpus, "force": force, "fault_after": fault_after,
+                },
+                batch_size=cfg.generate.batch_size,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=ACTOR_TASKS_IN_FLIGHT),
+                num_cpus=cfg.generate.cpus_per_actor,
+                num_gpus=gpus,
+                max_restarts=cfg.generate.max_actor_restarts,
+            )
+        )  # fmt: skip
+        ray_seconds = time.perf_counter() - generating
+        init_seconds = session.init_seconds
+    extra = {
+        "actors": actors,
+        "gpus_per_actor": gpus,
+        "nodes": sorted(set(rows.column("node_id").to_pylist())),
+        "ray_init_seconds": round(init_seconds, 2),
+        "ray_seconds": round(ray_seconds, 2),
+        "covers_per_second": round(rows.num_rows / ray_seconds, 2) if ray_seconds > 0 else None,
+        "driver_peak_rss_mb": peak_rss_mb(),
+        "actor_peak_rss_mb": float(pc.max(rows.column("actor_rss_mb")).as_py()),
+    }
+    encoder_calls = int(pc.sum(rows.column("encoder_calls")).as_py())
+    manifest = rows.drop_columns(["node_id", "encoder_calls", "actor_rss_mb"]).sort_by(
+        [("item_id", "ascending"), ("segment_id", "ascending")]
+    )
+    summary = commit_manifest(
+        store, plan, manifest, seconds=time.perf_counter() - started, encoder_calls=encoder_calls, extra=extra
+    )
+    return dataclasses.asdict(summary)
+
+
+def generate(
+    ds: DsOpt,
+    root: RootOpt = None,
+    config: ConfigOpt = None,
+    items_limit: ItemsLimitOpt = None,
+    version: VersionOpt = None,
+    force: ForceOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Generate one cover per (item, segment) for DS on Ray and stage the manifest for publish."""
+    cfg, store = open_stage("generate", config, root)
+    summary = run_generate(
+        store, cfg, ds, items_limit=items_limit or cfg.generate.items_limit, version=version, force=force
+    )
+    print_summary(summary, json)
+
+
+if __name__ == "__main__":
+    main(generate)

@@ -1,0 +1,179 @@
+"""Covers without Ray: inputs checked up front, one cover per (item, segment), reuse by fingerprint.
+
+:func:`build_tiny_world` (also used by tests/pipelines/test_features_generate.py) makes a complete
+tiny day: world, validated tables, a tiny stage-1 generator, item features, segments, rewards.
+Model folders record their absolute path in the encoder version, so a world is built where it is
+used (never copied to another path).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from icg_core.config import ICGConfig
+from icg_core.covers import (
+    GenerateInputError,
+    Sampling,
+    cover_fingerprint,
+    cover_key,
+    generate_covers,
+    plan_generation,
+)
+from icg_core.publish import STAGING_AREA, TABLE
+from icg_core.storage import ObjectStore, StorageError
+
+TINY = {
+    "world": {"n_items": 10, "n_users": 40, "days": 3, "impressions_per_day": 300, "image_size": 32, "variants_per_item": 2},
+    "models": {
+        "num_meta_tokens": 4, "adapter_hidden_dim": 32, "adapter_layers": 1, "user_dim": 8,
+        "tiny_vlm_hidden_size": 32, "tiny_vlm_image_size": 16, "tiny_sd_image_size": 32,
+        "tiny_sd_block_out_channels": [16, 32], "tiny_sd_cross_attention_dim": 16, "sample_steps": 2,
+    },
+    "stage1": {
+        "steps": 2, "batch_size": 4, "warmup_steps": 1, "vae_steps": 1, "vae_batch_size": 4, "vae_crop": 16,
+        "vlm_warmup_steps": 0, "checkpoint_every": 2, "log_every": 1, "sheet_items": 2,
+    },
+    "users": {"n_segments": 3, "bpr_epochs": 1, "kmeans_restarts": 1},
+    "rewards": {"relevance": {"epochs": 1}, "preference": {"auc_floor": 0.0, "epochs": 1, "holdout_days": 1}},
+    "generate": {"batch_size": 4, "features_batch_size": 8},
+}  # fmt: skip
+
+
+def tiny_config(store: ObjectStore, cache_dir: Path, **generate: object) -> ICGConfig:
+    data = {
+        **TINY,
+        "storage": {"root": store.root, "s3_endpoint_url": store.s3_endpoint_url},
+        "models": {**TINY["models"], "cache_dir": str(cache_dir)},
+        "generate": {**TINY["generate"], **generate},
+    }
+    return ICGConfig.model_validate(data)
+
+
+def build_tiny_world(store: ObjectStore, cache_dir: Path) -> tuple[ObjectStore, ICGConfig, str]:
+    """A tiny validated day with a stage-1 generator, features, segments and the three rewards."""
+    from icg_core.bootstrap import bootstrap
+    from icg_core.extract import extract_day
+    from icg_core.rewards.aesthetic import build_aesthetic_reward
+    from icg_core.rewards.preference import build_preference_reward
+    from icg_core.rewards.relevance import build_relevance_reward
+    from icg_core.users import run_users
+    from icg_core.validation import validate_day
+    from icg_core.world.simulator import generate_world
+
+    cfg = tiny_config(store, cache_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ds = generate_world(store, cfg.world).first_nightly_ds
+        extract_day(store, ds, cfg.extract)
+        assert validate_day(store, ds, cfg).success
+        assert bootstrap(store, cfg, ds=ds).complete
+        run_users(store, ds, cfg.users)
+        build_aesthetic_reward(store, ds, cfg.rewards.aesthetic)
+        build_preference_reward(store, ds, cfg.rewards.preference, cfg.users)
+        build_relevance_reward(store, ds, cfg.rewards.relevance)
+    finally:
+        torch.set_num_threads(threads)
+    return store, cfg, ds
+
+
+def next_day(store: ObjectStore, ds: str, changed_titles: dict[str, str] | None = None) -> str:
+    """Copy ``ds``'s catalog (with some titles changed) and segments to the following day; returns it."""
+    day = (dt.date.fromisoformat(ds) + dt.timedelta(days=1)).isoformat()
+    catalog = store.read_table("catalog_items", ds=ds, area="validated")
+    titles = [
+        (changed_titles or {}).get(i, t)
+        for i, t in zip(catalog["item_id"].to_pylist(), catalog["title"].to_pylist(), strict=True)
+    ]
+    catalog = catalog.set_column(
+        catalog.schema.get_field_index("title"), "title", pa.array(titles, pa.string())
+    )
+    store.write_table("catalog_items", catalog, ds=day, area="validated")
+    for table in ("segment_centroids", "user_segments"):
+        store.write_table(table, store.read_table(table, ds=ds, area="users"), ds=day, area="users")
+    return day
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[ObjectStore, ICGConfig, str]:
+    root = tmp_path_factory.mktemp("covers-world")
+    return build_tiny_world(ObjectStore(str(root / "root")), root / "cache")
+
+
+def test_fingerprint_changes_with_every_input() -> None:
+    sampling = Sampling(2, 3.0, "ddim")
+    centroid = np.ones(8, np.float32)
+    base = cover_fingerprint("h", "v1", centroid, sampling)
+    assert base == cover_fingerprint("h", "v1", centroid.copy(), sampling)
+    others = [
+        cover_fingerprint("h2", "v1", centroid, sampling),
+        cover_fingerprint("h", "v2", centroid, sampling),
+        cover_fingerprint("h", "v1", centroid * 2, sampling),
+        cover_fingerprint("h", "v1", centroid, Sampling(3, 3.0, "ddim")),
+    ]
+    assert base not in others and len(set(others)) == len(others)
+
+
+@pytest.mark.slow
+def test_covers_once_per_item_segment_then_reused_and_only_changed_items_regenerated(world) -> None:
+    from icg_core.features import compute_item_features  # the features stage's core, without Ray
+    from icg_core.models.bundle import load_bundle
+
+    store, cfg, ds = world
+    first = generate_covers(store, cfg, ds)
+    n_items, n_segments = first.items, first.segments
+    assert first.rows == first.generated == n_items * n_segments and first.encoder_calls == 0
+    manifest = store.read_table(TABLE, ds=ds, area=STAGING_AREA)
+    assert manifest.num_rows == n_items * n_segments
+    assert (
+        len(set(zip(manifest["item_id"].to_pylist(), manifest["segment_id"].to_pylist(), strict=True)))
+        == manifest.num_rows
+    )
+    for column in ("reward_aesthetic", "reward_relevance", "reward_preference"):
+        assert pc.all(pc.is_finite(manifest[column])).as_py()
+    row = manifest.slice(0, 1).to_pylist()[0]
+    assert store.exists(cover_key(ds, row["segment_id"], row["item_id"]))
+    covers_before = {k: store.get_bytes(k) for k in store.list(f"covers/ds={ds}") if k.endswith(".png")}
+
+    again = generate_covers(store, cfg, ds)  # a rerun: everything kept, same bytes
+    assert (again.generated, again.kept) == (0, n_items * n_segments)
+    assert {k: store.get_bytes(k) for k in covers_before} == covers_before
+
+    # The next night: one title changed. Only its item is re-encoded and only its covers regenerated.
+    changed = row["item_id"]
+    day = next_day(store, ds, {changed: "a brand new title"})
+    bundle = load_bundle(store, cfg.models)
+    catalog = store.read_table("catalog_items", ds=day, area="validated")
+    features = compute_item_features(bundle.encoder, catalog, store, ds=day)
+    assert (features.computed, features.reused) == (1, n_items - 1)
+    nightly = generate_covers(store, cfg, day)
+    assert (nightly.generated, nightly.copied) == (n_segments, (n_items - 1) * n_segments)
+    assert store.read_table(TABLE, ds=day, area=STAGING_AREA).num_rows == n_items * n_segments
+
+
+def test_bad_inputs_fail_before_any_work(world, tmp_path: Path) -> None:
+    store, cfg, ds = world
+    with pytest.raises(GenerateInputError, match="no validated catalog"):
+        plan_generation(store, cfg, "2030-01-01")
+    with pytest.raises(GenerateInputError, match="empty"):
+        plan_generation(store, cfg, ds, items_limit=0)
+    with pytest.raises(GenerateInputError, match="does not exist"):
+        plan_generation(store, cfg, ds, version="s1-nope")
+    other = ObjectStore(str(tmp_path / "other"))
+    other.write_table(
+        "catalog_items", store.read_table("catalog_items", ds=ds, area="validated"), ds=ds, area="validated"
+    )
+    with pytest.raises(GenerateInputError, match="no segment table"):
+        plan_generation(other, cfg, ds)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the root directory should be")
+    with pytest.raises(StorageError, match="cannot write"):
+        plan_generation(ObjectStore(str(blocked)), cfg, ds)
+    assert not store.has_partition(TABLE, ds="2030-01-01", area=STAGING_AREA)

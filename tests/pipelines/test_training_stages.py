@@ -1,0 +1,115 @@
+"""``train-users``, ``train-rewards`` and ``finetune`` end to end on a tiny world, with their gates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from icg_core.bootstrap import bootstrap
+from icg_core.config import load_config
+from icg_core.extract import extract_day
+from icg_core.models.checkpoint import resolve_version
+from icg_core.storage import ObjectStore
+from icg_core.validation import validate_day
+from icg_core.world.simulator import generate_world
+from pipelines.cli import app
+from pipelines.runtime import StageFailed
+
+TINY = {
+    "world": {"n_items": 24, "n_users": 40, "days": 4, "impressions_per_day": 300, "image_size": 32, "variants_per_item": 2},
+    "models": {
+        "num_meta_tokens": 4, "adapter_hidden_dim": 32, "adapter_layers": 1, "user_dim": 8,
+        "tiny_vlm_hidden_size": 32, "tiny_vlm_image_size": 16, "tiny_sd_image_size": 32,
+        "tiny_sd_block_out_channels": [16, 32], "tiny_sd_cross_attention_dim": 16, "sample_steps": 2,
+    },
+    "stage1": {
+        "steps": 2, "batch_size": 4, "warmup_steps": 1, "vae_steps": 2, "vae_batch_size": 4, "vae_crop": 16,
+        "vlm_warmup_steps": 0, "checkpoint_every": 2, "log_every": 1, "sheet_items": 2,
+    },
+    "users": {"bpr_epochs": 2, "n_segments": 2, "kmeans_restarts": 2},
+    "rewards": {
+        "relevance": {"epochs": 2, "batch_size": 8, "holdout_fraction": 0.3},
+        "preference": {"holdout_days": 1, "auc_floor": 0.0, "epochs": 2, "batch_size": 256},
+    },
+    "finetune": {
+        "steps": 2, "pairs_per_step": 2, "candidates": 2, "sample_steps": 2, "warmup_steps": 1,
+        "reg_batch_size": 2, "guard_every": 1, "guard_items": 2, "checkpoint_every": 1, "log_every": 1,
+        "updates_per_batch": 1, "noise_draws": 1,
+    },
+}  # fmt: skip
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [*args, "--json"])
+
+
+def write_config(tmp_path: Path, name: str, overrides: dict) -> Path:
+    merged = json.loads(json.dumps(TINY))
+    for section, values in overrides.items():
+        for key, value in values.items():
+            if isinstance(value, dict):
+                merged[section][key] = {**merged[section].get(key, {}), **value}
+            else:
+                merged[section][key] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(merged))
+    return path
+
+
+@pytest.fixture
+def tiny_world(tmp_path: Path) -> tuple[Path, Path, str]:
+    """A validated, bootstrapped tiny world: (root, config file, ds)."""
+    config = write_config(tmp_path, "tiny.yaml", {})
+    root = tmp_path / "root"
+    cfg = load_config(config, root=str(root), environ={})
+    store = ObjectStore(str(root))
+    ds = generate_world(store, cfg.world).first_nightly_ds
+    extract_day(store, ds, cfg.extract)
+    assert validate_day(store, ds, cfg).success
+    assert bootstrap(store, cfg, ds=ds).complete
+    return root, config, ds
+
+
+@pytest.mark.slow
+def test_users_rewards_finetune_end_to_end_and_gates(tiny_world, tmp_path) -> None:
+    root, config, ds = tiny_world
+    common = ["--root", str(root), "--config", str(config), "--ds", ds]
+    store = ObjectStore(str(root))
+    stage1 = resolve_version(store, "icg_generator")
+
+    users = invoke("train-users", *common)
+    assert users.exit_code == 0, users.output
+    assert json.loads(users.stdout)["n_segments"] == 2
+
+    strict = write_config(tmp_path, "strict.yaml", {"rewards": {"preference": {"auc_floor": 1.01}}})
+    refused = invoke("train-rewards", "--root", str(root), "--config", str(strict), "--ds", ds)
+    assert isinstance(refused.exception, StageFailed) and "below the floor" in str(refused.exception)
+
+    rewards = invoke("train-rewards", *common)
+    assert rewards.exit_code == 0, rewards.output
+    assert set(json.loads(rewards.stdout)) >= {"aesthetic", "relevance", "preference"}
+
+    # Any relevance change at all trips a guard set below -100%: the run fails, latest stays at stage 1.
+    rigged = write_config(tmp_path, "rigged.yaml", {"finetune": {"max_relevance_drop": -10.0}})
+    failed = invoke("finetune", "--root", str(root), "--config", str(rigged), "--ds", ds)
+    assert isinstance(failed.exception, StageFailed) and "held-out relevance" in str(failed.exception)
+    assert resolve_version(store, "icg_generator") == stage1
+
+    tuned = invoke("finetune", *common)
+    assert tuned.exit_code == 0, tuned.output
+    summary = json.loads(tuned.stdout)
+    assert summary["latest_moved"] and summary["base_version"] == stage1
+    assert summary["generator_version"].startswith("s2-a0.25-r0.5-p4-")
+    assert resolve_version(store, "icg_generator") == summary["generator_version"]
+    assert len(summary["result"]["guard"]) == 3 and store.exists(store.key(summary["report"]))
+
+    # The ablation is its own version, still fine-tuned from the stage-1 generator.
+    ablation = write_config(tmp_path, "no_pref.yaml", {"rewards": {"weights": {"preference": 0.0}}})
+    again = invoke("finetune", "--root", str(root), "--config", str(ablation), "--ds", ds)
+    assert again.exit_code == 0, again.output
+    ablated = json.loads(again.stdout)
+    assert ablated["generator_version"].startswith("s2-a0.25-r0.5-p0-") and ablated["base_version"] == stage1
