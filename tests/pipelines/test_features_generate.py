@@ -49,7 +49,10 @@ def test_features_and_generate_run_on_both_nodes_vlm_once_per_item(on_cluster, t
     assert summary["encoder_calls"] == 0  # diffusion only: the VLM ran once per item, in features
     with ray.init(address=on_cluster.gcs_address):
         nodes = set(node_ids_by_role().values())
-    assert set(features["nodes"]) == nodes and set(summary["extra"]["nodes"]) == nodes
+    # Generation (the heavy stage, whose pool waits for every actor) spreads over both nodes; the
+    # features pool may finish a tiny catalog on whichever actor started first.
+    assert set(summary["extra"]["nodes"]) == nodes
+    assert set(features["nodes"]) and set(features["nodes"]) <= nodes
     assert store.read_table(TABLE, ds=ds, area=STAGING_AREA).num_rows == n_rows
 
 
