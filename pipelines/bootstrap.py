@@ -13,25 +13,11 @@ from typing import Annotated
 
 import typer
 
-from pipelines.runtime import ConfigOpt, JsonOpt, RootOpt, main, open_stage, print_summary
-
-
-def _optional_ds(value: str | None) -> str | None:
-    import datetime as dt
-
-    if value is None:
-        return None
-    try:
-        if dt.date.fromisoformat(value).isoformat() == value:
-            return value
-    except ValueError:
-        pass
-    raise typer.BadParameter(f"expected a date as YYYY-MM-DD, got {value!r}")
-
+from pipelines.runtime import ConfigOpt, JsonOpt, RootOpt, ds_option, main, open_stage, print_summary
 
 OptionalDsOpt = Annotated[
     str | None,
-    typer.Option("--ds", callback=_optional_ds, help="Validated day to use, YYYY-MM-DD; default the newest."),
+    typer.Option("--ds", callback=ds_option, help="Validated day to use, YYYY-MM-DD; default the newest."),
 ]
 
 def bootstrap(

@@ -28,9 +28,12 @@ RootOpt = Annotated[
 ]
 
 
-def _ds_option(value: str) -> str:
+def ds_option(value: str | None) -> str | None:
+    """Accept exactly YYYY-MM-DD (None passes through for optional --ds options)."""
     import datetime as dt
 
+    if value is None:
+        return None
     try:
         if dt.date.fromisoformat(value).isoformat() == value:
             return value
@@ -42,7 +45,7 @@ def _ds_option(value: str) -> str:
 DsOpt = Annotated[
     str,
     typer.Option(
-        "--ds", callback=_ds_option, help="Logical date of the run, YYYY-MM-DD (the data interval ends here)."
+        "--ds", callback=ds_option, help="Logical date of the run, YYYY-MM-DD (the data interval ends here)."
     ),
 ]
 ConfigOpt = Annotated[
