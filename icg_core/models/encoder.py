@@ -191,8 +191,9 @@ class MetaTokenEncoder(nn.Module):
     def encoder_version(self) -> str:
         """Identity of the feature function: backbone config, prompt, N and the trainable weights."""
         digest = hashlib.sha256()
-        config = self.backbone.config.to_dict()
-        config.pop("transformers_version", None)
+        # Where the backbone was loaded from is not part of the function: a copied or moved root
+        # must keep its features and checkpoints valid.
+        config = _without_keys(self.backbone.config.to_dict(), {"transformers_version", "_name_or_path"})
         spec = {"config": config, "instruction": self.instruction, "n": self.num_meta_tokens}
         digest.update(json.dumps(spec, sort_keys=True, default=str).encode("utf-8"))
         for name, value in sorted(self.trainable_state_dict().items()):
@@ -282,3 +283,12 @@ class MetaTokenEncoder(nn.Module):
             )
             return position_ids
         return (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _without_keys(tree: Any, keys: set[str]) -> Any:
+    """``tree`` (nested dicts/lists) with every dict entry named in ``keys`` dropped, at any depth."""
+    if isinstance(tree, dict):
+        return {k: _without_keys(v, keys) for k, v in tree.items() if k not in keys}
+    if isinstance(tree, list):
+        return [_without_keys(v, keys) for v in tree]
+    return tree
