@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-quick lint clean
+.PHONY: install browser run test test-quick lint clean
 
 install: $(STAMP)
 
@@ -22,10 +22,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian's Chromium, for the report's headless-browser test (tests/icg_core/test_report_browser.py).
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 run: install
 	bash scripts/main.sh
 
-test: install
+test: install browser
 	$(VENV)/bin/pytest
 
 test-quick: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,10 +40,12 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def dags_test(home: Path, dag_id: str, ds: str, *, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
-    """``airflow dags test DAG DS`` in-process in a child, with extra environment variables."""
+def dags_test(
+    home: Path, dag_id: str, ds: str, *, conf: dict | None = None, timeout: int = 900, **env: str
+) -> subprocess.CompletedProcess:
+    """``airflow dags test DAG DS`` in-process in a child, with trigger params and extra environment."""
     return subprocess.run(
-        [AIRFLOW, "dags", "test", dag_id, ds],
+        [AIRFLOW, "dags", "test", dag_id, ds, *(["--conf", json.dumps(conf)] if conf else [])],
         env=airflow_env(home, **env),
         capture_output=True,
         text=True,

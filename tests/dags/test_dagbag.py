@@ -11,7 +11,7 @@ import pytest
 
 from tests.dags.conftest import DAGS, REPO
 
-EXPECTED_DAGS = {"icg_nightly", "icg_bootstrap"}
+EXPECTED_DAGS = {"icg_nightly", "icg_bootstrap", "icg_ablation"}
 HEAVY_MODULES = ("torch", "ray", "diffusers", "transformers", "pandas", "great_expectations", "duckdb")
 
 
@@ -66,3 +66,25 @@ def test_ruff_airflow3_rules_pass() -> None:
     ruff = str(Path(sys.executable).parent / "ruff")
     out = subprocess.run([ruff, "check", str(DAGS), "--select", "AIR3"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_nightly_runs_every_stage_in_order_and_publishes_the_manifest_asset(dagbag) -> None:
+    dag = dagbag.dags["icg_nightly"]
+    order = ["extract", "validate", "users", "rewards", "features", "finetune", "generate", "evaluate", "publish", "report"]
+    assert set(dag.task_ids) == set(order)
+    for upstream, downstream in zip(order, order[1:], strict=False):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    outlets = dag.get_task("publish").outlets
+    assert [(a.name, a.uri) for a in outlets] == [("icg_covers_manifest", "icg://manifests/covers")]
+
+
+def test_nightly_trigger_form_validates_its_params(dagbag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = dagbag.dags["icg_nightly"].params
+    assert set(params) == {"segments", "items_limit", "skip_training", "force", "ray_address"}
+    assert params.validate() == {
+        "segments": None, "items_limit": None, "skip_training": False, "force": False, "ray_address": None
+    }
+    with pytest.raises(ParamValidationError, match="minimum"):
+        params["segments"] = 0  # the trigger form refuses it

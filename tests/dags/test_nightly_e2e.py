@@ -1,41 +1,126 @@
-"""`airflow dags test icg_nightly <ds>` end to end on a tiny embedded world."""
+"""`airflow dags test` end to end on a tiny embedded world: bootstrap, nightly, backfill, a failed gate.
+
+One bootstrapped world serves the module; the tests run in order on it, as an operator would:
+bootstrap, the first nightly, the next day, a rerun of the first day (a backfill), then a day whose
+gate fails. Each ``dags test`` runs every stage as its own ``python -m pipelines.<stage>`` process.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from icg_core.config import WorldConfig
+from icg_core.config import load_config
+from icg_core.publish import PUBLISHED_AREA, TABLE, read_published
 from icg_core.storage import ObjectStore
 from icg_core.world.simulator import generate_world
 from tests.dags.conftest import dags_test
+from tests.tiny import write_tiny_config
 
 pytestmark = pytest.mark.slow
 
-DS = "2026-11-03"
+
+def _day(ds: str, days: int) -> str:
+    return (dt.date.fromisoformat(ds) + dt.timedelta(days=days)).isoformat()
 
 
-@pytest.fixture
-def tiny_world(tmp_path: Path) -> ObjectStore:
+class World:
+    """The module's tiny world: its store, config file, first nightly day and Airflow environment."""
+
+    def __init__(self, root: Path, config: Path, airflow_home: Path) -> None:
+        self.store = ObjectStore(str(root))
+        self.config = config
+        self.airflow_home = airflow_home
+        self.ds = generate_world(self.store, load_config(config, root=str(root), environ={}).world).first_nightly_ds
+
+    def run(self, dag_id: str, ds: str, conf: dict | None = None, **env: str) -> str:
+        """``airflow dags test DAG DS`` against this world; returns the whole log."""
+        result = dags_test(
+            self.airflow_home, dag_id, ds, conf=conf, ICG__STORAGE__ROOT=self.store.root, ICG_CONFIG=str(self.config),
+            **env,
+        )  # fmt: skip
+        return result.stdout + result.stderr
+
+    def latest(self) -> str | None:
+        return self.store.get_latest(PUBLISHED_AREA, TABLE)
+
+    def success_marker(self, ds: str) -> bytes:
+        return self.store.get_bytes(f"{self.store.partition_prefix(PUBLISHED_AREA, TABLE, ds)}/_SUCCESS")
+
+
+@pytest.fixture(scope="module")
+def world(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
+    base = tmp_path_factory.mktemp("nightly")
+    config = write_tiny_config(base / "tiny.yaml", world={"n_items": 12, "n_users": 30, "days": 3})
+    world = World(base / "root", config, airflow_home)
+    log = world.run("icg_bootstrap", world.ds)
+    assert "state=success" in log, log[-6000:]
+    return world
+
+
+def test_nightly_publishes_one_cover_per_item_and_segment(world: World) -> None:
+    log = world.run("icg_nightly", world.ds)
+    assert "state=success" in log, log[-6000:]
+    store, ds = world.store, world.ds
+
+    manifest = read_published(store)
+    items = store.read_table("catalog_items", ds=ds, area="validated").column("item_id").to_pylist()
+    segments = store.read_table("segment_centroids", ds=ds, area="users").column("segment_id").to_pylist()
+    assert world.latest() == ds and world.success_marker(ds)
+    assert manifest.num_rows == len(items) * len(segments)
+    pairs = set(zip(manifest["item_id"].to_pylist(), manifest["segment_id"].to_pylist(), strict=True))
+    assert pairs == {(i, s) for i in items for s in segments}
+    for uri in manifest["cover_uri"].to_pylist():
+        image = Image.open(io.BytesIO(store.read_uri(uri)))
+        image.load()
+        assert image.size == (32, 32)
+
+    metrics = store.get_json(f"reports/ds={ds}/metrics.json")
+    assert {"reference", "selection", "base", "icg"} <= set(metrics["variants"])
+    assert store.exists(f"reports/ds={ds}/index.html")
+
+
+def test_backfill_two_dates_then_rerun_the_first(world: World) -> None:
+    first, second = world.ds, _day(world.ds, 1)
+    # The second day reuses the reward models and generator (the trigger form's skip_training).
+    log = world.run("icg_nightly", second, conf={"skip_training": True})
+    assert "state=success" in log, log[-6000:]
+    assert "skip_training: stage finetune skipped" in log
+    assert world.latest() == second
+    second_marker = world.success_marker(second)
+    first_rows = read_published(world.store, first).num_rows
+
+    log = world.run("icg_nightly", first)  # a backfill of the older day
+    assert "state=success" in log, log[-6000:]
+    assert world.latest() == second  # never moves backwards
+    assert read_published(world.store, first).num_rows == first_rows  # replaced, not appended
+    assert world.success_marker(second) == second_marker  # the other day is untouched
+    assert world.store.partitions(TABLE, area=PUBLISHED_AREA) == [first, second]
+
+
+def test_a_failed_gate_stops_before_publish_and_keeps_latest(world: World) -> None:
+    day = _day(world.ds, 2)
+    before = world.latest()
+    # The relevance guard of stage 2 cannot pass with a negative allowed drop.
+    log = world.run("icg_nightly", day, ICG__FINETUNE__MAX_RELEVANCE_DROP="-10")
+    assert "state=failed" in log
+    assert "relevance" in log
+    assert world.latest() == before
+    assert day not in world.store.partitions(TABLE, area=PUBLISHED_AREA)
+
+
+def test_bad_input_stops_the_run_with_the_reason(airflow_home: Path, tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path / "tiny.yaml", world={"n_items": 12, "days": 2})
     store = ObjectStore(str(tmp_path / "root"))
-    generate_world(store, WorldConfig(n_items=16, n_users=24, days=2, impressions_per_day=80, n_taste_groups=2))
-    return store
-
-
-def test_nightly_runs_end_to_end(airflow_home: Path, tiny_world: ObjectStore) -> None:
-    result = dags_test(airflow_home, "icg_nightly", DS, ICG__STORAGE__ROOT=tiny_world.root)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "state=success" in result.stdout + result.stderr
-    assert tiny_world.has_partition("catalog_items", ds=DS, area="validated")
-    assert tiny_world.read_table("impressions", ds=DS, area="validated").num_rows > 0
-
-
-def test_bad_input_stops_the_run_with_the_reason(airflow_home: Path, tiny_world: ObjectStore) -> None:
-    victim = tiny_world.list("raw/images/reference")[0]
-    tiny_world.put_bytes(victim, b"this is not a png")
-    result = dags_test(airflow_home, "icg_nightly", DS, ICG__STORAGE__ROOT=tiny_world.root)
+    ds = generate_world(store, load_config(config, root=store.root, environ={}).world).first_nightly_ds
+    store.put_bytes(store.list("raw/images/reference")[0], b"this is not a png")
+    result = dags_test(airflow_home, "icg_nightly", ds, ICG__STORAGE__ROOT=store.root, ICG_CONFIG=str(config))
     log = result.stdout + result.stderr
     assert "state=failed" in log
     assert "not_an_image" in log or "not an image" in log
-    assert not tiny_world.has_partition("catalog_items", ds=DS, area="validated")
+    assert not store.has_partition("catalog_items", ds=ds, area="validated")
+    assert store.get_latest(PUBLISHED_AREA, TABLE) is None

@@ -2,8 +2,6 @@
 
 :func:`build_tiny_world` (also used by tests/pipelines/test_features_generate.py) makes a complete
 tiny day: world, validated tables, a tiny stage-1 generator, item features, segments, rewards.
-Model folders record their absolute path in the encoder version, so a world is built where it is
-used (never copied to another path).
 """
 
 from __future__ import annotations
@@ -28,32 +26,25 @@ from icg_core.covers import (
 )
 from icg_core.publish import STAGING_AREA, TABLE
 from icg_core.storage import ObjectStore, StorageError
+from tests.tiny import tiny_settings
 
-TINY = {
-    "world": {"n_items": 10, "n_users": 40, "days": 3, "impressions_per_day": 300, "image_size": 32, "variants_per_item": 2},
-    "models": {
-        "num_meta_tokens": 4, "adapter_hidden_dim": 32, "adapter_layers": 1, "user_dim": 8,
-        "tiny_vlm_hidden_size": 32, "tiny_vlm_image_size": 16, "tiny_sd_image_size": 32,
-        "tiny_sd_block_out_channels": [16, 32], "tiny_sd_cross_attention_dim": 16, "sample_steps": 2,
-    },
-    "stage1": {
-        "steps": 2, "batch_size": 4, "warmup_steps": 1, "vae_steps": 1, "vae_batch_size": 4, "vae_crop": 16,
-        "vlm_warmup_steps": 0, "checkpoint_every": 2, "log_every": 1, "sheet_items": 2,
-    },
+# Ten items and three segments: enough rows for batching and reuse, quick to generate.
+COVERS = {
+    "world": {"n_items": 10, "days": 3},
+    "stage1": {"vae_steps": 1},
     "users": {"n_segments": 3, "bpr_epochs": 1, "kmeans_restarts": 1},
-    "rewards": {"relevance": {"epochs": 1}, "preference": {"auc_floor": 0.0, "epochs": 1, "holdout_days": 1}},
-    "generate": {"batch_size": 4, "features_batch_size": 8},
-}  # fmt: skip
+    "rewards": {"relevance": {"epochs": 1}, "preference": {"epochs": 1}},
+}
 
 
 def tiny_config(store: ObjectStore, cache_dir: Path, **generate: object) -> ICGConfig:
-    data = {
-        **TINY,
-        "storage": {"root": store.root, "s3_endpoint_url": store.s3_endpoint_url},
-        "models": {**TINY["models"], "cache_dir": str(cache_dir)},
-        "generate": {**TINY["generate"], **generate},
-    }
-    return ICGConfig.model_validate(data)
+    settings = tiny_settings(
+        **COVERS,
+        storage={"root": store.root, "s3_endpoint_url": store.s3_endpoint_url},
+        models={"cache_dir": str(cache_dir)},
+        generate=generate,
+    )
+    return ICGConfig.model_validate(settings)
 
 
 def build_tiny_world(store: ObjectStore, cache_dir: Path) -> tuple[ObjectStore, ICGConfig, str]:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,19 +16,14 @@ from icg_core.storage import ObjectStore
 from icg_core.validation import validate_day
 from icg_core.world.simulator import generate_world
 from pipelines.cli import app
+from tests.tiny import write_tiny_config
 
-TINY = {
-    "world": {"n_items": 20, "n_users": 30, "days": 2, "impressions_per_day": 200, "image_size": 32, "variants_per_item": 2},
-    "models": {
-        "num_meta_tokens": 4, "adapter_hidden_dim": 32, "adapter_layers": 1, "user_dim": 8,
-        "tiny_vlm_hidden_size": 32, "tiny_vlm_image_size": 16, "tiny_sd_image_size": 32,
-        "tiny_sd_block_out_channels": [16, 32], "tiny_sd_cross_attention_dim": 16, "sample_steps": 3,
-    },
-    "stage1": {
-        "steps": 4, "batch_size": 4, "warmup_steps": 1, "vae_steps": 2, "vae_batch_size": 4, "vae_crop": 16,
-        "vlm_warmup_steps": 2, "vlm_warmup_batch_size": 4, "checkpoint_every": 2, "log_every": 1, "sheet_items": 4,
-    },
-}  # fmt: skip
+# A bootstrap that trains every phase (VLM warm-up included) for a few steps.
+BOOTSTRAP = {
+    "world": {"n_items": 20, "n_users": 30, "days": 2, "impressions_per_day": 200},
+    "models": {"sample_steps": 3},
+    "stage1": {"steps": 4, "vlm_warmup_steps": 2, "vlm_warmup_batch_size": 4, "sheet_items": 4},
+}
 
 
 def invoke(*args: str) -> dict:
@@ -41,8 +35,7 @@ def invoke(*args: str) -> dict:
 @pytest.fixture
 def tiny_world(tmp_path: Path) -> tuple[Path, Path]:
     """A validated tiny world: (root, config file)."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY))
+    config = write_tiny_config(tmp_path / "tiny.yaml", **BOOTSTRAP)
     root = tmp_path / "root"
     cfg = load_config(config, root=str(root), environ={})
     store = ObjectStore(str(root))

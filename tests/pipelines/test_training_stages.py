@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from icg_core.bootstrap import bootstrap
@@ -18,52 +17,17 @@ from icg_core.validation import validate_day
 from icg_core.world.simulator import generate_world
 from pipelines.cli import app
 from pipelines.runtime import StageFailed
-
-TINY = {
-    "world": {"n_items": 24, "n_users": 40, "days": 4, "impressions_per_day": 300, "image_size": 32, "variants_per_item": 2},
-    "models": {
-        "num_meta_tokens": 4, "adapter_hidden_dim": 32, "adapter_layers": 1, "user_dim": 8,
-        "tiny_vlm_hidden_size": 32, "tiny_vlm_image_size": 16, "tiny_sd_image_size": 32,
-        "tiny_sd_block_out_channels": [16, 32], "tiny_sd_cross_attention_dim": 16, "sample_steps": 2,
-    },
-    "stage1": {
-        "steps": 2, "batch_size": 4, "warmup_steps": 1, "vae_steps": 2, "vae_batch_size": 4, "vae_crop": 16,
-        "vlm_warmup_steps": 0, "checkpoint_every": 2, "log_every": 1, "sheet_items": 2,
-    },
-    "users": {"bpr_epochs": 2, "n_segments": 2, "kmeans_restarts": 2},
-    "rewards": {
-        "relevance": {"epochs": 2, "batch_size": 8, "holdout_fraction": 0.3},
-        "preference": {"holdout_days": 1, "auc_floor": 0.0, "epochs": 2, "batch_size": 256},
-    },
-    "finetune": {
-        "steps": 2, "pairs_per_step": 2, "candidates": 2, "sample_steps": 2, "warmup_steps": 1,
-        "reg_batch_size": 2, "guard_every": 1, "guard_items": 2, "checkpoint_every": 1, "log_every": 1,
-        "updates_per_batch": 1, "noise_draws": 1,
-    },
-}  # fmt: skip
+from tests.tiny import write_tiny_config
 
 
 def invoke(*args: str):
     return CliRunner().invoke(app, [*args, "--json"])
 
 
-def write_config(tmp_path: Path, name: str, overrides: dict) -> Path:
-    merged = json.loads(json.dumps(TINY))
-    for section, values in overrides.items():
-        for key, value in values.items():
-            if isinstance(value, dict):
-                merged[section][key] = {**merged[section].get(key, {}), **value}
-            else:
-                merged[section][key] = value
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(merged))
-    return path
-
-
 @pytest.fixture
 def tiny_world(tmp_path: Path) -> tuple[Path, Path, str]:
     """A validated, bootstrapped tiny world: (root, config file, ds)."""
-    config = write_config(tmp_path, "tiny.yaml", {})
+    config = write_tiny_config(tmp_path / "tiny.yaml")
     root = tmp_path / "root"
     cfg = load_config(config, root=str(root), environ={})
     store = ObjectStore(str(root))
@@ -85,7 +49,7 @@ def test_users_rewards_finetune_end_to_end_and_gates(tiny_world, tmp_path) -> No
     assert users.exit_code == 0, users.output
     assert json.loads(users.stdout)["n_segments"] == 2
 
-    strict = write_config(tmp_path, "strict.yaml", {"rewards": {"preference": {"auc_floor": 1.01}}})
+    strict = write_tiny_config(tmp_path / "strict.yaml", rewards={"preference": {"auc_floor": 1.01}})
     refused = invoke("train-rewards", "--root", str(root), "--config", str(strict), "--ds", ds)
     assert isinstance(refused.exception, StageFailed) and "below the floor" in str(refused.exception)
 
@@ -94,7 +58,7 @@ def test_users_rewards_finetune_end_to_end_and_gates(tiny_world, tmp_path) -> No
     assert set(json.loads(rewards.stdout)) >= {"aesthetic", "relevance", "preference"}
 
     # Any relevance change at all trips a guard set below -100%: the run fails, latest stays at stage 1.
-    rigged = write_config(tmp_path, "rigged.yaml", {"finetune": {"max_relevance_drop": -10.0}})
+    rigged = write_tiny_config(tmp_path / "rigged.yaml", finetune={"max_relevance_drop": -10.0})
     failed = invoke("finetune", "--root", str(root), "--config", str(rigged), "--ds", ds)
     assert isinstance(failed.exception, StageFailed) and "held-out relevance" in str(failed.exception)
     assert resolve_version(store, "icg_generator") == stage1
@@ -108,7 +72,7 @@ def test_users_rewards_finetune_end_to_end_and_gates(tiny_world, tmp_path) -> No
     assert len(summary["result"]["guard"]) == 3 and store.exists(store.key(summary["report"]))
 
     # The ablation is its own version, still fine-tuned from the stage-1 generator.
-    ablation = write_config(tmp_path, "no_pref.yaml", {"rewards": {"weights": {"preference": 0.0}}})
+    ablation = write_tiny_config(tmp_path / "no_pref.yaml", rewards={"weights": {"preference": 0.0}})
     again = invoke("finetune", "--root", str(root), "--config", str(ablation), "--ds", ds)
     assert again.exit_code == 0, again.output
     ablated = json.loads(again.stdout)

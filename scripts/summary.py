@@ -1,0 +1,43 @@
+"""Print what a nightly run left for people: covers, segments, headline metrics, where things are.
+
+Usage: ``python scripts/summary.py --root ROOT --ds DATE`` (the main job's last step).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from icg_core.publish import PUBLISHED_AREA, TABLE, read_published
+from icg_core.storage import ObjectStore
+
+HEADLINE = ("oracle_ctr", "preference", "relevance", "aesthetic", "category_top1")
+
+
+def _number(value: object) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--ds", required=True)
+    args = parser.parse_args()
+    store = ObjectStore(args.root)
+
+    manifest = read_published(store, args.ds)
+    segments = sorted(set(manifest.column("segment_id").to_pylist()))
+    items = len(set(manifest.column("item_id").to_pylist()))
+    print(f"  covers published:        {manifest.num_rows} ({items} items x {len(segments)} segments)")
+    print(f"  manifest (readers):      {store.uri(store.partition_prefix(PUBLISHED_AREA, TABLE, args.ds))}/")
+    print(f"  latest published day:    {store.get_latest(PUBLISHED_AREA, TABLE)}")
+    metrics_key = f"reports/ds={args.ds}/metrics.json"
+    if store.exists(metrics_key):
+        variants = store.get_json(metrics_key)["variants"]
+        print("  held-out metrics:        " + "  ".join(f"{m:>13}" for m in HEADLINE))
+        for name, values in variants.items():
+            print(f"    {name:<22}" + "  ".join(f"{_number(values.get(m)):>13}" for m in HEADLINE))
+    print(f"  report:                  {store.uri(f'reports/ds={args.ds}/index.html')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The one tiny configuration tests build models from: a few dozen items, 32-pixel covers, 2-step loops.
+
+Tests that need another size or gate pass overrides per section (``tiny_settings(world={...})``);
+everything else stays shared, so a change to the model layout is made once.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TINY: dict[str, dict[str, Any]] = {
+    "world": {"n_items": 24, "n_users": 40, "days": 4, "impressions_per_day": 300, "image_size": 32, "variants_per_item": 2},
+    "models": {
+        "num_meta_tokens": 4, "adapter_hidden_dim": 32, "adapter_layers": 1, "user_dim": 8,
+        "tiny_vlm_hidden_size": 32, "tiny_vlm_image_size": 16, "tiny_sd_image_size": 32,
+        "tiny_sd_block_out_channels": [16, 32], "tiny_sd_cross_attention_dim": 16, "sample_steps": 2,
+    },
+    "stage1": {
+        "steps": 2, "batch_size": 4, "warmup_steps": 1, "vae_steps": 2, "vae_batch_size": 4, "vae_crop": 16,
+        "vlm_warmup_steps": 0, "checkpoint_every": 2, "log_every": 1, "sheet_items": 2,
+    },
+    "users": {"bpr_epochs": 2, "n_segments": 2, "kmeans_restarts": 2},
+    "rewards": {
+        "relevance": {"epochs": 2, "batch_size": 8, "holdout_fraction": 0.3},
+        "preference": {"holdout_days": 1, "auc_floor": 0.0, "epochs": 2, "batch_size": 256},
+    },
+    "finetune": {
+        "steps": 2, "pairs_per_step": 2, "candidates": 2, "sample_steps": 2, "warmup_steps": 1,
+        "reg_batch_size": 2, "guard_every": 1, "guard_items": 2, "checkpoint_every": 1, "log_every": 1,
+        "updates_per_batch": 1, "noise_draws": 1,
+    },
+    "generate": {"batch_size": 4, "features_batch_size": 8},
+}  # fmt: skip
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def tiny_settings(**sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """:data:`TINY` with per-section overrides merged in (nested dicts merge, other values replace)."""
+    return _merge(copy.deepcopy(TINY), sections)
+
+
+def write_tiny_config(path: Path, **sections: dict[str, Any]) -> Path:
+    """Write :func:`tiny_settings` as a YAML config file at ``path``; returns ``path``."""
+    path.write_text(yaml.safe_dump(tiny_settings(**sections)))
+    return path
