@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 
 import pytest
 import torch
@@ -94,6 +95,15 @@ def test_trainable_state_round_trip_and_version(tiny_vlm_dirs):
         assert torch.equal(first(TITLES[:1], reference_images(1)), second(TITLES[:1], reference_images(1)))
     with pytest.raises(ValueError, match="trainable keys differ"):
         second.load_trainable_state_dict({"other": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_version_does_not_depend_on_where_the_backbone_lies(family, tiny_vlm_dirs, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_vlm_dirs[family], moved)
+    here = MetaTokenEncoder(tiny_vlm_dirs[family], num_meta_tokens=META_TOKENS, seed=1)
+    there = MetaTokenEncoder(moved, num_meta_tokens=META_TOKENS, seed=1)
+    assert here.encoder_version == there.encoder_version
 
 
 def test_content_hash_is_stable_and_sensitive():
