@@ -2,16 +2,41 @@
 
 Needs the users stage's segments and the rewards stage's models of ``ds`` and a stage-1 generator
 (``icg bootstrap``). Saves a new generator version and moves ``_latest`` only on success; when the
-held-out relevance guard trips, nothing is saved and the stage exits 2.
+held-out relevance guard trips, nothing is saved and the stage exits 2. Runs as one Ray task (local
+Ray here, ``RAY_ADDRESS`` on a cluster) with the resources it declares.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from pipelines.runtime import ConfigOpt, DsOpt, JsonOpt, RootOpt, StageFailed, main, open_stage, print_summary
+from pipelines.ray_runtime import run_task, training_resources
+from pipelines.runtime import (
+    ConfigOpt,
+    DsOpt,
+    JsonOpt,
+    RootOpt,
+    StageFailed,
+    main,
+    open_stage,
+    print_summary,
+    setup_logging,
+)
+
+
+def _train(store: Any, cfg: Any, ds: str, stop_after: int | None) -> dict[str, Any]:
+    """Stage 2 (a Ray task). Raises StageFailed when the relevance guard stops it."""
+    from icg_core.bootstrap import torch_threads
+    from icg_core.training.stage2 import RelevanceCollapse, run_finetune
+
+    setup_logging()
+    with torch_threads(cfg.models.cpu_threads):
+        try:
+            return run_finetune(store, cfg, ds, stop_after=stop_after).to_dict()
+        except RelevanceCollapse as exc:
+            raise StageFailed(str(exc)) from exc
 
 
 def finetune(
@@ -24,15 +49,9 @@ def finetune(
     json: JsonOpt = False,
 ) -> None:
     """Fine-tune the generator on DS with the aesthetic, relevance and preference rewards."""
-    from icg_core.bootstrap import torch_threads
-    from icg_core.training.stage2 import RelevanceCollapse, run_finetune
-
     cfg, store = open_stage("finetune", config, root)
-    with torch_threads(cfg.models.cpu_threads):
-        try:
-            summary = run_finetune(store, cfg, ds, stop_after=stop_after).to_dict()
-        except RelevanceCollapse as exc:
-            raise StageFailed(str(exc)) from exc
+    resources = training_resources(cfg.models.device, cfg.models.cpu_threads)
+    summary = run_task(_train, store, cfg, ds, stop_after, **resources)
     if not json:  # people get the last points; full curves are in the report JSON
         result = summary.pop("result", {})
         summary["curve_last"] = (result.get("curve") or [{}])[-1]

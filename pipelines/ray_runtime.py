@@ -16,13 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 AUTO_GPUS = "auto"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -142,3 +144,27 @@ def gpus_per_actor(requested: float | str | None, cluster_gpus: float) -> float:
             requested,
         )
     return float(requested)
+
+
+def run_task(fn: Callable[..., T], *args: Any, num_cpus: float, num_gpus: float, **kwargs: Any) -> T:
+    """Run ``fn(*args, **kwargs)`` as one Ray task with declared resources; return its result.
+
+    The training stages (users, rewards, finetune) run this way, so a cluster places them on a node
+    that has what they declare (a GPU node when ``num_gpus`` > 0); here they run on local Ray.
+
+    Raises:
+        The task's own exception (a refused gate stays a refusal), not Ray's wrapper.
+    """
+    import ray
+
+    with ray_session():
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(fn)
+        try:
+            return ray.get(task.remote(*args, **kwargs))
+        except ray.exceptions.RayTaskError as exc:
+            raise exc.cause from None
+
+
+def training_resources(device: str, cpu_threads: int | None) -> dict[str, float]:
+    """Ray resources of a training task: the torch threads it uses, and one GPU when it trains on CUDA."""
+    return {"num_cpus": float(cpu_threads or 1), "num_gpus": 1.0 if device.startswith("cuda") else 0.0}

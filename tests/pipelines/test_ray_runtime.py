@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
-from pipelines.ray_runtime import gpus_per_actor, ray_session
+from pipelines.ray_runtime import gpus_per_actor, ray_session, run_task, training_resources
+from pipelines.runtime import StageFailed
 from tests.ray_cluster import RayCluster, node_ids_by_role
 
 
@@ -20,6 +22,28 @@ def test_gpus_per_actor_follows_config_and_cluster() -> None:
         gpus_per_actor("many", cluster_gpus=1)
     with pytest.raises(ValueError, match=">= 0"):
         gpus_per_actor(-1, cluster_gpus=1)
+
+
+def test_training_tasks_declare_their_threads_and_a_gpu_only_on_cuda() -> None:
+    assert training_resources("cpu", None) == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert training_resources("cuda:0", 4) == {"num_cpus": 4.0, "num_gpus": 1.0}
+
+
+def _square_in_a_worker(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def _refuse() -> None:
+    raise StageFailed("gate refused: AUC 0.40 < 0.65")
+
+
+@pytest.mark.slow
+def test_run_task_runs_in_a_ray_worker_and_keeps_a_refusal_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    square, pid = run_task(_square_in_a_worker, 7, num_cpus=1, num_gpus=0)
+    assert square == 49 and pid != os.getpid()  # ran in a Ray worker process
+    with pytest.raises(StageFailed, match="AUC 0.40"):
+        run_task(_refuse, num_cpus=1, num_gpus=0)
 
 
 @pytest.mark.slow
