@@ -66,14 +66,22 @@ def segment_ctr(oracle: Oracle, images: np.ndarray, users: np.ndarray) -> np.nda
     out = np.zeros(len(images))
     for i in range(len(images)):
         out[i] = oracle.click_probability_from_features(
-            users, np.repeat(attributes[i : i + 1], len(users), 0), np.repeat(scores[i : i + 1], len(users), 0)
+            users,
+            np.repeat(attributes[i : i + 1], len(users), 0),
+            np.repeat(scores[i : i + 1], len(users), 0),
         ).mean()
     return out
 
 
 def measure(
-    oracle: Oracle, images: np.ndarray, titles: list[str], labels: np.ndarray, segment_of: np.ndarray,
-    users_of: dict[int, np.ndarray], relevance, preference,
+    oracle: Oracle,
+    images: np.ndarray,
+    titles: list[str],
+    labels: np.ndarray,
+    segment_of: np.ndarray,
+    users_of: dict[int, np.ndarray],
+    relevance,
+    preference,
 ) -> dict[str, np.ndarray]:
     """Per-cover measurements of covers ``[B]`` for items (titles, labels) shown to segments ``segment_of``."""
     ctr = np.zeros(len(images))
@@ -123,7 +131,9 @@ def contact_sheet(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--root", required=True)
     parser.add_argument("--config", default=None)
     parser.add_argument("--ds", default=None)
@@ -172,11 +182,17 @@ def evaluate(store: ObjectStore, cfg, ds: str, version: str, n_items: int | None
 
     segments = load_segments(store, ds)
     segment_ids, centroids = segments.centroid_matrix()
-    users_of = {int(s): oracle.user_index(segments.user_ids[segments.segment_ids == s].tolist()) for s in segment_ids}
+    users_of = {
+        int(s): oracle.user_index(segments.user_ids[segments.segment_ids == s].tolist()) for s in segment_ids
+    }
     taste = {int(s): oracle.taste[users_of[int(s)]].mean(0) for s in segment_ids}
     n_seg = len(segment_ids)
     seeds = [seed_for(item_id, 0, EVAL_SEED_KEY) for item_id in item_ids]
-    sampling = dict(steps=cfg.models.sample_steps, guidance_scale=cfg.models.guidance_scale, scheduler=cfg.models.scheduler)
+    sampling = dict(
+        steps=cfg.models.sample_steps,
+        guidance_scale=cfg.models.guidance_scale,
+        scheduler=cfg.models.scheduler,
+    )
 
     clock = time.perf_counter()
     base_covers = base.generate(features, seeds, **sampling)
@@ -185,7 +201,10 @@ def evaluate(store: ObjectStore, cfg, ds: str, version: str, n_items: int | None
     seg_index = np.tile(np.arange(n_seg), len(item_ids))
     clock = time.perf_counter()
     tuned_covers = tuned.generate(
-        features[rep], [seeds[i] for i in rep.tolist()], users=torch.from_numpy(centroids[seg_index]).float(), **sampling
+        features[rep],
+        [seeds[i] for i in rep.tolist()],
+        users=torch.from_numpy(centroids[seg_index]).float(),
+        **sampling,
     )
     tuned_seconds = time.perf_counter() - clock
 
@@ -195,8 +214,19 @@ def evaluate(store: ObjectStore, cfg, ds: str, version: str, n_items: int | None
     pair_titles = [titles[i] for i in rep.tolist()]
     pair_labels = labels[rep.numpy()]
     segment_of = segment_ids[seg_index]
-    stage2 = measure(oracle, tuned_covers, pair_titles, pair_labels, segment_of, users_of, relevance, preference)
-    stage1 = measure(oracle, base_covers[rep.numpy()], pair_titles, pair_labels, segment_of, users_of, relevance, preference)
+    stage2 = measure(
+        oracle, tuned_covers, pair_titles, pair_labels, segment_of, users_of, relevance, preference
+    )
+    stage1 = measure(
+        oracle,
+        base_covers[rep.numpy()],
+        pair_titles,
+        pair_labels,
+        segment_of,
+        users_of,
+        relevance,
+        preference,
+    )
 
     per_segment = {}
     for j, s in enumerate(segment_ids.tolist()):
@@ -212,9 +242,18 @@ def evaluate(store: ObjectStore, cfg, ds: str, version: str, n_items: int | None
             "ctr_stage2": round(float(stage2["ctr"][mask].mean()), 5),
             "ctr_uplift": relative(float(stage2["ctr"][mask].mean()), float(stage1["ctr"][mask].mean())),
         }
-    scalar = ("ctr", "relevance_cosine", "relevance_z", "category_top1", "aesthetic_proxy", "composition", "preference_z")
+    scalar = (
+        "ctr",
+        "relevance_cosine",
+        "relevance_z",
+        "category_top1",
+        "aesthetic_proxy",
+        "composition",
+        "preference_z",
+    )
     variants = {
-        label: {k: round(float(m[k].mean()), 5) for k in scalar} for label, m in (("stage1", stage1), ("stage2", stage2))
+        label: {k: round(float(m[k].mean()), 5) for k in scalar}
+        for label, m in (("stage1", stage1), ("stage2", stage2))
     }
     grid = tuned_covers.reshape(len(item_ids), n_seg, *tuned_covers.shape[1:]).astype(np.float32)
     pairwise = [np.abs(grid[:, a] - grid[:, b]).mean() for a in range(n_seg) for b in range(a + 1, n_seg)]
@@ -230,25 +269,43 @@ def evaluate(store: ObjectStore, cfg, ds: str, version: str, n_items: int | None
         "targets": {
             "ctr_uplift_mean_over_segments": round(float(np.mean(uplifts)), 4),
             "ctr_uplift_pooled": relative(variants["stage2"]["ctr"], variants["stage1"]["ctr"]),
-            "relevance_cosine_change": relative(variants["stage2"]["relevance_cosine"], variants["stage1"]["relevance_cosine"]),
-            "category_top1_change": relative(variants["stage2"]["category_top1"], variants["stage1"]["category_top1"]),
-            "aesthetic_proxy_change": relative(variants["stage2"]["aesthetic_proxy"], variants["stage1"]["aesthetic_proxy"]),
-            "composition_change": relative(variants["stage2"]["composition"], variants["stage1"]["composition"]),
-            "taste_direction_cosine_mean": round(float(np.mean([v["taste_direction_cosine"] for v in per_segment.values()])), 4),
+            "relevance_cosine_change": relative(
+                variants["stage2"]["relevance_cosine"], variants["stage1"]["relevance_cosine"]
+            ),
+            "category_top1_change": relative(
+                variants["stage2"]["category_top1"], variants["stage1"]["category_top1"]
+            ),
+            "aesthetic_proxy_change": relative(
+                variants["stage2"]["aesthetic_proxy"], variants["stage1"]["aesthetic_proxy"]
+            ),
+            "composition_change": relative(
+                variants["stage2"]["composition"], variants["stage1"]["composition"]
+            ),
+            "taste_direction_cosine_mean": round(
+                float(np.mean([v["taste_direction_cosine"] for v in per_segment.values()])), 4
+            ),
         },
         "per_segment": per_segment,
         "diversity_between_segments_pixels": round(float(np.mean(pairwise)), 3) if pairwise else 0.0,
-        "sampling": {**sampling, "seconds_stage1": round(base_seconds, 2), "seconds_stage2": round(tuned_seconds, 2),
-                     "covers_stage2": int(len(tuned_covers))},
+        "sampling": {
+            **sampling,
+            "seconds_stage1": round(base_seconds, 2),
+            "seconds_stage2": round(tuned_seconds, 2),
+            "covers_stage2": int(len(tuned_covers)),
+        },
     }
     shown = min(sheet_items, len(item_ids))
     size = tuned.covers.image_size
     references = np.stack(
-        [to_square(decode_image(store.read_uri(u)), size) for u in items.column("reference_image_uri").to_pylist()[:shown]]
+        [
+            to_square(decode_image(store.read_uri(u)), size)
+            for u in items.column("reference_image_uri").to_pylist()[:shown]
+        ]
     )
     sign = {True: "+", False: "-"}
     headers = ["reference", f"stage 1\n{base_version[:10]}"] + [
-        f"seg {s} (n={per_segment[s]['users']})\n" + " ".join(f"{a[0]}{sign[t >= 0]}" for a, t in zip(ATTRIBUTES, taste[s], strict=True))
+        f"seg {s} (n={per_segment[s]['users']})\n"
+        + " ".join(f"{a[0]}{sign[t >= 0]}" for a, t in zip(ATTRIBUTES, taste[s], strict=True))
         for s in segment_ids.tolist()
     ]
     sheet = contact_sheet(references, base_covers[:shown], grid[:shown].astype(np.uint8), headers)

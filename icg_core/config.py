@@ -222,21 +222,27 @@ class FinetuneConfig(_Section):
     steps: int = 60  # optimizer steps
     pairs_per_step: int = 8  # (item, segment) pairs drawn per step
     candidates: int = 4  # K candidate covers sampled per pair
+    # the preference term of R: the segment's own score, or that minus the mean over segments (see
+    # stage2.Stage2Trainer.preference_scores); relative measured better (no shared drift)
+    preference_advantage: Literal["absolute", "segment_relative"] = "segment_relative"
     sample_steps: int = 10  # denoising steps of each candidate (models.sample_steps is for final covers)
     candidate_guidance_scale: float = 1.0  # guidance of candidates; > 1 compounds guidance step after step
     beta: float = 1.0  # softmax temperature over R within a pair (small = winner takes all)
-    lr: float = 3e-3  # refiner learning rate (its output gate starts at 0: it must move from there)
+    weighting: Literal["softmax", "centered"] = "centered"  # see stage2.Stage2Trainer.candidate_weights
+    reward_x0_from: int | None = 400  # reward term: clean-latent error at timesteps >= this; None = min-SNR
+    reward_x0_pool: int = 4  # that error on latents average-pooled by this factor (1 = full resolution)
+    lr: float = 5e-3  # refiner learning rate (its output gate starts at 0; 1e-2 measured: aesthetic -1%)
     adapter_lr: float = 1e-4  # adapter learning rate (it carries content: measured to drift at 1e-3)
     warmup_steps: int = 5  # linear learning-rate warm-up, then cosine decay to 10%
-    train_adapter: bool = True  # also update the adapter (else the refiner alone learns)
+    train_adapter: bool = False  # also update the adapter: shared by all segments, it drifts them alike
     updates_per_batch: int = 2  # optimizer updates per sampled batch (fresh noise each)
     noise_draws: int = 2  # (timestep, noise) draws per candidate in the weighted denoising loss
     reg_weight: float = 1.0  # weight of the stage-1 denoising loss on reference covers
     reg_batch_size: int = 16  # reference covers per step in that term
     reg_segment_fraction: float = 0.5  # share of regularization rows with a segment centroid as user
     reg_random_user_fraction: float = 0.25  # share with a random user (the rest: the null user)
-    guard_every: int = 20  # steps between held-out checks (also at step 0 and at the end)
-    guard_items: int = 24  # held-out items x every segment scored by each check
+    guard_every: int = 30  # steps between held-out checks (also at step 0 and at the end)
+    guard_items: int = 16  # held-out items x every segment scored by each check
     max_relevance_drop: float = 0.1  # relative drop of held-out relevance that fails the run
     checkpoint_every: int = 20  # steps between resumable training states
     log_every: int = 5  # steps between reward-curve points
@@ -258,6 +264,21 @@ class GenerateConfig(_Section):
     reuse_previous_days: bool = True  # copy an earlier day's cover whose inputs are unchanged
 
 
+class EvaluateConfig(_Section):
+    """The evaluate stage: variants on held-out items, intervals and gates (icg_core.evaluation)."""
+
+    items: int | None = 40  # held-out items evaluated (first N by item_id); None = every held-out item
+    sheet_items: int = 6  # items whose covers are written for the report's contact sheets
+    bootstrap_samples: int = 1000  # item resamples behind every 95% interval
+    seed: int = 0  # seeds the bootstrap, the simulated downstream clicks and the downstream model
+    batch_size: int = 64  # covers sampled at once
+    timing_covers: int = 16  # covers sampled to time the generator when its covers are read from generate
+    # icg metrics compared with the last published run by the regression gate
+    gate_metrics: list[str] = Field(default_factory=lambda: ["relevance", "aesthetic_heldout", "oracle_ctr"])
+    max_regression: float = 0.1  # relative drop below the last published run that fails the gate
+    max_relevance_drop_vs_base: float = 0.1  # relative drop of icg relevance below base that fails the gate
+
+
 class ICGConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     world: WorldConfig = Field(default_factory=WorldConfig)
@@ -269,6 +290,7 @@ class ICGConfig(_Section):
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     @model_validator(mode="after")
     def _user_width_matches_refiner(self) -> ICGConfig:

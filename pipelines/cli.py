@@ -9,12 +9,14 @@ import typer
 
 from pipelines import (
     bootstrap,
+    evaluate,
     extract,
     features,
     finetune,
     generate,
     imports,
     publish,
+    report,
     rewards,
     users,
     validate,
@@ -40,6 +42,8 @@ app.command("generate-sample")(bootstrap.generate_sample)
 app.command("train-users")(users.train_users)
 app.command("train-rewards")(rewards.train_rewards)
 app.command("finetune")(finetune.finetune)
+app.command("evaluate")(evaluate.evaluate)
+app.command("report")(report.report)
 
 
 def main() -> None:

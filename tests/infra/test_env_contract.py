@@ -397,7 +397,7 @@ def test_checker_rejects_static_keys_missing_identity_and_missing_fields_on_kube
     values["env"] = []
     values["config"]["core"]["no_such_option"] = "x"
     problems = "\n".join(kubernetes_problems(objects, values))
-    for expected in ("sets static AWS keys", "has no cloud IAM role annotation", "does not set ['extract.lookback_days'",
+    for expected in ("sets static AWS keys", "has no cloud IAM role annotation", "does not set [", "'extract.lookback_days'",
                      "ICG_RAY_JOBS_ADDRESS=None", "[core] no_such_option"):  # fmt: skip
         assert expected in problems
 

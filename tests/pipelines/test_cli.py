@@ -12,7 +12,7 @@ from pipelines.cli import app
 
 STAGES = [["world"], ["extract"], ["validate"], ["publish"], ["import", "movielens"], ["import", "pixelrec"]]
 STAGES += [["bootstrap"], ["generate-sample"], ["train-users"], ["train-rewards"], ["finetune"]]
-STAGES += [["features"], ["generate"]]
+STAGES += [["features"], ["generate"], ["evaluate"], ["report"]]
 
 
 def test_top_level_help_lists_every_stage() -> None:
@@ -31,7 +31,7 @@ def test_every_command_has_help(words: list[str]) -> None:
 
 MODULES = ["extract", "validate", "publish", "world", "imports"]
 MODULES += ["users", "rewards", "finetune"]
-MODULES += ["features", "generate"]
+MODULES += ["features", "generate", "evaluate", "report"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -1,0 +1,137 @@
+"""The evaluate stage's gates: full ICG must not regress, and must not trade relevance away.
+
+1. Regression: for each metric in ``evaluate.gate_metrics``, the ``icg`` variant's value must not
+   fall more than ``max_regression`` (relative) below the same metric of the last *published* run
+   (the day the covers manifest's ``_latest`` pointer names, or the newest published day before
+   ``ds`` when ``_latest`` is ``ds`` itself or later). No published run yet, or a metric that is null
+   on either side (an oracle metric on real data): that check is skipped and says so.
+2. Relevance versus base: ``icg`` relevance must not fall more than ``max_relevance_drop_vs_base``
+   (relative) below the base generator's on the same items and seeds.
+
+Setting ``max_relevance_drop_vs_base`` (env ``ICG__EVALUATE__MAX_RELEVANCE_DROP_VS_BASE``) to a large
+negative number, e.g. -10, makes check 2 fail on any run: the knob tests use to force a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from icg_core.config import EvaluateConfig
+from icg_core.evaluation.measures import HEADLINE
+from icg_core.publish import PUBLISHED_AREA, TABLE
+from icg_core.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+REPORTS_PREFIX = "reports"
+METRICS_FILE = "metrics.json"
+
+
+def metrics_key(ds: str) -> str:
+    """Where the metrics of ``ds`` are written."""
+    return f"{REPORTS_PREFIX}/ds={ds}/{METRICS_FILE}"
+
+
+def last_published_day(store: ObjectStore, ds: str) -> str | None:
+    """The published day the gate compares ``ds`` with: ``_latest`` if before ``ds``, else the newest before it."""
+    latest = store.get_latest(PUBLISHED_AREA, TABLE)
+    if latest is not None and latest < ds:
+        return latest
+    earlier = [day for day in store.partitions(TABLE, area=PUBLISHED_AREA) if day < ds]
+    return earlier[-1] if earlier else None
+
+
+@dataclass
+class GateCheck:
+    name: str  # "regression:<metric>" or "relevance_vs_base"
+    passed: bool
+    value: float | None  # the relative drop measured (positive = worse)
+    threshold: float
+    detail: str
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    baseline_ds: str | None  # the published run compared with
+    checks: list[GateCheck] = field(default_factory=list)
+
+    def failures(self) -> list[GateCheck]:
+        return [check for check in self.checks if not check.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "baseline_ds": self.baseline_ds,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+    def message(self) -> str:
+        return "; ".join(check.detail for check in self.failures())
+
+
+def _drop(new: float, old: float) -> float:
+    return (old - new) / max(abs(old), 1e-8)
+
+
+def check_gates(
+    metrics: dict[str, Any], baseline: dict[str, Any] | None, baseline_ds: str | None, cfg: EvaluateConfig
+) -> GateResult:
+    """Run both gates on ``metrics`` (this run's metrics.json) against ``baseline`` (a published run's, or None).
+
+    Raises:
+        ValueError: ``cfg.gate_metrics`` names a metric the metrics file does not have.
+    """
+    unknown = sorted(set(cfg.gate_metrics) - set(HEADLINE))
+    if unknown:
+        raise ValueError(f"evaluate.gate_metrics names unknown metrics {unknown}; known: {list(HEADLINE)}")
+    icg = metrics["variants"]["icg"]
+    checks = []
+    previous = (baseline or {}).get("variants", {}).get("icg")
+    for name in cfg.gate_metrics:
+        new, old = icg.get(name), (previous or {}).get(name)
+        if previous is None or new is None or old is None:
+            why = "no published run to compare with" if previous is None else "metric is null on one side"
+            checks.append(
+                GateCheck(f"regression:{name}", True, None, cfg.max_regression, f"{name}: skipped ({why})")
+            )
+            continue
+        drop = _drop(new, old)
+        passed = drop <= cfg.max_regression
+        detail = f"icg {name} {new:.4f} vs {old:.4f} published on {baseline_ds}: {drop:+.1%} drop (limit {cfg.max_regression:.0%})"
+        checks.append(GateCheck(f"regression:{name}", passed, round(drop, 5), cfg.max_regression, detail))
+    base = metrics["variants"].get("base", {})
+    if icg.get("relevance") is None or base.get("relevance") is None:
+        checks.append(
+            GateCheck(
+                "relevance_vs_base", True, None, cfg.max_relevance_drop_vs_base, "relevance vs base: skipped"
+            )
+        )
+    else:
+        drop = _drop(icg["relevance"], base["relevance"])
+        passed = drop <= cfg.max_relevance_drop_vs_base
+        detail = (
+            f"icg relevance {icg['relevance']:.4f} vs base {base['relevance']:.4f}: {drop:+.1%} drop "
+            f"(limit {cfg.max_relevance_drop_vs_base:.0%})"
+        )
+        checks.append(
+            GateCheck("relevance_vs_base", passed, round(drop, 5), cfg.max_relevance_drop_vs_base, detail)
+        )
+    result = GateResult(all(c.passed for c in checks), baseline_ds, checks)
+    log.info(
+        "stage=evaluate gates passed=%s baseline_ds=%s failures=%s",
+        result.passed,
+        baseline_ds,
+        result.message(),
+    )
+    return result
+
+
+def published_baseline(store: ObjectStore, ds: str) -> tuple[str | None, dict[str, Any] | None]:
+    """(day, metrics.json) of the last published run before ``ds`` that has metrics; (None, None) if none."""
+    day = last_published_day(store, ds)
+    if day is None or not store.exists(metrics_key(day)):
+        return day, None
+    return day, store.get_json(metrics_key(day))

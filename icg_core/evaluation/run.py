@@ -1,0 +1,371 @@
+"""The evaluate stage: every variant on the same held-out items, segments and seeds -> ``reports/ds=<ds>/metrics.json``.
+
+Variants (see :mod:`icg_core.evaluation.variants`): ``reference``, ``selection``, ``base`` (the
+stage-1 generator the production generator was fine-tuned from, null user), ``icg`` (the
+production generator, segment centroids; the generate stage's staged covers of ``ds`` are read when
+they come from the same generator version) and, with ``ablations``, ``icg_no_preference`` and
+``icg_no_aesthetic`` (real fine-tuning runs, :mod:`icg_core.evaluation.ablations`). Held-out items
+are the stage-1 split (``stage1.holdout_fraction``), the first ``evaluate.items`` by item_id.
+
+metrics.json keys::
+
+    ds, variants {name: M}, preference_model {auc, oracle_auc, log_loss, auc_reproduced, n_eval, roc {fpr, tpr}},
+    segments {k, ari_vs_taste_groups, sizes {segment_id: n_users}},
+    downstream {auc_without_covers, auc_with_covers, n_train, n_eval, judged_by},
+    run {data_interval {start, end}, items, item_ids, bootstrap_samples, model_versions {...},
+         timings {evaluate phase: seconds}, stage_seconds {finetune..., evaluate}, finished_at},
+    samples [{item_id, title, segment_id, variant, image_key}], gate {passed, baseline_ds, checks}
+    M = {aesthetic, aesthetic_heldout, relevance, category_top1, preference, oracle_ctr, diversity (each with
+         <metric>_ci [lo, hi]), oracle_ctr_by_segment, seconds_per_cover, n_covers, generator_version, source,
+         uplift_vs_reference {<metric>, <metric>_ci}, uplift_vs_base {...}}
+
+A rerun for the same ``ds`` keeps the variants it did not recompute (the nightly run keeps the
+ablations of an earlier ``--ablations`` run). Oracle fields are null when the root has no oracle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from icg_core.config import ICGConfig
+from icg_core.covers import Sampling, encode_png
+from icg_core.evaluation.ablations import ABLATIONS, run_ablation
+from icg_core.evaluation.downstream import downstream_auc, load_click_window, preference_model_report
+from icg_core.evaluation.gates import GateResult, check_gates, metrics_key, published_baseline
+from icg_core.evaluation.measures import (
+    HEADLINE,
+    Judges,
+    ctr_by_segment,
+    measure_covers,
+    per_item_measures,
+    uplift,
+    variant_metrics,
+)
+from icg_core.evaluation.stats import resample_indices, rounded
+from icg_core.evaluation.variants import (
+    EvalItems,
+    EvalSegments,
+    VariantCovers,
+    generate_covers,
+    held_out_item_ids,
+    load_eval_items,
+    pair_seeds,
+    reference_covers,
+    select_covers,
+    staged_covers,
+    staged_segment_covers,
+)
+from icg_core.models.bundle import load_bundle
+from icg_core.models.checkpoint import checkpoint_prefix, resolve_version
+from icg_core.rewards.aesthetic import load_aesthetic_reward_fn
+from icg_core.rewards.common import model_name
+from icg_core.rewards.preference import PreferenceModel, preference_reward_fn
+from icg_core.rewards.relevance import load_relevance_reward_fn
+from icg_core.storage import ObjectStore
+from icg_core.users import load_segments
+from icg_core.world.oracle import ORACLE_PREFIX, Oracle
+
+log = logging.getLogger(__name__)
+
+NIGHTLY_VARIANTS = ("reference", "selection", "base", "icg")
+SHEET_VARIANTS = ("reference", "base", "icg")
+REWARD_KINDS = ("aesthetic", "relevance", "preference")
+
+
+@dataclass
+class EvaluationSummary:
+    """What :func:`run_evaluation` did; the stage prints it and fails on ``gate.passed`` False."""
+
+    ds: str
+    metrics_uri: str
+    variants: dict[str, dict[str, Any]]  # headline metrics of each variant evaluated now
+    gate: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Clock:
+    """Wall time of named phases."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = self._start = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 2)
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        return self.seconds | {"total": round(time.perf_counter() - self._start, 2)}
+
+
+def load_oracle(store: ObjectStore) -> Oracle | None:
+    """The embedded world's oracle, or None on a root without one (real data)."""
+    return Oracle.load(store) if store.exists(f"{ORACLE_PREFIX}/world.json") else None
+
+
+def load_eval_segments(store: ObjectStore, ds: str) -> EvalSegments:
+    """The users stage's segments of ``ds``: ids, centroids, sizes and member users."""
+    segments = load_segments(store, ds)
+    ids, centroids = segments.centroid_matrix()
+    members = {int(s): segments.user_ids[segments.segment_ids == s].tolist() for s in ids.tolist()}
+    return EvalSegments(ids, centroids, np.array([len(members[int(s)]) for s in ids]), members)
+
+
+def time_sampling(
+    bundle: Any, items: EvalItems, segments: EvalSegments, seeds: list[int], sampling: Sampling, count: int
+) -> tuple[float, int]:
+    """(seconds, covers) of sampling the first ``count`` (item, segment) covers again, to price covers read from generate."""
+    n_items = min(len(items), max(1, math.ceil(count / len(segments))))
+    subset = EvalItems(items.item_ids[:n_items], items.titles[:n_items], items.categories[:n_items],
+                       items.references[:n_items], items.logged[:n_items], items.features[:n_items])  # fmt: skip
+    timed = generate_covers(bundle, subset, segments, seeds[: n_items * len(segments)], sampling,
+                            personalized=True, batch_size=n_items * len(segments))  # fmt: skip
+    return timed.seconds, timed.timed_covers
+
+
+def _icg_covers(
+    store: ObjectStore,
+    cfg: ICGConfig,
+    ds: str,
+    bundle: Any,
+    items: EvalItems,
+    segments: EvalSegments,
+    seeds: list[int],
+) -> VariantCovers:
+    sampling = Sampling.from_models(cfg.models)
+    staged = staged_covers(
+        store, ds, bundle.version, items.item_ids, segments.segment_ids.tolist(), bundle.covers.image_size
+    )
+    if staged is None:
+        return generate_covers(
+            bundle, items, segments, seeds, sampling, personalized=True, batch_size=cfg.evaluate.batch_size
+        )
+    seconds, timed = time_sampling(bundle, items, segments, seeds, sampling, cfg.evaluate.timing_covers)
+    log.info("stage=evaluate ds=%s icg covers read from the generate stage (%d)", ds, len(staged))
+    return VariantCovers(staged, seconds, timed, len(staged), bundle.version, "staged")
+
+
+def _write_samples(
+    store: ObjectStore,
+    ds: str,
+    items: EvalItems,
+    segments: EvalSegments,
+    covers: dict[str, VariantCovers],
+    count: int,
+) -> list[dict[str, Any]]:
+    """PNGs of the first ``count`` items for the contact sheets, and their index (``samples``)."""
+    samples = []
+    n_segments = len(segments)
+    for i in range(min(count, len(items))):
+        for variant in SHEET_VARIANTS:
+            if variant not in covers:
+                continue
+            targets = (
+                [(None, i * n_segments)]
+                if variant == "reference"
+                else [(int(s), i * n_segments + j) for j, s in enumerate(segments.segment_ids.tolist())]
+            )
+            for segment, row in targets:
+                where = "" if segment is None else f"segment={segment}/"
+                key = f"reports/ds={ds}/covers/{variant}/{where}{items.item_ids[i]}.png"
+                store.put_bytes(key, encode_png(covers[variant].images[row]))
+                samples.append({"item_id": items.item_ids[i], "title": items.titles[i], "segment_id": segment,
+                                "variant": variant, "image_key": key})  # fmt: skip
+    return samples
+
+
+def _segments_report(segments: EvalSegments, oracle: Oracle | None) -> dict[str, Any]:
+    ari = None
+    if oracle is not None:
+        from sklearn.metrics import adjusted_rand_score
+
+        users = [u for s in segments.segment_ids.tolist() for u in segments.user_ids[int(s)]]
+        labels = [int(s) for s in segments.segment_ids.tolist() for _ in segments.user_ids[int(s)]]
+        ari = rounded(float(adjusted_rand_score(oracle.taste_group(users), labels)), 4)
+    sizes = {str(int(s)): int(n) for s, n in zip(segments.segment_ids, segments.sizes, strict=True)}
+    return {"k": len(segments), "ari_vs_taste_groups": ari, "sizes": sizes}
+
+
+def _generator_versions(store: ObjectStore, cfg: ICGConfig) -> tuple[str, str]:
+    """(production generator version, the stage-1 version it was fine-tuned from; itself for a stage-1 one)."""
+    name = cfg.models.generator_name
+    version = resolve_version(store, name, cfg.generate.generator_version)
+    saved = store.get_json(f"{checkpoint_prefix(name, version)}/config.json")["config"]
+    return version, str(saved.get("stage2", {}).get("base_version", version))
+
+
+def _judges(
+    store: ObjectStore, cfg: ICGConfig, segments: EvalSegments, oracle: Oracle | None
+) -> tuple[Judges, dict[str, str], PreferenceModel]:
+    versions = {
+        kind: resolve_version(store, model_name(kind), cfg.generate.reward_version) for kind in REWARD_KINDS
+    }
+    preference = PreferenceModel.load(store, versions["preference"])
+    centroids = {int(s): c for s, c in zip(segments.segment_ids, segments.centroids, strict=True)}
+    judges = Judges(
+        aesthetic=load_aesthetic_reward_fn(store, versions["aesthetic"]),
+        relevance=load_relevance_reward_fn(store, versions["relevance"]),
+        preference=preference_reward_fn(preference, centroids),
+        oracle=oracle,
+    )
+    return judges, versions, preference
+
+
+def _stage_seconds(store: ObjectStore, ds: str, versions: dict[str, str]) -> dict[str, float]:
+    """Wall time of the fine-tuning runs behind the evaluated generators, from their reports of ``ds``."""
+    out = {}
+    for key, version in versions.items():
+        if key.startswith("generator"):
+            report = f"reports/ds={ds}/finetune-{version}.json"
+            if store.exists(report):
+                out[key.replace("generator", "finetune", 1)] = store.get_json(report)["seconds"].get("total")
+    return out
+
+
+def _failed_variant(message: str) -> dict[str, Any]:
+    return (
+        {name: None for name in HEADLINE} | {f"{name}_ci": None for name in HEADLINE} | {"failure": message}
+    )
+
+
+def run_evaluation(
+    store: ObjectStore, cfg: ICGConfig, ds: str, *, ablations: bool = False
+) -> tuple[EvaluationSummary, GateResult]:
+    """Evaluate the variants on ``ds``, write ``reports/ds=<ds>/metrics.json`` and run the gates.
+
+    Args:
+        store: the object store with the day's validated tables, segments, reward models and generators.
+        cfg: the configuration (``evaluate`` above all; ``models`` sampling; ``stage1.holdout_fraction``).
+        ds: the run's date.
+        ablations: also fine-tune and evaluate ``icg_no_preference`` and ``icg_no_aesthetic``.
+
+    Returns:
+        (the summary, the gate result). The metrics file is written whether or not the gates pass.
+    """
+    clock = _Clock()
+    ecfg = cfg.evaluate
+    oracle = load_oracle(store)
+    segments = load_eval_segments(store, ds)
+    judges, reward_versions, preference = _judges(store, cfg, segments, oracle)
+    icg_version, base_version = _generator_versions(store, cfg)
+    icg_bundle = load_bundle(store, cfg.models, icg_version)
+    items = load_eval_items(
+        store, ds, held_out_item_ids(store, ds, cfg.stage1.holdout_fraction, ecfg.items), icg_bundle
+    )
+    seeds = pair_seeds(items.item_ids, segments.segment_ids.tolist(), icg_version)
+    log.info("stage=evaluate ds=%s items=%d segments=%d icg=%s base=%s oracle=%s",
+             ds, len(items), len(segments), icg_version, base_version, oracle is not None)  # fmt: skip
+    clock.lap("load")
+
+    covers: dict[str, VariantCovers] = {
+        "reference": reference_covers(items, len(segments)),
+        "selection": select_covers(items, segments, judges.preference),
+    }
+    clock.lap("selection")
+    covers["icg"] = _icg_covers(store, cfg, ds, icg_bundle, items, segments, seeds)
+    clock.lap("icg")
+    sampling = Sampling.from_models(cfg.models)
+    base_bundle = icg_bundle if base_version == icg_version else load_bundle(store, cfg.models, base_version)
+    covers["base"] = generate_covers(
+        base_bundle, items, segments, seeds, sampling, personalized=False, batch_size=ecfg.batch_size
+    )
+    del base_bundle
+    clock.lap("base")
+    versions = {"generator": icg_version, "base": base_version} | {
+        f"reward_{k}": v for k, v in reward_versions.items()
+    }
+    failed: dict[str, str] = {}
+    if ablations:
+        from icg_core.training.stage2 import RelevanceCollapse
+
+        for variant in ABLATIONS:
+            try:
+                ablated_cfg, summary = run_ablation(store, cfg, ds, variant, base_version)
+            except RelevanceCollapse as exc:
+                failed[variant] = str(exc)
+                clock.lap(f"{variant}_finetune")
+                continue
+            clock.lap(f"{variant}_finetune")
+            bundle = load_bundle(store, ablated_cfg.models, summary.generator_version)
+            covers[variant] = generate_covers(
+                bundle, items, segments, seeds, sampling, personalized=True, batch_size=ecfg.batch_size
+            )
+            versions[f"generator_{variant}"] = summary.generator_version
+            clock.lap(variant)
+
+    indices = resample_indices(len(items), ecfg.bootstrap_samples, ecfg.seed)
+    per_item, variants = {}, {}
+    for name, variant_covers in covers.items():
+        measures = measure_covers(variant_covers.images, items, segments, judges)
+        per_item[name] = per_item_measures(measures, variant_covers.images, len(items), segments.sizes)
+        variants[name] = variant_metrics(
+            per_item[name], variant_covers, indices, ctr_by_segment(measures, segments, len(items))
+        )
+    for name in variants:
+        for baseline in ("reference", "base"):
+            if name != baseline:
+                variants[name][f"uplift_vs_{baseline}"] = uplift(per_item[name], per_item[baseline], indices)
+    variants |= {name: _failed_variant(message) for name, message in failed.items()}
+    clock.lap("measure")
+
+    window = load_click_window(store, ds, cfg)
+    preference_report = preference_model_report(store, window, cfg, preference.metrics, oracle)
+    segment_of_user = {u: int(s) for s in segments.segment_ids.tolist() for u in segments.user_ids[int(s)]}
+    in_memory = {
+        (item, int(s)): covers["icg"].images[i * len(segments) + j]
+        for i, item in enumerate(items.item_ids)
+        for j, s in enumerate(segments.segment_ids.tolist())
+    }
+    downstream = downstream_auc(
+        store, window, seed=ecfg.seed, oracle=oracle, segment_of_user=segment_of_user,
+        cover_uris=staged_segment_covers(store, ds, icg_version), covers=in_memory,
+    )  # fmt: skip
+    clock.lap("downstream")
+    samples = _write_samples(store, ds, items, segments, covers, ecfg.sheet_items)
+    clock.lap("samples")
+
+    start = dt.date.fromisoformat(ds) - dt.timedelta(days=cfg.extract.lookback_days)
+    metrics: dict[str, Any] = store.get_json(metrics_key(ds)) if store.exists(metrics_key(ds)) else {}
+    metrics |= {
+        "ds": ds,
+        "variants": metrics.get("variants", {}) | variants,
+        "preference_model": preference_report,
+        "segments": _segments_report(segments, oracle),
+        "downstream": downstream,
+        "samples": samples,
+    }
+    baseline_ds, baseline = published_baseline(store, ds)
+    gate = check_gates(metrics, baseline, baseline_ds, ecfg)
+    seconds = clock.total()
+    metrics["gate"] = gate.to_dict()
+    metrics["run"] = {
+        "data_interval": {"start": start.isoformat(), "end": ds},
+        "items": len(items),
+        "item_ids": items.item_ids,
+        "bootstrap_samples": ecfg.bootstrap_samples,
+        "model_versions": metrics.get("run", {}).get("model_versions", {}) | versions,
+        "timings": seconds,
+        "stage_seconds": _stage_seconds(store, ds, versions) | {"evaluate": seconds["total"]},
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    uri = store.put_json(metrics_key(ds), metrics)
+    log.info("stage=evaluate ds=%s metrics=%s gate=%s seconds=%s", ds, uri, gate.passed, seconds)
+    headline = {
+        name: {
+            k: variants[name].get(k)
+            for k in ("oracle_ctr", "relevance", "aesthetic_heldout", "preference", "diversity")
+        }
+        for name in variants
+    }
+    return EvaluationSummary(ds, uri, headline, gate.to_dict(), seconds), gate

@@ -1,0 +1,139 @@
+"""``icg evaluate`` end to end on a tiny bootstrapped world: metrics.json, samples, the gate, ablations, real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from icg_core.bootstrap import bootstrap, torch_threads
+from icg_core.config import load_config
+from icg_core.covers import generate_covers
+from icg_core.extract import extract_day
+from icg_core.models.checkpoint import resolve_version
+from icg_core.storage import ObjectStore
+from icg_core.training.stage2 import run_finetune
+from icg_core.users import run_users
+from icg_core.validation import validate_day
+from icg_core.world.simulator import generate_world
+from pipelines.cli import app
+from pipelines.runtime import StageFailed
+from tests.tiny import write_tiny_config
+
+M_KEYS = {
+    "aesthetic", "aesthetic_heldout", "relevance", "category_top1", "preference", "oracle_ctr", "diversity",
+    "aesthetic_ci", "aesthetic_heldout_ci", "relevance_ci", "category_top1_ci", "preference_ci", "oracle_ctr_ci",
+    "diversity_ci", "oracle_ctr_by_segment", "seconds_per_cover", "n_covers", "generator_version", "source",
+}  # fmt: skip
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, [*args, "--json"], env=env)
+
+
+@pytest.fixture
+def tiny_day(tmp_path: Path) -> tuple[ObjectStore, Path, str]:
+    """A tiny world through users, rewards, finetune and generate: (store, config file, ds)."""
+    from icg_core.rewards.aesthetic import build_aesthetic_reward
+    from icg_core.rewards.preference import build_preference_reward
+    from icg_core.rewards.relevance import build_relevance_reward
+
+    config = write_tiny_config(
+        tmp_path / "tiny.yaml", evaluate={"bootstrap_samples": 200, "timing_covers": 2, "sheet_items": 2}
+    )
+    cfg = load_config(config, root=str(tmp_path / "root"), environ={})
+    store = ObjectStore(cfg.storage.root)
+    with torch_threads(1):
+        ds = generate_world(store, cfg.world).first_nightly_ds
+        extract_day(store, ds, cfg.extract)
+        assert validate_day(store, ds, cfg).success
+        assert bootstrap(store, cfg, ds=ds).complete
+        run_users(store, ds, cfg.users)
+        build_aesthetic_reward(store, ds, cfg.rewards.aesthetic)
+        build_preference_reward(store, ds, cfg.rewards.preference, cfg.users)
+        build_relevance_reward(store, ds, cfg.rewards.relevance)
+        assert run_finetune(store, cfg, ds).latest_moved
+        generate_covers(store, cfg, ds)
+    return store, config, ds
+
+
+@pytest.mark.slow
+def test_evaluate_writes_metrics_gates_ablations_and_nulls_without_oracle(tiny_day) -> None:
+    store, config, ds = tiny_day
+    common = ["--root", store.root, "--config", str(config), "--ds", ds]
+    production = resolve_version(store, "icg_generator")
+
+    result = invoke("evaluate", *common)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["gate"]["passed"]
+    metrics = store.get_json(f"reports/ds={ds}/metrics.json")
+    assert set(metrics) >= {
+        "ds",
+        "variants",
+        "preference_model",
+        "segments",
+        "downstream",
+        "run",
+        "samples",
+        "gate",
+    }
+    assert set(metrics["variants"]) == {"reference", "selection", "base", "icg"}
+    icg = metrics["variants"]["icg"]
+    assert M_KEYS <= set(icg) and icg["source"] == "staged" and icg["generator_version"] == production
+    assert (
+        icg["oracle_ctr"] is not None
+        and icg["oracle_ctr_ci"][0] <= icg["oracle_ctr"] <= icg["oracle_ctr_ci"][1]
+    )
+    assert set(icg["uplift_vs_reference"]) >= {"oracle_ctr", "oracle_ctr_ci"} and "uplift_vs_base" in icg
+    assert metrics["variants"]["reference"]["diversity"] == 0.0
+    n_items = metrics["run"]["items"]
+    assert icg["n_covers"] == n_items * 2 and metrics["variants"]["reference"]["n_covers"] == n_items
+    assert set(metrics["preference_model"]) >= {"auc", "oracle_auc", "log_loss", "roc"}
+    assert 0 < len(metrics["preference_model"]["roc"]["fpr"]) <= 200
+    segments = metrics["segments"]
+    assert (
+        segments["k"] == 2
+        and sum(segments["sizes"].values()) == 40
+        and segments["ari_vs_taste_groups"] is not None
+    )
+    downstream = metrics["downstream"]
+    assert 0 <= downstream["auc_without_covers"] <= 1 and 0 <= downstream["auc_with_covers"] <= 1
+    assert metrics["run"]["model_versions"]["generator"] == production
+    assert metrics["run"]["data_interval"]["end"] == ds
+    assert set(metrics["run"]["stage_seconds"]) == {"finetune", "evaluate"}
+    samples = metrics["samples"]
+    assert len(samples) == 2 * (1 + 2 + 2)  # sheet items x (reference + base and icg per segment)
+    assert all(store.exists(s["image_key"]) for s in samples)
+    assert {s["segment_id"] for s in samples if s["variant"] == "reference"} == {None}
+
+    # The knob that forces the gate to fail: any relevance at all is "too far" below base at -1000%.
+    forced = invoke("evaluate", *common, env={"ICG__EVALUATE__MAX_RELEVANCE_DROP_VS_BASE": "-10"})
+    assert isinstance(forced.exception, StageFailed) and "relevance" in str(forced.exception)
+    assert store.get_json(f"reports/ds={ds}/metrics.json")["gate"]["passed"] is False
+
+    ablated = invoke("evaluate", *common, "--ablations")
+    assert ablated.exit_code == 0, ablated.output
+    metrics = store.get_json(f"reports/ds={ds}/metrics.json")
+    assert {"icg_no_preference", "icg_no_aesthetic"} <= set(metrics["variants"])
+    versions = metrics["run"]["model_versions"]
+    assert versions["generator_icg_no_preference"].startswith("s2-a0.25-r0.5-p0-")
+    assert versions["generator_icg_no_aesthetic"].startswith("s2-a0-r0.5-p4-")
+    assert resolve_version(store, "icg_generator") == production  # ablations never move production
+    assert resolve_version(store, "icg_generator-no_preference") == versions["generator_icg_no_preference"]
+    assert "finetune_icg_no_aesthetic" in metrics["run"]["stage_seconds"]
+
+    store.delete("oracle/world.json")  # a root without an oracle: real data
+    real = invoke("evaluate", *common)
+    assert real.exit_code == 0, real.output
+    metrics = store.get_json(f"reports/ds={ds}/metrics.json")
+    icg = metrics["variants"]["icg"]
+    assert icg["oracle_ctr"] is None and icg["oracle_ctr_ci"] is None and icg["category_top1"] is None
+    assert icg["relevance"] is not None and icg["uplift_vs_base"]["oracle_ctr"] is None
+    assert (
+        metrics["preference_model"]["oracle_auc"] is None
+        and metrics["segments"]["ari_vs_taste_groups"] is None
+    )
+    assert metrics["downstream"]["judged_by"] == "held-out logged clicks"
+    assert "icg_no_preference" in metrics["variants"]  # kept from the ablation run of the same ds

@@ -1,0 +1,34 @@
+"""Stage report: `icg report` and `python -m pipelines.report` write the page or refuse without metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from icg_core.report import report_key
+from icg_core.storage import ObjectStore
+from pipelines.cli import app
+from tests.icg_core.test_report import DS, write_fixture_run
+
+
+def test_icg_report_writes_the_page_and_prints_where(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    write_fixture_run(store, segments=2, items=2)
+    result = CliRunner().invoke(app, ["report", "--root", str(tmp_path), "--ds", DS, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["key"] == report_key(DS) and summary["uri"] == store.uri(report_key(DS))
+    assert summary["bytes"] == store.size(report_key(DS)) > 1000
+
+
+def test_missing_metrics_is_a_refusal_with_status_2(tmp_path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.report", "--root", str(tmp_path), "--ds", DS],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "error: no metrics for ds=2026-11-15" in out.stderr and "icg evaluate" in out.stderr
+    assert not ObjectStore(str(tmp_path)).exists(report_key(DS))
