@@ -53,3 +53,29 @@ def write_tiny_config(path: Path, **sections: dict[str, Any]) -> Path:
     """Write :func:`tiny_settings` as a YAML config file at ``path``; returns ``path``."""
     path.write_text(yaml.safe_dump(tiny_settings(**sections)))
     return path
+
+
+def prepare_tiny_day(store: Any, cfg: Any) -> str:
+    """World, validated day, stage-1 bootstrap, users and the three rewards in ``store``; returns the ds.
+
+    Single-threaded torch (tiny models run faster so, and the suite shares the machine).
+    """
+    from icg_core.bootstrap import bootstrap, torch_threads
+    from icg_core.extract import extract_day
+    from icg_core.rewards.aesthetic import build_aesthetic_reward
+    from icg_core.rewards.preference import build_preference_reward
+    from icg_core.rewards.relevance import build_relevance_reward
+    from icg_core.users import run_users
+    from icg_core.validation import validate_day
+    from icg_core.world.simulator import generate_world
+
+    with torch_threads(1):
+        ds = generate_world(store, cfg.world).first_nightly_ds
+        extract_day(store, ds, cfg.extract)
+        assert validate_day(store, ds, cfg).success
+        assert bootstrap(store, cfg, ds=ds).complete
+        run_users(store, ds, cfg.users)
+        build_aesthetic_reward(store, ds, cfg.rewards.aesthetic)
+        build_preference_reward(store, ds, cfg.rewards.preference, cfg.users)
+        build_relevance_reward(store, ds, cfg.rewards.relevance)
+    return ds

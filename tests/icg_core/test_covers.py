@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-import torch
 
 from icg_core.config import ICGConfig
 from icg_core.covers import (
@@ -26,7 +25,7 @@ from icg_core.covers import (
 )
 from icg_core.publish import STAGING_AREA, TABLE
 from icg_core.storage import ObjectStore, StorageError
-from tests.tiny import tiny_settings
+from tests.tiny import prepare_tiny_day, tiny_settings
 
 # Ten items and three segments: enough rows for batching and reuse, quick to generate.
 COVERS = {
@@ -49,30 +48,8 @@ def tiny_config(store: ObjectStore, cache_dir: Path, **generate: object) -> ICGC
 
 def build_tiny_world(store: ObjectStore, cache_dir: Path) -> tuple[ObjectStore, ICGConfig, str]:
     """A tiny validated day with a stage-1 generator, features, segments and the three rewards."""
-    from icg_core.bootstrap import bootstrap
-    from icg_core.extract import extract_day
-    from icg_core.rewards.aesthetic import build_aesthetic_reward
-    from icg_core.rewards.preference import build_preference_reward
-    from icg_core.rewards.relevance import build_relevance_reward
-    from icg_core.users import run_users
-    from icg_core.validation import validate_day
-    from icg_core.world.simulator import generate_world
-
     cfg = tiny_config(store, cache_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ds = generate_world(store, cfg.world).first_nightly_ds
-        extract_day(store, ds, cfg.extract)
-        assert validate_day(store, ds, cfg).success
-        assert bootstrap(store, cfg, ds=ds).complete
-        run_users(store, ds, cfg.users)
-        build_aesthetic_reward(store, ds, cfg.rewards.aesthetic)
-        build_preference_reward(store, ds, cfg.rewards.preference, cfg.users)
-        build_relevance_reward(store, ds, cfg.rewards.relevance)
-    finally:
-        torch.set_num_threads(threads)
-    return store, cfg, ds
+    return store, cfg, prepare_tiny_day(store, cfg)
 
 
 def next_day(store: ObjectStore, ds: str, changed_titles: dict[str, str] | None = None) -> str:

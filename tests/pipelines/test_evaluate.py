@@ -8,19 +8,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from icg_core.bootstrap import bootstrap, torch_threads
+from icg_core.bootstrap import torch_threads
 from icg_core.config import load_config
 from icg_core.covers import generate_covers
-from icg_core.extract import extract_day
 from icg_core.models.checkpoint import resolve_version
 from icg_core.storage import ObjectStore
 from icg_core.training.stage2 import run_finetune
-from icg_core.users import run_users
-from icg_core.validation import validate_day
-from icg_core.world.simulator import generate_world
 from pipelines.cli import app
 from pipelines.runtime import StageFailed
-from tests.tiny import write_tiny_config
+from tests.tiny import prepare_tiny_day, write_tiny_config
 
 M_KEYS = {
     "aesthetic", "aesthetic_heldout", "relevance", "category_top1", "preference", "oracle_ctr", "diversity",
@@ -36,24 +32,13 @@ def invoke(*args: str, env: dict[str, str] | None = None):
 @pytest.fixture
 def tiny_day(tmp_path: Path) -> tuple[ObjectStore, Path, str]:
     """A tiny world through users, rewards, finetune and generate: (store, config file, ds)."""
-    from icg_core.rewards.aesthetic import build_aesthetic_reward
-    from icg_core.rewards.preference import build_preference_reward
-    from icg_core.rewards.relevance import build_relevance_reward
-
     config = write_tiny_config(
         tmp_path / "tiny.yaml", evaluate={"bootstrap_samples": 200, "timing_covers": 2, "sheet_items": 2}
     )
     cfg = load_config(config, root=str(tmp_path / "root"), environ={})
     store = ObjectStore(cfg.storage.root)
+    ds = prepare_tiny_day(store, cfg)
     with torch_threads(1):
-        ds = generate_world(store, cfg.world).first_nightly_ds
-        extract_day(store, ds, cfg.extract)
-        assert validate_day(store, ds, cfg).success
-        assert bootstrap(store, cfg, ds=ds).complete
-        run_users(store, ds, cfg.users)
-        build_aesthetic_reward(store, ds, cfg.rewards.aesthetic)
-        build_preference_reward(store, ds, cfg.rewards.preference, cfg.users)
-        build_relevance_reward(store, ds, cfg.rewards.relevance)
         assert run_finetune(store, cfg, ds).latest_moved
         generate_covers(store, cfg, ds)
     return store, config, ds
