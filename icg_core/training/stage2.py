@@ -5,13 +5,20 @@ Per step:
 1. draw ``pairs_per_step`` (training item, segment) pairs;
 2. sample ``candidates`` (K) covers per pair from the current generator, the segment centroid as user;
 3. score every cover with the three standardized rewards and combine them:
-   ``R = w_a*aesthetic + w_r*relevance + w_p*preference(segment, cover)``;
-4. weight the denoising loss on each candidate (its VAE latents, re-noised at random timesteps) by
-   ``softmax(R / beta)`` within its pair -- the model moves toward its own best candidates (RWR);
+   ``R = w_a*aesthetic + w_r*relevance + w_p*preference(segment, cover)``; with
+   ``preference_advantage="segment_relative"`` the preference term is the segment's preference
+   minus the mean over all segments for the same cover (a look everyone likes pulls no segment);
+4. weight the denoising loss on each candidate (its VAE latents, re-noised) by ``softmax(R / beta)``
+   within its pair -- the model moves toward its own best candidates (RWR);
+   ``weighting="centered"`` subtracts the mean weight (``Stage2Trainer.candidate_weights``), and
+   ``reward_x0_from`` measures this term as the clean-latent error at high-noise timesteps, where a
+   cover's global look is decided (``Stage2Trainer.denoising_loss``);
 5. add ``reg_weight`` x the stage-1 denoising loss on training items' reference covers with the null
-   user or a random user, so content and the non-personalized path stay put;
+   user, a segment centroid or a random user, so content and the non-personalized path stay put;
 6. update the refiner and (``train_adapter``) the adapter. The UNet and VAE stay frozen, and so do
    the meta tokens: items are read from the feature cache. LoRA on the UNet is not implemented.
+   The adapter is shared by every segment: what it learns moves all segments alike (measured: it
+   carried a shared drift and no personalization), so the default trains the refiner alone.
 
 Reward hacking guard: at step 0, every ``guard_every`` steps and at the end, a fixed set of held-out
 items x every segment is generated with fixed seeds and scored: the relevance reward's raw cosine,
@@ -217,7 +224,9 @@ class Stage2Trainer:
         self.alphas = self.noise_scheduler.alphas_cumprod.to(torch.float32)
         groups = [{"params": list(bundle.refiner.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
         if cfg.train_adapter:
-            groups.append({"params": list(bundle.adapter.parameters()), "lr": cfg.adapter_lr, "base_lr": cfg.adapter_lr})
+            groups.append(
+                {"params": list(bundle.adapter.parameters()), "lr": cfg.adapter_lr, "base_lr": cfg.adapter_lr}
+            )
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
@@ -285,14 +294,37 @@ class Stage2Trainer:
             self._train_mode(was_training)
 
     def denoising_loss(
-        self, features: torch.Tensor, users: torch.Tensor | None, user_mask: torch.Tensor | None,
-        mean: torch.Tensor, std: torch.Tensor,
+        self,
+        features: torch.Tensor,
+        users: torch.Tensor | None,
+        user_mask: torch.Tensor | None,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        x0_from: int | None = None,
     ) -> torch.Tensor:
-        """Per-row min-SNR denoising loss ``[B]`` of latents drawn from posteriors (mean, std) ``[B, 4, h, w]``."""
+        """Per-row denoising loss ``[B]`` of latents drawn from posteriors (mean, std) ``[B, 4, h, w]``.
+
+        Default: the stage-1 loss (uniform timesteps, min-SNR weighted). ``x0_from``: timesteps drawn
+        from ``[x0_from, T)`` and the error measured on the predicted clean latents instead. At high
+        noise the model's clean-latent prediction is its mean cover for the conditioning -- where the
+        global look (warmth, brightness, saturation, contrast) the preference reward scores is
+        decided -- while the min-SNR epsilon loss weights those timesteps' clean-latent error by SNR,
+        i.e. almost not at all.
+
+        ``groups`` ``[B]`` (ids 0..G-1): rows of one group share their noise and timestep, so their
+        losses differ only through their latents and conditioning (a low-variance comparison).
+        """
         g, device, dtype = self.generator, self.bundle.covers.device, self.bundle.covers.dtype
         latents = mean + std * torch.randn(mean.shape, generator=g)
-        noise = torch.randn(mean.shape, generator=g)
-        timesteps = torch.randint(0, len(self.alphas), (len(mean),), generator=g)
+        low = 0 if x0_from is None else x0_from
+        if groups is None:
+            noise = torch.randn(mean.shape, generator=g)
+            timesteps = torch.randint(low, len(self.alphas), (len(mean),), generator=g)
+        else:
+            n_groups = int(groups.max()) + 1
+            noise = torch.randn((n_groups, *mean.shape[1:]), generator=g)[groups]
+            timesteps = torch.randint(low, len(self.alphas), (n_groups,), generator=g)[groups]
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         cond = self.bundle.conditioning(
             features.to(device),
@@ -300,14 +332,35 @@ class Stage2Trainer:
             None if user_mask is None else user_mask.to(device),
         )
         prediction = self.unet(
-            noisy.to(device, dtype), timesteps.to(device), return_dict=False, **cond.to(dtype=dtype).unet_kwargs()
+            noisy.to(device, dtype),
+            timesteps.to(device),
+            return_dict=False,
+            **cond.to(dtype=dtype).unet_kwargs(),
         )[0].float()
         if self.prediction_type == "epsilon":
             target = noise
         else:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        if x0_from is not None:
+            predicted = self._clean_latents(noisy.to(device), prediction, timesteps)
+            pool = self.cfg.reward_x0_pool  # compare coarse latents only: the look, not the motif's detail
+            error = (
+                torch.nn.functional.avg_pool2d(predicted - latents.to(device), pool)
+                if pool > 1
+                else predicted - latents.to(device)
+            )
+            return error.pow(2).mean(dim=(1, 2, 3))
         per_row = (prediction - target.to(device)).pow(2).mean(dim=(1, 2, 3))
         return per_row * min_snr_weight(self.alphas, timesteps, self.prediction_type).to(device)
+
+    def _clean_latents(
+        self, noisy: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """The clean latents ``[B, 4, h, w]`` a prediction implies (epsilon or v parameterization)."""
+        alpha = self.alphas[timesteps].to(noisy.device).view(-1, 1, 1, 1)
+        if self.prediction_type == "epsilon":
+            return (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+        return alpha.sqrt() * noisy - (1 - alpha).sqrt() * prediction
 
     def regularization_loss(self) -> torch.Tensor:
         """The stage-1 term: reference covers of training items with the null user, a segment centroid
@@ -326,6 +379,47 @@ class Stage2Trainer:
             data.features[rows], users, mask, data.ref_mean[rows], data.ref_std[rows]
         ).mean()
 
+    def preference_scores(
+        self, images: np.ndarray, titles: Sequence[str], segments: np.ndarray
+    ) -> np.ndarray:
+        """Standardized preference of each image's segment (indices ``segments`` ``[B]``) for it: ``[B]``.
+
+        ``segment_relative`` subtracts, per image, the mean over all segments: what is left is how much
+        more this segment likes the cover than segments do on average. A look every segment likes
+        (or that the click model over-rates for everyone) then pulls no segment, and the weights
+        move each segment in its own direction instead of all in one shared one.
+        """
+        n_segments, n_images = len(self.data.segment_ids), len(images)
+        metadata = [{"segment_id": int(s)} for s in self.data.segment_ids for _ in range(n_images)]
+        every, _ = self.rewards.preference(
+            np.concatenate([images] * n_segments), list(titles) * n_segments, metadata
+        )
+        every = np.asarray(every, np.float32).reshape(n_segments, n_images)  # [S, B]
+        own = every[segments, np.arange(n_images)]
+        if self.cfg.preference_advantage == "segment_relative":
+            own = own - every.mean(axis=0)
+        return own
+
+    def candidate_weights(self, scores: dict[str, np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
+        """Loss weights of the candidates ``[P*K]`` from their standardized rewards (``[P*K]`` each).
+
+        ``softmax(R / beta)`` within each pair. ``weighting="centered"`` subtracts 1/K (the weights
+        then sum to 0 per pair): the loss pulls toward the pair's better candidates and away from its
+        worse ones, and no longer toward the model's own average sample. With plain softmax weights
+        that average pull is most of the gradient, and self-training on unguided candidates drifts
+        every segment the same way (measured: warmth, saturation or contrast fell for all eight
+        segments alike, whatever their taste).
+
+        Returns:
+            weights ``[P*K]`` and the combined rewards ``[P, K]``.
+        """
+        k = self.cfg.candidates
+        rewards = combine_rewards(scores, self.weights).reshape(-1, k)
+        weights = pair_weights(torch.from_numpy(rewards), self.cfg.beta)
+        if self.cfg.weighting == "centered":
+            weights = weights - 1.0 / k
+        return weights.reshape(-1), rewards
+
     def train_step(self) -> dict[str, float]:
         """One step: sample, score, weight, update. Returns the step's reward means and losses."""
         cfg, g, data = self.cfg, self.generator, self.data
@@ -339,20 +433,31 @@ class Stage2Trainer:
         # Candidates come from the conditional model itself (guidance off by default): training the
         # conditional branch on guided samples and sampling them with guidance again compounds the
         # guidance every step (measured: every cover turns into one saturated texture within 20 steps).
-        images = self._generate(data.features[items], data.centroids[segments], seeds, cfg.candidate_guidance_scale)
+        images = self._generate(
+            data.features[items], data.centroids[segments], seeds, cfg.candidate_guidance_scale
+        )
         mean, std = encode_latents(self.bundle.covers, images)
         sampled = time.perf_counter()
         titles = [data.titles[i] for i in items.tolist()]
         scores = self.rewards.score(images, titles, data.segment_ids[segments.numpy()])
-        total = combine_rewards({n: s["standardized"] for n, s in scores.items()}, self.weights)
-        weights = pair_weights(torch.from_numpy(total).view(pairs, k), cfg.beta).view(-1)
+        standardized = {n: s["standardized"] for n, s in scores.items()}
+        standardized["preference"] = self.preference_scores(images, titles, segments.numpy())
+        weights, rewards = self.candidate_weights(standardized)
+        # Rows of one pair share noise and timestep when the weights are centered: their weighted sum
+        # is then a comparison of the candidates, not mostly noise.
+        pair = torch.arange(pairs).repeat_interleave(k) if cfg.weighting == "centered" else None
         scored = time.perf_counter()
         losses = []
         for _ in range(cfg.updates_per_batch):  # sampling dominates the cost: each batch serves a few updates
             reward_loss = torch.zeros(())
             for _ in range(cfg.noise_draws):
-                per_row = self.denoising_loss(data.features[items], data.centroids[segments], None, mean, std)
-                reward_loss = reward_loss + (weights.to(per_row.device) * per_row).sum() / (pairs * cfg.noise_draws)
+                per_row = self.denoising_loss(
+                    data.features[items], data.centroids[segments], None, mean, std,
+                    groups=pair, x0_from=cfg.reward_x0_from,
+                )  # fmt: skip
+                reward_loss = reward_loss + (weights.to(per_row.device) * per_row).sum() / (
+                    pairs * cfg.noise_draws
+                )
             reg_loss = self.regularization_loss() if cfg.reg_weight > 0 else torch.zeros(())
             loss = reward_loss + cfg.reg_weight * reg_loss
             self.optimizer.zero_grad(set_to_none=True)
@@ -364,13 +469,16 @@ class Stage2Trainer:
         self.timing["sample"] += sampled - started
         self.timing["score"] += scored - sampled
         self.timing["update"] += time.perf_counter() - scored
-        entropy = -(weights * weights.clamp_min(1e-12).log()).view(pairs, k).sum(1).mean()
+        softmax = pair_weights(torch.from_numpy(rewards), cfg.beta)
+        entropy = -(softmax * softmax.clamp_min(1e-12).log()).sum(1).mean()
         point = {f"{n}_raw": float(scores[n]["raw"].mean()) for n in REWARD_NAMES}
         point |= {f"{n}_z": float(scores[n]["standardized"].mean()) for n in REWARD_NAMES}
         # How much each reward varies among a pair's candidates: what actually steers the weights.
-        point |= {f"{n}_spread": float(scores[n]["standardized"].reshape(pairs, k).std(1).mean()) for n in REWARD_NAMES}
+        point |= {f"{n}_spread": float(standardized[n].reshape(pairs, k).std(1).mean()) for n in REWARD_NAMES}
+        # How far the segments' path has opened: the refiner's output gate starts at 0.
+        point["refiner_gate"] = float(self.bundle.refiner.gate.detach().abs().mean())
         return point | {
-            "reward": float(total.mean()),
+            "reward": float(rewards.mean()),
             "reward_loss": float(np.mean([r for r, _ in losses])),
             "reg_loss": float(np.mean([r for _, r in losses])),
             "weight_entropy": float(entropy) / float(np.log(k)) if k > 1 else 1.0,
@@ -388,7 +496,9 @@ class Stage2Trainer:
             seed_for(data.guard_item_ids[i], int(data.segment_ids[s]), GUARD_SEED_KEY)
             for i, s in zip(items.tolist(), segments.tolist(), strict=True)
         ]
-        images = self._generate(data.guard_features[items], data.centroids[segments], seeds, self.guidance_scale)
+        images = self._generate(
+            data.guard_features[items], data.centroids[segments], seeds, self.guidance_scale
+        )
         scores = self.rewards.score(
             images, [data.guard_titles[i] for i in items.tolist()], data.segment_ids[segments.numpy()]
         )
@@ -435,7 +545,9 @@ class Stage2Trainer:
                         log.info("stage=finetune step=%d held-out %s", self.step, json.dumps(point))
                         if collapsed:
                             collapse = RelevanceCollapse(
-                                self.step, self.guard[0]["relevance_raw"], point["relevance_raw"],
+                                self.step,
+                                self.guard[0]["relevance_raw"],
+                                point["relevance_raw"],
                                 self.cfg.max_relevance_drop,
                             )
                             break
@@ -455,7 +567,13 @@ class Stage2Trainer:
             curve=list(self.curve),
             guard=list(self.guard),
         )
-        log.info("stage=finetune version=%s steps=%d (from %d) seconds=%s", self.version, self.step, resumed_from, seconds)
+        log.info(
+            "stage=finetune version=%s steps=%d (from %d) seconds=%s",
+            self.version,
+            self.step,
+            resumed_from,
+            seconds,
+        )
         if collapse is not None:
             collapse.result = result
             raise collapse
@@ -529,7 +647,9 @@ def load_stage2_data(
     if not train_ids or not held_ids:
         raise ValueError(f"holdout_fraction={holdout_fraction} leaves no training or no held-out items")
     rows = compute_item_features(bundle.encoder, catalog, store).table
-    uri_of = dict(zip(rows.column("item_id").to_pylist(), rows.column("features_uri").to_pylist(), strict=True))
+    uri_of = dict(
+        zip(rows.column("item_id").to_pylist(), rows.column("features_uri").to_pylist(), strict=True)
+    )
     train = load_catalog_covers(store, ds, bundle.covers.image_size, item_ids=train_ids, with_variants=False)
     guard_ids = held_ids[:guard_items]
     title_of = dict(zip(item_ids, catalog.column("title").to_pylist(), strict=True))
@@ -547,7 +667,12 @@ def load_stage2_data(
         segment_ids=segment_ids,
         centroids=torch.from_numpy(centroids).float(),
     )
-    return data, {"train": len(train_ids), "held_out": len(held_ids), "guard": len(guard_ids), "segments": len(segment_ids)}
+    return data, {
+        "train": len(train_ids),
+        "held_out": len(held_ids),
+        "guard": len(guard_ids),
+        "segments": len(segment_ids),
+    }
 
 
 def run_finetune(
@@ -581,8 +706,15 @@ def run_finetune(
     users_version = str(store.read_table("user_embeddings", ds=ds, area="users").column("model_version")[0])
     version = generator_version(cfg, base_version, ds, reward_versions, users_version)
     summary = FinetuneSummary(
-        ds=ds, generator_version=version, base_version=base_version, reused=False, latest_moved=False,
-        reward_versions=reward_versions, users_version=users_version, items={}, seconds={},
+        ds=ds,
+        generator_version=version,
+        base_version=base_version,
+        reused=False,
+        latest_moved=False,
+        reward_versions=reward_versions,
+        users_version=users_version,
+        items={},
+        seconds={},
     )
     if checkpoint_exists(store, name, version):  # only ever saved after a successful run
         _point_latest(store, name, version)
@@ -598,9 +730,16 @@ def run_finetune(
     centroids = {int(s): c.numpy() for s, c in zip(data.segment_ids, data.centroids, strict=True)}
     reward_fns = rewards(centroids) if rewards is not None else load_rewards(store, ds, centroids)
     trainer = Stage2Trainer(
-        bundle, data, reward_fns, cfg.finetune, cfg.rewards.weights,
-        guidance_scale=cfg.models.guidance_scale, scheduler=cfg.models.scheduler,
-        store=store, version=version, state_name=name + STATE_SUFFIX,
+        bundle,
+        data,
+        reward_fns,
+        cfg.finetune,
+        cfg.rewards.weights,
+        guidance_scale=cfg.models.guidance_scale,
+        scheduler=cfg.models.scheduler,
+        store=store,
+        version=version,
+        state_name=name + STATE_SUFFIX,
     )
     try:
         result = trainer.run(stop_after=stop_after)
@@ -612,15 +751,32 @@ def run_finetune(
         raise
     summary.result = asdict(result)
     if result.complete:
-        extra = {"stage2": {"base_version": base_version, "ds": ds, "reward_versions": reward_versions,
-                            "users_version": users_version, "weights": cfg.rewards.weights.model_dump(),
-                            "finetune": cfg.finetune.model_dump(), "guard": result.guard}}
+        extra = {
+            "stage2": {
+                "base_version": base_version,
+                "ds": ds,
+                "reward_versions": reward_versions,
+                "users_version": users_version,
+                "weights": cfg.rewards.weights.model_dump(),
+                "finetune": cfg.finetune.model_dump(),
+                "guard": result.guard,
+            }
+        }
         save_bundle(store, bundle, name, version, extra)  # moves _latest
         summary.latest_moved = True
-    summary.seconds = {"load": load_seconds, **{f"train_{k}": v for k, v in result.seconds.items()},
-                       "total": round(time.perf_counter() - started, 2)}
+    summary.seconds = {
+        "load": load_seconds,
+        **{f"train_{k}": v for k, v in result.seconds.items()},
+        "total": round(time.perf_counter() - started, 2),
+    }
     summary.report = _write_report(store, summary)
-    log.info("stage=finetune ds=%s version=%s complete=%s seconds=%s", ds, version, result.complete, summary.seconds)
+    log.info(
+        "stage=finetune ds=%s version=%s complete=%s seconds=%s",
+        ds,
+        version,
+        result.complete,
+        summary.seconds,
+    )
     return summary
 
 
@@ -631,4 +787,6 @@ def _point_latest(store: ObjectStore, name: str, version: str) -> None:
 
 def _write_report(store: ObjectStore, summary: FinetuneSummary) -> str:
     """The summary with its reward curves, as ``reports/ds=<ds>/finetune-<version>.json``."""
-    return store.put_json(f"{REPORT_PREFIX}/ds={summary.ds}/finetune-{summary.generator_version}.json", summary.to_dict())
+    return store.put_json(
+        f"{REPORT_PREFIX}/ds={summary.ds}/finetune-{summary.generator_version}.json", summary.to_dict()
+    )

@@ -45,12 +45,16 @@ def finetune_config(**overrides) -> FinetuneConfig:
 def base_dirs(tmp_path_factory) -> dict[str, dict[str, str]]:
     root = tmp_path_factory.mktemp("base")
     vlm = build_tiny_vlm(root / "vlm", "llava", TITLES, hidden_size=32, image_size=16)
-    sd = build_tiny_sd(root / "sd", "sd15", sample_size=SIZE, cross_attention_dim=16, block_out_channels=(16, 32))
+    sd = build_tiny_sd(
+        root / "sd", "sd15", sample_size=SIZE, cross_attention_dim=16, block_out_channels=(16, 32)
+    )
     return {"vlm": {"path": str(vlm)}, "sd": {"path": str(sd)}}
 
 
 def fresh(base_dirs) -> ICGBundle:
-    return build_bundle(ObjectStore("/nonexistent-unused"), {k: dict(v) for k, v in base_dirs.items()}, MODELS)
+    return build_bundle(
+        ObjectStore("/nonexistent-unused"), {k: dict(v) for k, v in base_dirs.items()}, MODELS
+    )
 
 
 def tiny_data(bundle: ICGBundle) -> Stage2Data:
@@ -84,7 +88,9 @@ def rewards(relevance=None) -> Rewards:
     return Rewards(aesthetic_reward_fn(), relevance or brightness_reward(), brightness_reward(-1.0))
 
 
-def trainer_for(base_dirs, cfg: FinetuneConfig, store: ObjectStore | None = None, relevance=None) -> Stage2Trainer:
+def trainer_for(
+    base_dirs, cfg: FinetuneConfig, store: ObjectStore | None = None, relevance=None
+) -> Stage2Trainer:
     bundle = fresh(base_dirs)
     return Stage2Trainer(
         bundle, tiny_data(bundle), rewards(relevance), cfg, RewardWeights(), store=store, version="test"
@@ -134,7 +140,7 @@ def test_reward_set_returns_standardized_and_raw_scores() -> None:
 
 # ----------------------------------------------------------------------------- training
 def test_one_step_updates_refiner_and_adapter_but_not_the_unet(base_dirs) -> None:
-    trainer = trainer_for(base_dirs, finetune_config(steps=1))
+    trainer = trainer_for(base_dirs, finetune_config(steps=1, train_adapter=True))
     before = {name: state(getattr(trainer.bundle, name)) for name in ("refiner", "adapter")}
     unet_before = state(trainer.unet)
     result = trainer.run()
@@ -145,7 +151,14 @@ def test_one_step_updates_refiner_and_adapter_but_not_the_unet(base_dirs) -> Non
     assert all(torch.equal(unet_before[k], v) for k, v in trainer.unet.state_dict().items())
     assert not any(p.requires_grad for p in trainer.unet.parameters())
     point = result.curve[0]
-    assert {"aesthetic_raw", "relevance_raw", "preference_raw", "reward", "reward_loss", "reg_loss"} <= point.keys()
+    assert {
+        "aesthetic_raw",
+        "relevance_raw",
+        "preference_raw",
+        "reward",
+        "reward_loss",
+        "reg_loss",
+    } <= point.keys()
 
 
 def test_adapter_stays_frozen_when_configured(base_dirs) -> None:
@@ -173,7 +186,9 @@ def test_resumed_run_equals_uninterrupted_run(base_dirs, tmp_path) -> None:
         expected, actual = state(getattr(straight.bundle, name)), state(getattr(second.bundle, name))
         for key in expected:
             torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=f"{name}.{key}")
-    assert [p["reward"] for p in resumed.curve] == pytest.approx([p["reward"] for p in straight.curve], rel=1e-4)
+    assert [p["reward"] for p in resumed.curve] == pytest.approx(
+        [p["reward"] for p in straight.curve], rel=1e-4
+    )
 
 
 def test_relevance_collapse_stops_training(base_dirs) -> None:
@@ -190,3 +205,78 @@ def test_relevance_collapse_stops_training(base_dirs) -> None:
     assert caught.value.step == 2 and caught.value.drop == pytest.approx(0.7)
     assert caught.value.result is not None and caught.value.result.collapsed
     assert not caught.value.result.complete and trainer.step == 2
+
+
+# ----------------------------------------------------------------------------- advantages and the reward loss
+def segment_preference(images: Any, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]):
+    """Segment 0 likes bright covers, segment 3 dark ones; both like red more."""
+    x = np.asarray(images, np.float32) / 255.0
+    sign = np.array([1.0 if m["segment_id"] == 0 else -1.0 for m in metadata], np.float32)
+    raw = sign * x.mean(axis=(1, 2, 3)) + 1.5 * x[..., 0].mean(axis=(1, 2))
+    return finish(raw, None, {})
+
+
+def test_segment_relative_preference_removes_what_every_segment_shares(base_dirs) -> None:
+    images = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (40, 120, 220)])
+    images[..., 0] = 250  # red: liked by both segments alike
+    trainer = trainer_for(base_dirs, finetune_config(preference_advantage="absolute"))
+    trainer.rewards = Rewards(aesthetic_reward_fn(), brightness_reward(), segment_preference)
+    titles = ["a", "b", "c"]
+    by_segment = [np.zeros(3, np.int64), np.ones(3, np.int64)]  # indices into segment ids [0, 3]
+    absolute = np.stack([trainer.preference_scores(images, titles, s) for s in by_segment])
+    assert (absolute > 0).all()  # the shared red term dominates
+    trainer.cfg = finetune_config(preference_advantage="segment_relative")
+    relative = np.stack([trainer.preference_scores(images, titles, s) for s in by_segment])
+    np.testing.assert_allclose(relative, absolute - absolute.mean(axis=0), atol=1e-6)
+    assert relative[0, 2] > relative[0, 0] and relative[1, 0] > relative[1, 2]  # opposite directions
+    mixed = trainer.preference_scores(images, titles, np.array([0, 1, 0]))  # each image its own segment
+    np.testing.assert_allclose(mixed, [relative[0, 0], relative[1, 1], relative[0, 2]], atol=1e-6)
+
+
+def test_softmax_weights_are_the_combined_rewards_within_each_pair(base_dirs) -> None:
+    trainer = trainer_for(base_dirs, finetune_config(pairs_per_step=2, candidates=3, weighting="softmax"))
+    rng = np.random.default_rng(0)
+    scores = {n: rng.normal(size=6).astype(np.float32) for n in ("aesthetic", "relevance", "preference")}
+    weights, rewards = trainer.candidate_weights(scores)
+    np.testing.assert_allclose(rewards.reshape(-1), combine_rewards(scores, RewardWeights()), rtol=1e-6)
+    torch.testing.assert_close(weights, pair_weights(torch.from_numpy(rewards), 1.0).view(-1))
+
+
+def test_centered_weights_sum_to_zero_and_rank_like_softmax(base_dirs) -> None:
+    trainer = trainer_for(base_dirs, finetune_config(pairs_per_step=2, candidates=3, weighting="centered"))
+    scores = {n: np.zeros(6, np.float32) for n in ("aesthetic", "relevance")}
+    scores["preference"] = np.array([0.0, 0.3, -0.3, 0.0, 0.0, 0.0], np.float32)
+    weights, _ = trainer.candidate_weights(scores)
+    torch.testing.assert_close(weights.view(2, 3).sum(1), torch.zeros(2))
+    assert weights[1] > 0 > weights[2]  # toward the better candidate, away from the worse
+    torch.testing.assert_close(weights[3:], torch.zeros(3))  # a pair of equal candidates: no pull at all
+
+
+def test_rows_of_one_group_share_noise_and_timestep(base_dirs) -> None:
+    trainer = trainer_for(base_dirs, finetune_config())
+    data = trainer.data
+    mean, std = data.ref_mean[[0, 0, 1, 1]], torch.zeros_like(data.ref_mean[[0, 0, 1, 1]])
+    features = data.features[[0, 0, 1, 1]]
+    with torch.no_grad():
+        loss = trainer.denoising_loss(features, None, None, mean, std, groups=torch.tensor([0, 0, 1, 1]))
+    assert loss[0] == loss[1] and loss[2] == loss[3] and loss[0] != loss[2]
+
+
+def test_clean_latents_invert_the_forward_noising(base_dirs) -> None:
+    trainer = trainer_for(base_dirs, finetune_config())
+    g = torch.Generator().manual_seed(1)
+    latents, noise = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 4, 4, 4, generator=g)
+    timesteps = torch.tensor([10, 500, 990])
+    noisy = trainer.noise_scheduler.add_noise(latents, noise, timesteps)
+    torch.testing.assert_close(trainer._clean_latents(noisy, noise, timesteps), latents, rtol=1e-3, atol=1e-3)
+
+
+def test_high_noise_clean_latent_loss_trains(base_dirs) -> None:
+    trainer = trainer_for(
+        base_dirs, finetune_config(steps=1, reward_x0_from=600, reward_x0_pool=2, weighting="centered")
+    )
+    before = state(trainer.bundle.refiner)
+    result = trainer.run()
+    assert result.complete and np.isfinite(result.curve[0]["reward_loss"])
+    after = state(trainer.bundle.refiner)
+    assert not all(torch.equal(before[k], after[k]) for k in after)
