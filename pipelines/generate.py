@@ -99,7 +99,7 @@ class CoverActor:
 
 
 def expand_segments(items: pa.Table, segment_ids: list[int]) -> pa.Table:
-    """A block of items -> its (item, segment) request rows (runs as a Ray task, next to the data)."""
+    """A block of items -> its (item, segment) request rows."""
     count = len(segment_ids)
     expanded = items.take(pa.array([i for i in range(items.num_rows) for _ in range(count)], pa.int64()))
     return expanded.append_column("segment_id", pa.array(segment_ids * items.num_rows, pa.int32()))
@@ -136,16 +136,17 @@ def run_generate(
     with ray_session() as session:
         gpus = gpus_per_actor(cfg.generate.gpus_per_actor, session.gpus)
         actors = pool_size(cfg.generate, session.cpus, session.gpus, gpus, plan.rows)
-        blocks = split_blocks(plan.items, actors * BLOCKS_PER_ACTOR)
+        # Requests are expanded here, so every block is ready when the pool starts and each actor
+        # (node) gets work at once; expanded by Ray tasks, blocks trickled in and the first ready
+        # actor could take them all. The table is ids only (actors read images and features).
+        blocks = [
+            expand_segments(block, plan.segment_ids)
+            for block in split_blocks(plan.items, actors * BLOCKS_PER_ACTOR)
+        ]
         start_actors_before_work()
         generating, generating_wall = time.perf_counter(), time.time()
         rows = collect(
             ray.data.from_arrow(blocks)
-            .map_batches(
-                expand_segments, fn_kwargs={"segment_ids": plan.segment_ids}, batch_size=None, batch_format="pyarrow",
-                # Bookkeeping only: reserving a CPU would starve it behind the actors that hold every CPU.
-                num_cpus=0
-            )
             .map_batches(
                 CoverActor,
                 fn_constructor_kwargs={
