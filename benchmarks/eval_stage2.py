@@ -41,6 +41,7 @@ from PIL import Image, ImageDraw
 
 from icg_core.bootstrap import torch_threads
 from icg_core.config import load_config
+from icg_core.evaluation.measures import segment_ctr
 from icg_core.features import compute_item_features, load_features
 from icg_core.images import decode_image
 from icg_core.models.bundle import load_bundle
@@ -57,20 +58,6 @@ from icg_core.world.oracle import Oracle
 
 EVAL_SEED_KEY = "eval-stage2"
 ZOOM = 2
-
-
-def segment_ctr(oracle: Oracle, images: np.ndarray, users: np.ndarray) -> np.ndarray:
-    """Mean oracle click probability of ``users`` (rows) on each image: ``[B]``."""
-    attributes = oracle.standardized_attributes(images)
-    scores = oracle.category_scores(images)
-    out = np.zeros(len(images))
-    for i in range(len(images)):
-        out[i] = oracle.click_probability_from_features(
-            users,
-            np.repeat(attributes[i : i + 1], len(users), 0),
-            np.repeat(scores[i : i + 1], len(users), 0),
-        ).mean()
-    return out
 
 
 def measure(
