@@ -15,7 +15,8 @@ regenerates. A crashed actor is restarted by Ray (``generate.max_actor_restarts`
 retried; covers it finished before crashing are kept, not redone.
 
 Test-only fault injection: with ``ICG_FAULT_EXIT_AFTER_COVERS=N`` in the driver's environment, the
-first actor to write N covers exits (``os._exit``) once per day (a marker object records it).
+first actor to write N covers exits (``os._exit``) once per day; a marker object per crash records it
+(actors that finish their Nth cover at the same moment may both exit, and each leaves its marker).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from pipelines.runtime import ConfigOpt, DsOpt, JsonOpt, RootOpt, main, open_sta
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "ICG_FAULT_EXIT_AFTER_COVERS"
-FAULT_MARKER = "_faults/generate/ds={ds}"
+FAULT_MARKERS = "_faults/generate/ds={ds}"  # one marker per injected crash: <prefix>/pid=<pid>.json
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Regenerate covers even when a matching one exists.")]
 
@@ -76,9 +77,9 @@ class CoverActor:
         self.ready_at = time.time()  # wall clock: start-up is reported apart from throughput
 
     def _inject_fault(self, generated: int) -> None:
-        marker = FAULT_MARKER.format(ds=self.plan.ds)
-        if generated >= self.fault_after and not self.store.exists(marker):
-            self.store.put_json(marker, {"pid": os.getpid(), "after_covers": generated})
+        markers = FAULT_MARKERS.format(ds=self.plan.ds)
+        if generated >= self.fault_after and not self.store.list(markers):
+            self.store.put_json(f"{markers}/pid={os.getpid()}.json", {"after_covers": generated})
             log.warning("fault injection: actor pid=%d exits after %d covers", os.getpid(), generated)
             os._exit(1)
 

@@ -18,7 +18,7 @@ import pytest
 from icg_core.publish import PUBLISHED_AREA, STAGING_AREA, TABLE, publish_day
 from icg_core.storage import ObjectStore
 from pipelines.features import run_features
-from pipelines.generate import FAULT_ENV, FAULT_MARKER, run_generate
+from pipelines.generate import FAULT_ENV, FAULT_MARKERS, run_generate
 from tests.icg_core.test_covers import build_tiny_world, next_day
 from tests.ray_cluster import RayCluster, node_ids_by_role
 
@@ -64,10 +64,12 @@ def test_killed_worker_is_retried_and_every_cover_written_once(
     monkeypatch.setenv(FAULT_ENV, "1")  # the first actor to finish a cover exits right after it
 
     summary = run_generate(store, cfg, ds)
-    assert store.exists(FAULT_MARKER.format(ds=ds))  # the fault did happen
+    # The fault did happen: usually once, twice when both actors finished their first cover together.
+    crashes = len(store.list(FAULT_MARKERS.format(ds=ds)))
+    assert crashes >= 1
     n_rows = summary["items"] * summary["segments"]
-    # The cover finished before the crash was kept; every other one was generated exactly once.
-    assert (summary["kept"], summary["generated"], summary["rows"]) == (1, n_rows - 1, n_rows)
+    # The cover each crashed actor finished was kept; every other one was generated exactly once.
+    assert (summary["kept"], summary["generated"], summary["rows"]) == (crashes, n_rows - crashes, n_rows)
     manifest = store.read_table(TABLE, ds=ds, area=STAGING_AREA)
     keys = set(zip(manifest["item_id"].to_pylist(), manifest["segment_id"].to_pylist(), strict=True))
     assert len(keys) == manifest.num_rows == n_rows
