@@ -222,6 +222,10 @@ class FinetuneConfig(_Section):
     steps: int = 60  # optimizer steps
     pairs_per_step: int = 8  # (item, segment) pairs drawn per step
     candidates: int = 4  # K candidate covers sampled per pair
+    # off-policy candidates: pairs per step whose candidates are the item's logged covers (reference and
+    # variants shown in impressions), weighted by the same R; 0 = own samples only (see stage2 docstring)
+    logged_pairs_per_step: int = 8
+    logged_candidates: int = 8  # logged covers drawn per such pair (items with fewer are not drawn)
     # the preference term of R: the segment's own score, or that minus the mean over segments (see
     # stage2.Stage2Trainer.preference_scores); relative measured better (no shared drift)
     preference_advantage: Literal["absolute", "segment_relative"] = "segment_relative"
@@ -231,7 +235,7 @@ class FinetuneConfig(_Section):
     weighting: Literal["softmax", "centered"] = "centered"  # see stage2.Stage2Trainer.candidate_weights
     reward_x0_from: int | None = 400  # reward term: clean-latent error at timesteps >= this; None = min-SNR
     reward_x0_pool: int = 4  # that error on latents average-pooled by this factor (1 = full resolution)
-    lr: float = 1e-2  # refiner learning rate (its output gate starts at 0: it must move from there)
+    lr: float = 1e-2  # refiner learning rate (its output map starts at 0: it must move from there)
     adapter_lr: float = 1e-4  # adapter learning rate (it carries content: measured to drift at 1e-3)
     warmup_steps: int = 5  # linear learning-rate warm-up, then cosine decay to 10%
     train_adapter: bool = False  # also update the adapter: shared by all segments, it drifts them alike

@@ -24,6 +24,12 @@ users (a new segment takes the id of the old segment it shares most users with),
 overlap, on centroid distance when the embedding spaces agree (same dimension). Clusters left
 unmatched (K grew) get fresh ids.
 
+Day to day: BPR factors are only defined up to a rotation, so a retrained collaborative block is
+rotated onto the previous day's (orthogonal Procrustes over the users both days share,
+:func:`align_to_previous`). Centroids then stay comparable across days, which matters when a run
+reuses a generator and reward models trained on an earlier day's embeddings (``skip_training``).
+The visual block is not rotated: its columns mean the same attribute every day.
+
 Outputs, area ``users`` (their own area: they are derived data, not a validated copy of the input):
 ``user_embeddings`` (user_id, embedding, model_version), ``user_segments`` (user_id, segment_id) and
 ``segment_centroids`` (segment_id, centroid), partition ``ds``. Embeddings may instead be imported
@@ -38,13 +44,15 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
+from scipy.linalg import orthogonal_procrustes
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
@@ -294,6 +302,53 @@ def train_user_embeddings(
     )
 
 
+@dataclass
+class Alignment:
+    """How a day's collaborative block was rotated onto the previous day's (see :func:`align_to_previous`)."""
+
+    to_ds: str | None  # the previous day aligned to; None = not aligned
+    shared_users: int = 0
+    residual_before: float | None = None  # ||A - B|| / ||B|| over shared users, before the rotation
+    residual_after: float | None = None  # the same after it (0 = the two days agree exactly)
+
+
+def align_to_previous(
+    embeddings: UserEmbeddings,
+    previous: UserEmbeddings | None,
+    collab_dim: int,
+    previous_ds: str | None = None,
+) -> tuple[UserEmbeddings, Alignment]:
+    """Rotate the collaborative block (first ``collab_dim`` columns) onto ``previous``'s.
+
+    The rotation is the orthogonal Procrustes solution over the users present both days; it is
+    applied to every user. Skipped (returned unchanged) when there is no previous day, the widths
+    differ, or fewer than ``2 * collab_dim`` users are shared (too few to pin a rotation down).
+
+    Returns:
+        (the aligned embeddings, what was done).
+    """
+    if previous is None or previous.dim != embeddings.dim or collab_dim <= 0:
+        return embeddings, Alignment(to_ds=None)
+    previous_row = {u: i for i, u in enumerate(previous.user_ids.tolist())}
+    shared = [(i, previous_row[u]) for i, u in enumerate(embeddings.user_ids.tolist()) if u in previous_row]
+    if len(shared) < 2 * collab_dim:
+        return embeddings, Alignment(to_ds=None, shared_users=len(shared))
+    today_rows, previous_rows = (np.array(rows) for rows in zip(*shared, strict=True))
+    today = embeddings.embeddings[today_rows, :collab_dim].astype(np.float64)
+    before = previous.embeddings[previous_rows, :collab_dim].astype(np.float64)
+    rotation, _ = orthogonal_procrustes(today, before)
+    scale = max(float(np.linalg.norm(before)), 1e-12)
+    aligned = embeddings.embeddings.copy()
+    aligned[:, :collab_dim] = (aligned[:, :collab_dim].astype(np.float64) @ rotation).astype(np.float32)
+    alignment = Alignment(
+        to_ds=previous_ds,
+        shared_users=len(shared),
+        residual_before=round(float(np.linalg.norm(today - before)) / scale, 4),
+        residual_after=round(float(np.linalg.norm(today @ rotation - before)) / scale, 4),
+    )
+    return replace(embeddings, embeddings=aligned), alignment
+
+
 def import_user_embeddings(store: ObjectStore, uri: str, model_version: str | None = None) -> UserEmbeddings:
     """Read a platform's own embeddings: a Parquet file or folder with columns user_id, embedding.
 
@@ -461,6 +516,7 @@ class UsersSummary:
     segment_sizes: dict[int, int]
     matched_to_ds: str | None  # previous day whose ids were kept
     matched_by: str
+    alignment: dict[str, Any]  # the collaborative block's rotation onto the previous day (Alignment)
     bpr_losses: list[float]
     seconds: float
 
@@ -490,6 +546,11 @@ def run_users(store: ObjectStore, ds: str, cfg: UsersConfig) -> UsersSummary:
         attributes = cover_attributes(store, impressions.column("cover_uri").to_pylist())
         embeddings = train_user_embeddings(impressions, attributes, cfg, version)
     prev_ds, previous = previous_segments(store, ds)
+    alignment = Alignment(to_ds=None)
+    if embeddings.source == "learned" and prev_ds is not None:
+        embeddings, alignment = align_to_previous(
+            embeddings, load_user_embeddings(store, prev_ds), cfg.collab_dim, prev_ds
+        )
     segments = assign_segments(embeddings, cfg, previous)
 
     n_users = len(embeddings.user_ids)
@@ -537,6 +598,7 @@ def run_users(store: ObjectStore, ds: str, cfg: UsersConfig) -> UsersSummary:
         segment_sizes=sizes,
         matched_to_ds=prev_ds if segments.matched_by != "none" else None,
         matched_by=segments.matched_by,
+        alignment=asdict(alignment),
         bpr_losses=embeddings.bpr_losses,
         seconds=time.perf_counter() - started,
     )

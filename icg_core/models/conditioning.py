@@ -111,9 +111,14 @@ class PersonalizationRefiner(nn.Module):
     """User-conditioned refinement of meta-token features, exact identity for the null user.
 
     A user token (projected embedding) is prepended to the meta tokens and a small transformer reads
-    both; the meta positions' output is added back through a per-channel gate that starts at zero,
-    so training starts from the non-personalized features. Rows whose user is null return the input
-    unchanged (selected, not computed as ~0).
+    both. The user's effect is the difference between the meta positions' output with this user's
+    token and with the zero user's: ``delta = T([p(u); f]) - T([p(0); f])``, exactly zero for the
+    zero user and free of anything every user shares. A zero-initialized linear map ``out`` turns
+    it into the offset added to the features, so training starts from the non-personalized features
+    and its first gradient (``dL/d offset`` x ``delta``) can already move each user in any feature
+    direction. (A per-channel gate on the transformer's output, the first design, could only rescale
+    channels; it mostly learned a shared rescaling of the features and left segments alike.)
+    Rows whose user is null return the input unchanged (selected, not computed as ~0).
     """
 
     def __init__(self, config: RefinerConfig) -> None:
@@ -127,7 +132,10 @@ class PersonalizationRefiner(nn.Module):
         self.transformer = _transformer(
             config.feature_dim, config.num_layers, config.num_heads, config.ff_mult, config.dropout
         )
-        self.gate = nn.Parameter(torch.zeros(config.feature_dim))
+        self.out = nn.Linear(
+            config.feature_dim, config.feature_dim, bias=False
+        )  # no bias: zero user = identity
+        nn.init.zeros_(self.out.weight)
 
     def forward(
         self, features: torch.Tensor, user: torch.Tensor | None = None, user_mask: torch.Tensor | None = None
@@ -149,9 +157,10 @@ class PersonalizationRefiner(nn.Module):
         user = user.to(features.dtype)
         if user_mask is not None:  # null rows may carry placeholders (NaN): keep them out of the math
             user = torch.where(user_mask.to(torch.bool).view(-1, 1), user, torch.zeros_like(user))
-        user_token = self.user_proj(user).unsqueeze(1)
-        hidden = self.transformer(torch.cat([user_token, features], dim=1))
-        refined = features + self.gate * hidden[:, 1:, :]
+        tokens = self.user_proj(torch.cat([user, torch.zeros_like(user)])).unsqueeze(1)  # [2B, 1, d]
+        hidden = self.transformer(torch.cat([tokens, features.repeat(2, 1, 1)], dim=1))[:, 1:, :]
+        with_user, with_zero_user = hidden.chunk(2)
+        refined = features + self.out(with_user - with_zero_user)
         if user_mask is None:
             return refined
         return torch.where(user_mask.to(torch.bool).view(-1, 1, 1), refined, features)

@@ -13,6 +13,11 @@ Per step:
    ``weighting="centered"`` subtracts the mean weight (``Stage2Trainer.candidate_weights``), and
    ``reward_x0_from`` measures this term as the clean-latent error at high-noise timesteps, where a
    cover's global look is decided (``Stage2Trainer.denoising_loss``);
+   With ``logged_pairs_per_step``, more pairs take their candidates from the item's logged covers
+   (its reference and the variants shown in impressions) instead of fresh samples: off-policy RWR
+   with the same R, precomputed once. Logged covers span the looks users actually reacted to, a
+   wider range than the model's own samples (whose look is mostly decided by the noise seed), so
+   each segment is shown which looks of an item it prefers even before its path has opened;
 5. add ``reg_weight`` x the stage-1 denoising loss on training items' reference covers with the null
    user, a segment centroid or a random user, so content and the non-personalized path stay put;
 6. update the refiner and (``train_adapter``) the adapter. The UNet and VAE stay frozen, and so do
@@ -29,33 +34,26 @@ as a generator and ``_latest`` does not move.
 
 Resumable like stage 1: weights, optimizer, step, curves and the generator state are saved every
 ``checkpoint_every`` steps as ``models/<generator>-stage2-state/<version>/``; a rerun continues.
-The generator version hashes the recipe (config, reward weights, reward and user versions, base
-generator, ds) and spells out the weights, e.g. ``s2-a0.5-r1-p0-<hash>`` for a w_p = 0 ablation.
+The finetune stage around this trainer (data, versions, saving) is :mod:`icg_core.training.finetune`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from icg_core.config import FinetuneConfig, ICGConfig, RewardWeights
-from icg_core.features import compute_item_features, load_features
-from icg_core.models.bundle import ICGBundle, load_bundle, save_bundle
+from icg_core.config import FinetuneConfig, RewardWeights
+from icg_core.models.bundle import ICGBundle
 from icg_core.models.checkpoint import (
-    MODELS_PREFIX,
     checkpoint_exists,
-    checkpoint_prefix,
     load_module_checkpoint,
-    resolve_version,
     save_module_checkpoint,
 )
 from icg_core.models.generator import seed_for
@@ -63,21 +61,16 @@ from icg_core.rewards.aesthetic import composition_score, load_aesthetic_reward_
 from icg_core.rewards.common import RewardFn
 from icg_core.rewards.preference import load_preference_reward_fn
 from icg_core.rewards.relevance import load_relevance_reward_fn
-from icg_core.storage import LATEST, ObjectStore
+from icg_core.storage import ObjectStore
 from icg_core.training.base import lr_factor
-from icg_core.training.data import load_catalog_covers, read_catalog, split_items
 from icg_core.training.stage1 import _flatten_optimizer, _unflatten_optimizer, encode_latents
-from icg_core.users import load_segments
 
 log = logging.getLogger(__name__)
 
 STATE_SUFFIX = "-stage2-state"
-REPORT_PREFIX = "reports"
 REWARD_NAMES = ("aesthetic", "relevance", "preference")
 MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting, as stage 1's default
 GUARD_SEED_KEY = "stage2-guard"  # held-out checks use seed_for(item, segment, this): same covers every check
-# Fields that change how a run executes, not what it learns: kept out of the version hash.
-_NOT_RECIPE = {"checkpoint_every", "log_every"}
 
 
 class RelevanceCollapse(RuntimeError):
@@ -159,6 +152,7 @@ class Stage2Data:
         guard_item_ids: their ids (the guard seeds depend on them).
         guard_features: ``[G, N, d]``.
         segment_ids: ``[S]`` segment ids; centroids ``[S, D]`` in that order.
+        logged: the training items' logged covers (None = no off-policy candidates).
     """
 
     titles: list[str]
@@ -170,6 +164,23 @@ class Stage2Data:
     guard_features: torch.Tensor
     segment_ids: np.ndarray
     centroids: torch.Tensor
+    logged: LoggedCovers | None = None
+
+
+@dataclass
+class LoggedCovers:
+    """The training items' logged covers: the off-policy candidates of stage 2.
+
+    Attributes:
+        images: uint8 ``[C, H, W, 3]``, every training item's reference followed by its logged variants.
+        item: ``[C]`` int64, index of each cover's item in :class:`Stage2Data` ``titles``.
+        mean, std: ``[C, 4, h, w]`` scaled VAE posterior of each cover.
+    """
+
+    images: np.ndarray
+    item: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -234,6 +245,7 @@ class Stage2Trainer:
         self.guard: list[dict[str, float]] = []
         self.timing = {"sample": 0.0, "score": 0.0, "update": 0.0, "guard": 0.0}
         self._window: list[dict[str, float]] = []
+        self.logged_rewards, self.logged_covers_of = self._score_logged_covers()
 
     def trainable_params(self) -> list[torch.nn.Parameter]:
         params = list(self.bundle.refiner.parameters())
@@ -379,13 +391,11 @@ class Stage2Trainer:
             data.features[rows], users, mask, data.ref_mean[rows], data.ref_std[rows]
         ).mean()
 
-    def preference_scores(
-        self, images: np.ndarray, titles: Sequence[str], segments: np.ndarray
-    ) -> np.ndarray:
-        """Standardized preference of each image's segment (indices ``segments`` ``[B]``) for it: ``[B]``.
+    def preference_matrix(self, images: np.ndarray, titles: Sequence[str]) -> np.ndarray:
+        """Standardized preference of every segment for every image: ``[S, B]``.
 
         ``segment_relative`` subtracts, per image, the mean over all segments: what is left is how much
-        more this segment likes the cover than segments do on average. A look every segment likes
+        more a segment likes the cover than segments do on average. A look every segment likes
         (or that the click model over-rates for everyone) then pulls no segment, and the weights
         move each segment in its own direction instead of all in one shared one.
         """
@@ -394,11 +404,42 @@ class Stage2Trainer:
         every, _ = self.rewards.preference(
             np.concatenate([images] * n_segments), list(titles) * n_segments, metadata
         )
-        every = np.asarray(every, np.float32).reshape(n_segments, n_images)  # [S, B]
-        own = every[segments, np.arange(n_images)]
+        every = np.asarray(every, np.float32).reshape(n_segments, n_images)
         if self.cfg.preference_advantage == "segment_relative":
-            own = own - every.mean(axis=0)
-        return own
+            every = every - every.mean(axis=0)
+        return every
+
+    def preference_scores(
+        self, images: np.ndarray, titles: Sequence[str], segments: np.ndarray
+    ) -> np.ndarray:
+        """Preference of each image's own segment (indices ``segments`` ``[B]``) for it: ``[B]``."""
+        return self.preference_matrix(images, titles)[segments, np.arange(len(images))]
+
+    def _score_logged_covers(self) -> tuple[np.ndarray | None, list[np.ndarray]]:
+        """Combined R of every logged cover for every segment ``[C, S]`` (they never change: scored once),
+        and each item's cover rows (only items with at least ``logged_candidates`` covers can be drawn)."""
+        logged, cfg = self.data.logged, self.cfg
+        if logged is None or cfg.logged_pairs_per_step <= 0:
+            return None, []
+        titles = [self.data.titles[i] for i in logged.item.tolist()]
+        scores = self.rewards.score(logged.images, titles, np.full(len(titles), self.data.segment_ids[0]))
+        preference = self.preference_matrix(logged.images, titles)  # [S, C]
+        rewards = np.stack(
+            [
+                combine_rewards(
+                    {
+                        "aesthetic": scores["aesthetic"]["standardized"],
+                        "relevance": scores["relevance"]["standardized"],
+                        "preference": preference[s],
+                    },
+                    self.weights,
+                )
+                for s in range(len(self.data.segment_ids))
+            ],
+            axis=1,
+        )
+        covers_of = [np.flatnonzero(logged.item.numpy() == i) for i in range(len(self.data.titles))]
+        return rewards, covers_of
 
     def candidate_weights(self, scores: dict[str, np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
         """Loss weights of the candidates ``[P*K]`` from their standardized rewards (``[P*K]`` each).
@@ -413,12 +454,43 @@ class Stage2Trainer:
         Returns:
             weights ``[P*K]`` and the combined rewards ``[P, K]``.
         """
-        k = self.cfg.candidates
-        rewards = combine_rewards(scores, self.weights).reshape(-1, k)
+        rewards = combine_rewards(scores, self.weights).reshape(-1, self.cfg.candidates)
+        return self.weights_of(rewards), rewards
+
+    def weights_of(self, rewards: np.ndarray) -> torch.Tensor:
+        """Loss weights ``[P*K]`` of candidates with combined rewards ``[P, K]`` (see :meth:`candidate_weights`)."""
         weights = pair_weights(torch.from_numpy(rewards), self.cfg.beta)
         if self.cfg.weighting == "centered":
-            weights = weights - 1.0 / k
-        return weights.reshape(-1), rewards
+            weights = weights - 1.0 / rewards.shape[1]
+        return weights.reshape(-1)
+
+    def logged_loss(self) -> torch.Tensor:
+        """The off-policy RWR term: pairs whose K candidates are the item's logged covers."""
+        cfg, g, data, logged = self.cfg, self.generator, self.data, self.data.logged
+        eligible = [i for i, rows in enumerate(self.logged_covers_of) if len(rows) >= cfg.logged_candidates]
+        if logged is None or self.logged_rewards is None or not eligible:
+            return torch.zeros(())
+        pairs, k = cfg.logged_pairs_per_step, cfg.logged_candidates
+        items = torch.tensor(eligible)[torch.randint(0, len(eligible), (pairs,), generator=g)]
+        segments = torch.randint(0, len(data.segment_ids), (pairs,), generator=g)
+        covers = torch.from_numpy(
+            np.concatenate(
+                [
+                    self.logged_covers_of[i][
+                        torch.randperm(len(self.logged_covers_of[i]), generator=g)[:k].numpy()
+                    ]
+                    for i in items.tolist()
+                ]
+            )
+        )
+        segments = segments.repeat_interleave(k)
+        weights = self.weights_of(self.logged_rewards[covers.numpy(), segments.numpy()].reshape(pairs, k))
+        pair = torch.arange(pairs).repeat_interleave(k) if cfg.weighting == "centered" else None
+        per_row = self.denoising_loss(
+            data.features[items.repeat_interleave(k)], data.centroids[segments], None,
+            logged.mean[covers], logged.std[covers], groups=pair, x0_from=cfg.reward_x0_from,
+        )  # fmt: skip
+        return (weights.to(per_row.device) * per_row).sum() / pairs
 
     def train_step(self) -> dict[str, float]:
         """One step: sample, score, weight, update. Returns the step's reward means and losses."""
@@ -458,13 +530,14 @@ class Stage2Trainer:
                 reward_loss = reward_loss + (weights.to(per_row.device) * per_row).sum() / (
                     pairs * cfg.noise_draws
                 )
+            logged_loss = self.logged_loss()
             reg_loss = self.regularization_loss() if cfg.reg_weight > 0 else torch.zeros(())
-            loss = reward_loss + cfg.reg_weight * reg_loss
+            loss = reward_loss + logged_loss + cfg.reg_weight * reg_loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.trainable_params(), 1.0)
             self.optimizer.step()
-            losses.append((reward_loss.item(), reg_loss.item()))
+            losses.append((reward_loss.item(), logged_loss.item(), reg_loss.item()))
         self.step += 1
         self.timing["sample"] += sampled - started
         self.timing["score"] += scored - sampled
@@ -475,12 +548,13 @@ class Stage2Trainer:
         point |= {f"{n}_z": float(scores[n]["standardized"].mean()) for n in REWARD_NAMES}
         # How much each reward varies among a pair's candidates: what actually steers the weights.
         point |= {f"{n}_spread": float(standardized[n].reshape(pairs, k).std(1).mean()) for n in REWARD_NAMES}
-        # How far the segments' path has opened: the refiner's output gate starts at 0.
-        point["refiner_gate"] = float(self.bundle.refiner.gate.detach().abs().mean())
+        # How far the segments' path has opened: the refiner's output map starts at 0.
+        point["refiner_out"] = float(self.bundle.refiner.out.weight.detach().abs().mean())
         return point | {
             "reward": float(rewards.mean()),
-            "reward_loss": float(np.mean([r for r, _ in losses])),
-            "reg_loss": float(np.mean([r for _, r in losses])),
+            "reward_loss": float(np.mean([r for r, _, _ in losses])),
+            "logged_loss": float(np.mean([r for _, r, _ in losses])),
+            "reg_loss": float(np.mean([r for _, _, r in losses])),
             "weight_entropy": float(entropy) / float(np.log(k)) if k > 1 else 1.0,
         }
 
@@ -588,205 +662,3 @@ class Stage2Trainer:
         point["seconds"] = round(time.perf_counter() - started, 2)
         self.curve.append(point)
         self._window = []
-
-
-# ----------------------------------------------------------------------------- the stage
-@dataclass
-class FinetuneSummary:
-    """What :func:`run_finetune` did (also written as ``reports/ds=<ds>/finetune-<version>.json``)."""
-
-    ds: str
-    generator_version: str
-    base_version: str
-    reused: bool  # the version existed: nothing trained
-    latest_moved: bool
-    reward_versions: dict[str, str]
-    users_version: str
-    items: dict[str, int]
-    seconds: dict[str, float]
-    result: dict[str, Any] = field(default_factory=dict)
-    report: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def stage1_version(store: ObjectStore, generator_name: str) -> str:
-    """The stage-1 generator stage 2 starts from: ``_latest``, or the base a stage-2 ``_latest`` names."""
-    version = resolve_version(store, generator_name)
-    config = store.get_json(f"{checkpoint_prefix(generator_name, version)}/config.json")["config"]
-    return str(config.get("stage2", {}).get("base_version", version))
-
-
-def generator_version(
-    cfg: ICGConfig, base_version: str, ds: str, reward_versions: dict[str, str], users_version: str
-) -> str:
-    """``s2-a<w_a>-r<w_r>-p<w_p>-<hash of the whole recipe>``: ablations are readable in the name."""
-    w = cfg.rewards.weights
-    recipe = {
-        "finetune": cfg.finetune.model_dump(exclude=_NOT_RECIPE),
-        "weights": w.model_dump(),
-        "sampling": {"guidance_scale": cfg.models.guidance_scale, "scheduler": cfg.models.scheduler},
-        "holdout_fraction": cfg.stage1.holdout_fraction,
-    }
-    digest = _digest(recipe, base_version, ds, reward_versions, users_version)
-    return f"s2-a{w.aesthetic:g}-r{w.relevance:g}-p{w.preference:g}-{digest}"
-
-
-def load_stage2_data(
-    store: ObjectStore, bundle: ICGBundle, ds: str, holdout_fraction: float, guard_items: int
-) -> tuple[Stage2Data, dict[str, int]]:
-    """Features (from the cache), reference latents of training items, guard items, segments of ``ds``."""
-    catalog = read_catalog(store, ds)
-    item_ids = catalog.column("item_id").to_pylist()
-    train_ids, held_ids = split_items(item_ids, holdout_fraction)
-    if not train_ids or not held_ids:
-        raise ValueError(f"holdout_fraction={holdout_fraction} leaves no training or no held-out items")
-    rows = compute_item_features(bundle.encoder, catalog, store).table
-    uri_of = dict(
-        zip(rows.column("item_id").to_pylist(), rows.column("features_uri").to_pylist(), strict=True)
-    )
-    train = load_catalog_covers(store, ds, bundle.covers.image_size, item_ids=train_ids, with_variants=False)
-    guard_ids = held_ids[:guard_items]
-    title_of = dict(zip(item_ids, catalog.column("title").to_pylist(), strict=True))
-    ref_mean, ref_std = encode_latents(bundle.covers, train.references)
-    segments = load_segments(store, ds)
-    segment_ids, centroids = segments.centroid_matrix()
-    data = Stage2Data(
-        titles=train.titles,
-        features=load_features(store, [uri_of[i] for i in train.item_ids]),
-        ref_mean=ref_mean,
-        ref_std=ref_std,
-        guard_titles=[title_of[i] for i in guard_ids],
-        guard_item_ids=guard_ids,
-        guard_features=load_features(store, [uri_of[i] for i in guard_ids]),
-        segment_ids=segment_ids,
-        centroids=torch.from_numpy(centroids).float(),
-    )
-    return data, {
-        "train": len(train_ids),
-        "held_out": len(held_ids),
-        "guard": len(guard_ids),
-        "segments": len(segment_ids),
-    }
-
-
-def run_finetune(
-    store: ObjectStore,
-    cfg: ICGConfig,
-    ds: str,
-    *,
-    stop_after: int | None = None,
-    rewards: Callable[[dict[int, np.ndarray]], Rewards] | None = None,
-) -> FinetuneSummary:
-    """The finetune stage for ``ds``: stage 2 from the stage-1 generator, saved as a new version.
-
-    Args:
-        store: the object store with the validated day, the users stage's segments and the rewards
-            stage's models of ``ds``, and a stage-1 generator.
-        cfg: the configuration (``finetune``, ``rewards.weights``, ``models``, ``stage1.holdout_fraction``).
-        ds: the run's date.
-        stop_after: stop after this many steps (state saved; a rerun resumes).
-        rewards: build the reward fns from the segment centroids (tests); default the saved rewards of ``ds``.
-
-    Returns:
-        The summary. ``_latest`` moves only when training completed without a relevance collapse.
-
-    Raises:
-        RelevanceCollapse: the guard stopped training (report written, no generator saved).
-    """
-    started = time.perf_counter()
-    name = cfg.models.generator_name
-    base_version = stage1_version(store, name)
-    reward_versions = {n: resolve_version(store, f"reward_{n}", ds) for n in REWARD_NAMES}
-    users_version = str(store.read_table("user_embeddings", ds=ds, area="users").column("model_version")[0])
-    version = generator_version(cfg, base_version, ds, reward_versions, users_version)
-    summary = FinetuneSummary(
-        ds=ds,
-        generator_version=version,
-        base_version=base_version,
-        reused=False,
-        latest_moved=False,
-        reward_versions=reward_versions,
-        users_version=users_version,
-        items={},
-        seconds={},
-    )
-    if checkpoint_exists(store, name, version):  # only ever saved after a successful run
-        _point_latest(store, name, version)
-        summary.reused, summary.latest_moved = True, True
-        summary.seconds = {"total": round(time.perf_counter() - started, 2)}
-        log.info("stage=finetune ds=%s version=%s exists: reused", ds, version)
-        return summary
-    bundle = load_bundle(store, cfg.models, base_version)
-    data, summary.items = load_stage2_data(
-        store, bundle, ds, cfg.stage1.holdout_fraction, cfg.finetune.guard_items
-    )
-    load_seconds = round(time.perf_counter() - started, 2)
-    centroids = {int(s): c.numpy() for s, c in zip(data.segment_ids, data.centroids, strict=True)}
-    reward_fns = rewards(centroids) if rewards is not None else load_rewards(store, ds, centroids)
-    trainer = Stage2Trainer(
-        bundle,
-        data,
-        reward_fns,
-        cfg.finetune,
-        cfg.rewards.weights,
-        guidance_scale=cfg.models.guidance_scale,
-        scheduler=cfg.models.scheduler,
-        store=store,
-        version=version,
-        state_name=name + STATE_SUFFIX,
-    )
-    try:
-        result = trainer.run(stop_after=stop_after)
-    except RelevanceCollapse as collapse:
-        summary.result = asdict(collapse.result) if collapse.result else {}
-        summary.result["failure"] = str(collapse)
-        summary.seconds = {"load": load_seconds, "total": round(time.perf_counter() - started, 2)}
-        summary.report = _write_report(store, summary)
-        raise
-    summary.result = asdict(result)
-    if result.complete:
-        extra = {
-            "stage2": {
-                "base_version": base_version,
-                "ds": ds,
-                "reward_versions": reward_versions,
-                "users_version": users_version,
-                "weights": cfg.rewards.weights.model_dump(),
-                "finetune": cfg.finetune.model_dump(),
-                "guard": result.guard,
-            }
-        }
-        save_bundle(store, bundle, name, version, extra)  # moves _latest
-        summary.latest_moved = True
-    summary.seconds = {
-        "load": load_seconds,
-        **{f"train_{k}": v for k, v in result.seconds.items()},
-        "total": round(time.perf_counter() - started, 2),
-    }
-    summary.report = _write_report(store, summary)
-    log.info(
-        "stage=finetune ds=%s version=%s complete=%s seconds=%s",
-        ds,
-        version,
-        result.complete,
-        summary.seconds,
-    )
-    return summary
-
-
-def _point_latest(store: ObjectStore, name: str, version: str) -> None:
-    """Point ``models/<name>/_latest`` at an existing complete version."""
-    store.put_json(f"{MODELS_PREFIX}/{name}/{LATEST}", {"version": version})
-
-
-def _write_report(store: ObjectStore, summary: FinetuneSummary) -> str:
-    """The summary with its reward curves, as ``reports/ds=<ds>/finetune-<version>.json``."""
-    return store.put_json(
-        f"{REPORT_PREFIX}/ds={summary.ds}/finetune-{summary.generator_version}.json", summary.to_dict()
-    )

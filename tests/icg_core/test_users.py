@@ -14,6 +14,7 @@ from icg_core.users import (
     Segments,
     UserEmbeddings,
     UsersConfig,
+    align_to_previous,
     assign_segments,
     cover_attributes,
     import_user_embeddings,
@@ -184,6 +185,42 @@ def test_run_users_writes_tables_and_keeps_ids_next_day(tmp_path):
     old_of = dict(zip(segments.user_ids, segments.segment_ids, strict=True))
     kept = np.mean([old_of[u] == s for u, s in zip(new.user_ids, new.segment_ids, strict=True)])
     assert kept > 0.8  # same planted users, same segment ids
+    # The retrained collaborative block was rotated onto day 1's: the same ids sit in the same place.
+    assert second.alignment["to_ds"] == day1.ds and second.alignment["shared_users"] == 60
+    assert second.alignment["residual_after"] < second.alignment["residual_before"]
+    moved = [
+        np.linalg.norm(new.centroids[i] - segments.centroids[i])
+        for i in new.centroids
+        if i in segments.centroids
+    ]
+    spread = np.mean([np.linalg.norm(c) for c in segments.centroids.values()])
+    assert np.mean(moved) < 0.5 * spread
+
+
+def test_align_to_previous_undoes_a_rotation_of_the_collaborative_block_only():
+    rng = np.random.default_rng(0)
+    users, collab, visual = 40, 6, 4
+    before = UserEmbeddings(
+        user_ids=np.array([f"u{i}" for i in range(users)]),
+        embeddings=rng.normal(size=(users, collab + visual)).astype(np.float32),
+        model_version="day1",
+    )
+    rotation, _ = np.linalg.qr(rng.normal(size=(collab, collab)))
+    today = before.embeddings.copy()
+    today[:, :collab] = today[:, :collab] @ rotation + rng.normal(0, 0.01, (users, collab))
+    order = rng.permutation(users)  # rows in another order: users are matched by id, not position
+    after = UserEmbeddings(user_ids=before.user_ids[order], embeddings=today[order], model_version="day2")
+
+    aligned, alignment = align_to_previous(after, before, collab, "2026-11-10")
+    assert alignment.to_ds == "2026-11-10" and alignment.shared_users == users
+    assert alignment.residual_before > 0.5 and alignment.residual_after < 0.02
+    back = aligned.embeddings[np.argsort(order)]
+    np.testing.assert_allclose(back[:, :collab], before.embeddings[:, :collab], atol=0.05)
+    np.testing.assert_array_equal(back[:, collab:], before.embeddings[:, collab:])  # visual block untouched
+
+    few = UserEmbeddings(user_ids=after.user_ids[:5], embeddings=after.embeddings[:5], model_version="day2")
+    unchanged, skipped = align_to_previous(few, before, collab, "2026-11-10")
+    assert skipped.to_ds is None and unchanged is few  # 5 shared users cannot pin a 6-d rotation down
 
 
 def test_run_users_imports_platform_embeddings(tmp_path):

@@ -13,7 +13,7 @@ from icg_core.config import load_config
 from icg_core.covers import generate_covers
 from icg_core.models.checkpoint import resolve_version
 from icg_core.storage import ObjectStore
-from icg_core.training.stage2 import run_finetune
+from icg_core.training.finetune import run_finetune
 from pipelines.cli import app
 from pipelines.runtime import StageFailed
 from tests.tiny import prepare_tiny_day, write_tiny_config

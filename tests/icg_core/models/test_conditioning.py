@@ -21,7 +21,7 @@ def refiner() -> PersonalizationRefiner:
     torch.manual_seed(0)
     module = PersonalizationRefiner(RefinerConfig(feature_dim=D, user_dim=U))
     with torch.no_grad():
-        module.gate.fill_(0.5)  # as if trained: the user branch now changes the features
+        module.out.weight.copy_(0.5 * torch.eye(D))  # as if trained: the user branch now changes the features
     return module
 
 
@@ -46,13 +46,24 @@ def test_mixed_batch_null_rows_unchanged_user_rows_refined(refiner):
     torch.testing.assert_close(out[:1], alone, atol=1e-6, rtol=0)
 
 
-def test_refiner_starts_as_identity_and_gate_learns():
+def test_zero_user_is_identity_and_only_user_differences_move_features(refiner):
+    features = torch.randn(B, N, D)
+    torch.testing.assert_close(refiner(features, torch.zeros(B, U)), features, atol=1e-6, rtol=0)
+    users = torch.randn(B, U)
+    offsets = refiner(features, users) - features
+    assert offsets.abs().mean() > 1e-3
+    # Another row's user, same features: another offset (the offset is a function of the user).
+    swapped = refiner(features, users.roll(1, dims=0)) - features
+    assert not torch.allclose(offsets, swapped, atol=1e-4)
+
+
+def test_refiner_starts_as_identity_and_its_output_map_learns():
     module = PersonalizationRefiner(RefinerConfig(feature_dim=D, user_dim=U))
     features = torch.randn(B, N, D)
     out = module(features, torch.randn(B, U))
-    assert torch.equal(out, features)  # zero gate at init
-    out.sum().backward()
-    assert module.gate.grad is not None and module.gate.grad.abs().sum() > 0
+    assert torch.equal(out, features)  # zero output map at init
+    (out * torch.randn_like(out)).sum().backward()
+    assert module.out.weight.grad is not None and module.out.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(("kind", "cross_dim"), [("sd15", 768), ("sdxl", 2048)])

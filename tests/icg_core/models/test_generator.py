@@ -42,7 +42,7 @@ def features(tiny_vlm_dirs) -> torch.Tensor:
     encoder = MetaTokenEncoder(tiny_vlm_dirs["llava"], num_meta_tokens=META_TOKENS)
     refiner = PersonalizationRefiner(RefinerConfig(feature_dim=FEATURE_DIM, user_dim=8))
     with torch.no_grad():
-        refiner.gate.fill_(0.5)
+        refiner.out.weight.copy_(0.5 * torch.eye(refiner.config.feature_dim))
         return refiner(encoder(TITLES[:3], reference_images(3)), torch.randn(3, 8))
 
 

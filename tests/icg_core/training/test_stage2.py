@@ -19,6 +19,7 @@ from icg_core.rewards.common import RewardStats, finish
 from icg_core.storage import LATEST, ObjectStore
 from icg_core.training.stage1 import encode_latents
 from icg_core.training.stage2 import (
+    LoggedCovers,
     RelevanceCollapse,
     Rewards,
     Stage2Data,
@@ -36,7 +37,7 @@ def finetune_config(**overrides) -> FinetuneConfig:
     base = dict(
         steps=4, pairs_per_step=2, candidates=3, sample_steps=2, warmup_steps=1, noise_draws=1,
         reg_batch_size=2, guard_every=100, guard_items=2, checkpoint_every=2, log_every=1,
-        max_relevance_drop=0.5, lr=5e-3,
+        max_relevance_drop=0.5, lr=5e-3, logged_pairs_per_step=2, logged_candidates=3,
     )  # fmt: skip
     return FinetuneConfig(**{**base, **overrides})
 
@@ -63,6 +64,14 @@ def tiny_data(bundle: ICGBundle) -> Stage2Data:
     references = np.broadcast_to(colours[:, None, None, :], (4, SIZE, SIZE, 3)).copy()
     mean, std = encode_latents(bundle.covers, references)
     width = bundle.encoder.feature_dim
+    # Logged covers: each item's reference, then a darker and a lighter variant of it.
+    shades = [
+        references,
+        (references * 0.5).astype(np.uint8),
+        np.minimum(references.astype(np.int16) + 60, 255).astype(np.uint8),
+    ]
+    logged = np.stack(shades, axis=1).reshape(-1, SIZE, SIZE, 3)
+    logged_mean, logged_std = encode_latents(bundle.covers, logged)
     return Stage2Data(
         titles=TITLES,
         features=torch.randn(4, MODELS.num_meta_tokens, width, generator=g),
@@ -73,6 +82,7 @@ def tiny_data(bundle: ICGBundle) -> Stage2Data:
         guard_features=torch.randn(2, MODELS.num_meta_tokens, width, generator=g),
         segment_ids=np.array([0, 3]),
         centroids=torch.randn(2, MODELS.user_dim, generator=g),
+        logged=LoggedCovers(logged, torch.arange(4).repeat_interleave(3), logged_mean, logged_std),
     )
 
 
@@ -89,11 +99,21 @@ def rewards(relevance=None) -> Rewards:
 
 
 def trainer_for(
-    base_dirs, cfg: FinetuneConfig, store: ObjectStore | None = None, relevance=None
+    base_dirs,
+    cfg: FinetuneConfig,
+    store: ObjectStore | None = None,
+    relevance=None,
+    weights: RewardWeights | None = None,
 ) -> Stage2Trainer:
     bundle = fresh(base_dirs)
     return Stage2Trainer(
-        bundle, tiny_data(bundle), rewards(relevance), cfg, RewardWeights(), store=store, version="test"
+        bundle,
+        tiny_data(bundle),
+        rewards(relevance),
+        cfg,
+        weights or RewardWeights(),
+        store=store,
+        version="test",
     )
 
 
@@ -157,8 +177,25 @@ def test_one_step_updates_refiner_and_adapter_but_not_the_unet(base_dirs) -> Non
         "preference_raw",
         "reward",
         "reward_loss",
+        "logged_loss",
         "reg_loss",
     } <= point.keys()
+
+
+def test_logged_covers_are_scored_once_and_pull_the_refiner(base_dirs) -> None:
+    weights = RewardWeights(aesthetic=0.0, relevance=0.5, preference=4.0)
+    trainer = trainer_for(base_dirs, finetune_config(preference_advantage="absolute"), weights=weights)
+    rewards = trainer.logged_rewards
+    assert rewards.shape == (12, 2)  # 4 items x 3 logged covers, 2 segments
+    # The preference reward here likes dark covers (weight 4 against relevance's 0.5 for bright):
+    # every item's darker variant (row 1 of its three) has the highest R, for both segments.
+    assert (rewards.reshape(4, 3, 2).argmax(axis=1) == 1).all()
+    loss = trainer.logged_loss()
+    assert torch.isfinite(loss) and loss.requires_grad
+    loss.backward()
+    assert trainer.bundle.refiner.out.weight.grad.abs().sum() > 0
+    off = trainer_for(base_dirs, finetune_config(logged_pairs_per_step=0))
+    assert off.logged_rewards is None and float(off.logged_loss()) == 0.0
 
 
 def test_adapter_stays_frozen_when_configured(base_dirs) -> None:
@@ -200,6 +237,7 @@ def test_relevance_collapse_stops_training(base_dirs) -> None:
         return finish(raw, None, {})
 
     trainer = trainer_for(base_dirs, finetune_config(steps=6, guard_every=2), relevance=collapsing)
+    calls["n"] = 0  # construction scored the logged covers; count from the step-0 check
     with pytest.raises(RelevanceCollapse) as caught:
         trainer.run()
     assert caught.value.step == 2 and caught.value.drop == pytest.approx(0.7)
