@@ -117,7 +117,10 @@ def load_stage2_data(
     )
     guard_ids = held_ids[:guard_items]
     title_of = dict(zip(item_ids, catalog.column("title").to_pylist(), strict=True))
-    ref_mean, ref_std = encode_latents(bundle.covers, train.references)
+    # Encode every cover once; the references are each item's first cover (CatalogCovers' order).
+    cover_mean, cover_std = encode_latents(bundle.covers, train.covers if with_logged else train.references)
+    first = np.searchsorted(train.cover_item, np.arange(len(train))) if with_logged else slice(None)
+    ref_mean, ref_std = cover_mean[first], cover_std[first]
     segments = load_segments(store, ds)
     segment_ids, centroids = segments.centroid_matrix()
     data = Stage2Data(
@@ -132,8 +135,7 @@ def load_stage2_data(
         centroids=torch.from_numpy(centroids).float(),
     )
     if with_logged:
-        mean, std = encode_latents(bundle.covers, train.covers)
-        data.logged = LoggedCovers(train.covers, torch.from_numpy(train.cover_item), mean, std)
+        data.logged = LoggedCovers(train.covers, torch.from_numpy(train.cover_item), cover_mean, cover_std)
     return data, {
         "train": len(train_ids),
         "held_out": len(held_ids),

@@ -246,6 +246,10 @@ class Stage2Trainer:
         self.timing = {"sample": 0.0, "score": 0.0, "update": 0.0, "guard": 0.0}
         self._window: list[dict[str, float]] = []
         self.logged_rewards, self.logged_covers_of = self._score_logged_covers()
+        # Items with enough logged covers to fill a pair (the only ones the logged term draws).
+        self.logged_items = [
+            i for i, rows in enumerate(self.logged_covers_of) if len(rows) >= cfg.logged_candidates
+        ]
 
     def trainable_params(self) -> list[torch.nn.Parameter]:
         params = list(self.bundle.refiner.parameters())
@@ -467,7 +471,7 @@ class Stage2Trainer:
     def logged_loss(self) -> torch.Tensor:
         """The off-policy RWR term: pairs whose K candidates are the item's logged covers."""
         cfg, g, data, logged = self.cfg, self.generator, self.data, self.data.logged
-        eligible = [i for i, rows in enumerate(self.logged_covers_of) if len(rows) >= cfg.logged_candidates]
+        eligible = self.logged_items
         if logged is None or self.logged_rewards is None or not eligible:
             return torch.zeros(())
         pairs, k = cfg.logged_pairs_per_step, cfg.logged_candidates
