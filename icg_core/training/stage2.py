@@ -19,7 +19,8 @@ Per step:
    wider range than the model's own samples (whose look is mostly decided by the noise seed), so
    each segment is shown which looks of an item it prefers even before its path has opened;
 5. add ``reg_weight`` x the stage-1 denoising loss on training items' reference covers with the null
-   user, a segment centroid or a random user, so content and the non-personalized path stay put;
+   user, a segment centroid or a random user, so content and the non-personalized path stay put
+   (rows with a user pin only the cover's detail: its global look is the rewards' to move);
 6. update the refiner and (``train_adapter``) the adapter. The UNet and VAE stay frozen, and so do
    the meta tokens: items are read from the feature cache. LoRA on the UNet is not implemented.
    The adapter is shared by every segment: what it learns moves all segments alike (measured: it
@@ -129,6 +130,19 @@ def pair_weights(rewards: torch.Tensor, beta: float) -> torch.Tensor:
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}")
     return torch.softmax(rewards.float() / beta, dim=1)
+
+
+def detail_of(latents: torch.Tensor, pool: int) -> torch.Tensor:
+    """``latents`` ``[B, C, h, w]`` minus their means over ``pool`` x ``pool`` blocks: the detail, not the look.
+
+    A pool larger than the latents is the whole latent (only the global mean is removed).
+    """
+    h, w = latents.shape[-2:]
+    pool = min(pool, h, w)
+    if h % pool or w % pool:
+        raise ValueError(f"finetune.reg_detail_pool={pool} must divide the latent size {h}x{w}")
+    coarse = torch.nn.functional.avg_pool2d(latents, pool)
+    return latents - torch.nn.functional.interpolate(coarse, size=latents.shape[-2:], mode="nearest")
 
 
 def min_snr_weight(alphas: torch.Tensor, timesteps: torch.Tensor, prediction_type: str) -> torch.Tensor:
@@ -318,6 +332,7 @@ class Stage2Trainer:
         std: torch.Tensor,
         groups: torch.Tensor | None = None,
         x0_from: int | None = None,
+        detail_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-row denoising loss ``[B]`` of latents drawn from posteriors (mean, std) ``[B, 4, h, w]``.
 
@@ -330,6 +345,10 @@ class Stage2Trainer:
 
         ``groups`` ``[B]`` (ids 0..G-1): rows of one group share their noise and timestep, so their
         losses differ only through their latents and conditioning (a low-variance comparison).
+
+        ``detail_rows`` ``[B]`` (bool): on these rows only the error's detail counts (:func:`detail_of`
+        with ``reg_detail_pool``). At a fixed timestep the clean-latent error is a multiple of the
+        prediction error, so this is the detail of the clean-latent error.
         """
         g, device, dtype = self.generator, self.bundle.covers.device, self.bundle.covers.dtype
         latents = mean + std * torch.randn(mean.shape, generator=g)
@@ -366,7 +385,11 @@ class Stage2Trainer:
                 else predicted - latents.to(device)
             )
             return error.pow(2).mean(dim=(1, 2, 3))
-        per_row = (prediction - target.to(device)).pow(2).mean(dim=(1, 2, 3))
+        error = prediction - target.to(device)
+        if detail_rows is not None and self.cfg.reg_detail_pool > 1:
+            detail = detail_of(error, self.cfg.reg_detail_pool)
+            error = torch.where(detail_rows.to(device).view(-1, 1, 1, 1), detail, error)
+        per_row = error.pow(2).mean(dim=(1, 2, 3))
         return per_row * min_snr_weight(self.alphas, timesteps, self.prediction_type).to(device)
 
     def _clean_latents(
@@ -382,7 +405,11 @@ class Stage2Trainer:
         """The stage-1 term: reference covers of training items with the null user, a segment centroid
         or a random user. Centroid rows matter most: the segments' path is the one the rewards move, and
         without them it drifts to a degenerate conditioning that guidance turns into the same
-        saturated texture for every item (measured, with any reward weights)."""
+        saturated texture for every item (measured, with any reward weights). Rows with a user pin only
+        the cover's detail (``reg_detail_pool``): the motif stays the item's, while its global look is
+        left to the rewards -- with the whole latent pinned, this term and the preference reward pull
+        the same coarse latents in opposite directions (measured: the segments either stayed alike or,
+        at a lower weight, lost their content)."""
         g, data, cfg = self.generator, self.data, self.cfg
         rows = torch.randint(0, len(data.titles), (cfg.reg_batch_size,), generator=g)
         users = torch.randn(len(rows), data.centroids.shape[1], generator=g)
@@ -392,7 +419,7 @@ class Stage2Trainer:
         users[centroid_rows] = data.centroids[picked[centroid_rows]]
         mask = kind < cfg.reg_segment_fraction + cfg.reg_random_user_fraction
         return self.denoising_loss(
-            data.features[rows], users, mask, data.ref_mean[rows], data.ref_std[rows]
+            data.features[rows], users, mask, data.ref_mean[rows], data.ref_std[rows], detail_rows=mask
         ).mean()
 
     def preference_matrix(self, images: np.ndarray, titles: Sequence[str]) -> np.ndarray:

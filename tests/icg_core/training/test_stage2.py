@@ -25,6 +25,7 @@ from icg_core.training.stage2 import (
     Stage2Data,
     Stage2Trainer,
     combine_rewards,
+    detail_of,
     pair_weights,
 )
 
@@ -298,6 +299,37 @@ def test_rows_of_one_group_share_noise_and_timestep(base_dirs) -> None:
     with torch.no_grad():
         loss = trainer.denoising_loss(features, None, None, mean, std, groups=torch.tensor([0, 0, 1, 1]))
     assert loss[0] == loss[1] and loss[2] == loss[3] and loss[0] != loss[2]
+
+
+def test_detail_of_drops_the_block_means_and_keeps_the_pattern() -> None:
+    g = torch.Generator().manual_seed(0)
+    look = torch.randn(2, 4, 2, 2, generator=g).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    pattern = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 4).expand(2, 4, 8, 8)  # zero mean per block
+    torch.testing.assert_close(detail_of(look, 4), torch.zeros_like(look))
+    torch.testing.assert_close(detail_of(look + pattern, 4), pattern)
+    whole = detail_of(look, 16)  # larger than the latents: only the global mean goes
+    torch.testing.assert_close(whole, look - look.mean(dim=(2, 3), keepdim=True))
+    with pytest.raises(ValueError, match="reg_detail_pool"):
+        detail_of(look, 3)
+
+
+def test_user_rows_of_the_regularization_pin_only_the_detail(base_dirs) -> None:
+    trainer = trainer_for(base_dirs, finetune_config(reg_detail_pool=4))
+    data = trainer.data
+    rows = torch.tensor([0, 1, 2, 3])
+    users = data.centroids[[0, 1, 0, 1]]
+
+    def loss(detail_rows: torch.Tensor | None) -> torch.Tensor:
+        trainer.generator.manual_seed(7)  # the same latents, noise and timesteps for every call
+        with torch.no_grad():
+            return trainer.denoising_loss(
+                data.features[rows], users, None, data.ref_mean[rows], data.ref_std[rows], detail_rows=detail_rows
+            )
+
+    whole, detail = loss(None), loss(torch.ones(4, dtype=torch.bool))
+    mixed = loss(torch.tensor([True, False, True, False]))
+    assert (detail < whole).all()  # the look's share of the error no longer counts
+    torch.testing.assert_close(mixed, torch.where(torch.tensor([True, False, True, False]), detail, whole))
 
 
 def test_clean_latents_invert_the_forward_noising(base_dirs) -> None:
