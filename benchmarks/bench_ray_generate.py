@@ -70,16 +70,14 @@ def scratch_day(
 
 def throughput(store: ObjectStore, cfg, ds: str, items: int) -> dict:
     from icg_core.bootstrap import torch_threads
-    from icg_core.covers import CoverWriter, commit_manifest, load_cover_rewards, requests
+    from icg_core.covers import CoverWriter, commit_manifest, load_plan_rewards, requests
     from icg_core.models.bundle import load_bundle
 
     plan = plan_generation(store, cfg, ds, items_limit=items)
     with torch_threads(cfg.models.cpu_threads):
         started = time.perf_counter()
         bundle = load_bundle(store, cfg.models, plan.generator_version)
-        writer = CoverWriter(
-            store, bundle, load_cover_rewards(store, plan.reward_versions, plan.centroids), plan, force=True
-        )
+        writer = CoverWriter(store, bundle, load_plan_rewards(store, plan), plan, force=True)
         loaded = time.perf_counter()
         table, size = requests(plan), cfg.generate.batch_size
         manifest = pa.concat_tables(

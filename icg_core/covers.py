@@ -25,8 +25,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,13 +34,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from icg_core.config import ICGConfig, ModelsConfig
+from icg_core.config import ICGConfig, ModelsConfig, RewardWeights
 from icg_core.features import FEATURES_AREA, load_features
 from icg_core.models.checkpoint import MODELS_PREFIX, checkpoint_exists, checkpoint_prefix, resolve_version
 from icg_core.models.generator import seed_for
 from icg_core.publish import STAGING_AREA, TABLE
 from icg_core.rewards.common import model_name
 from icg_core.schemas import TABLES
+from icg_core.serving.policy import REWARD_KINDS, CoverPolicy, CoverRewards, Sampling, load_cover_rewards
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 COVERS_PREFIX = "covers"
 CATALOG_AREA = "validated"
 SEGMENTS_AREA = "users"  # icg_core.users.USERS_AREA (not imported: it pulls in scikit-learn)
-REWARD_KINDS = ("aesthetic", "relevance", "preference")
 FORMAT = "PNG"
 # Columns of a generation request: one row per (item, segment).
 REQUEST_COLUMNS = ("item_id", "title", "category", "content_hash", "features_uri", "segment_id")
@@ -68,32 +68,21 @@ def sidecar_key(ds: str, segment_id: int, item_id: str) -> str:
     return f"{COVERS_PREFIX}/ds={ds}/segment={int(segment_id)}/{item_id}.json"
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings that change a cover's pixels (part of its fingerprint)."""
-
-    steps: int
-    guidance_scale: float
-    scheduler: str
-
-    @classmethod
-    def from_models(cls, models: ModelsConfig) -> Sampling:
-        return cls(models.sample_steps, models.guidance_scale, models.scheduler)
-
-
 def cover_fingerprint(
-    content_hash: str, generator_version: str, centroid: np.ndarray, sampling: Sampling
+    content_hash: str,
+    generator_version: str,
+    centroid: np.ndarray,
+    sampling: Sampling,
+    rewards: Mapping[str, Any] | None = None,
 ) -> str:
-    """Digest of everything a cover depends on; equal fingerprints mean identical covers."""
+    """Digest of everything a cover depends on; equal fingerprints mean identical covers.
+
+    ``rewards`` (reward versions and R's weights) counts when the sampling uses the rewards.
+    """
     centroid_digest = hashlib.sha256(np.asarray(centroid, np.float32).tobytes()).hexdigest()
-    parts = [
-        content_hash,
-        generator_version,
-        centroid_digest,
-        sampling.steps,
-        sampling.guidance_scale,
-        sampling.scheduler,
-    ]
+    parts = [content_hash, generator_version, centroid_digest, list(astuple(sampling))]
+    if sampling.uses_rewards:
+        parts.append(sorted((rewards or {}).items()))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
@@ -108,6 +97,8 @@ class GeneratePlan:
         generator_version: the resolved generator checkpoint version.
         reward_versions: reward kind -> resolved version.
         previous_ds: the latest earlier day with covers (reuse source), or None.
+        sampling: how covers are made (:class:`icg_core.serving.policy.Sampling`).
+        reward_weights: the weights of R that candidates are chosen by.
     """
 
     ds: str
@@ -117,6 +108,7 @@ class GeneratePlan:
     reward_versions: dict[str, str]
     previous_ds: str | None
     sampling: Sampling
+    reward_weights: RewardWeights = field(default_factory=RewardWeights)
 
     @property
     def segment_ids(self) -> list[int]:
@@ -125,6 +117,11 @@ class GeneratePlan:
     @property
     def rows(self) -> int:
         return self.items.num_rows * len(self.centroids)
+
+    @property
+    def reward_fingerprint(self) -> dict[str, Any]:
+        """What of the rewards a cover depends on when its sampling uses them."""
+        return {**self.reward_versions, "weights": self.reward_weights.model_dump()}
 
 
 def read_catalog_items(store: ObjectStore, ds: str, items_limit: int | None = None) -> pa.Table:
@@ -233,7 +230,8 @@ def plan_generation(
         generator_version=generator_version,
         reward_versions=reward_versions,
         previous_ds=previous[-1] if previous else None,
-        sampling=Sampling.from_models(cfg.models),
+        sampling=Sampling.from_config(cfg),
+        reward_weights=cfg.rewards.weights,
     )
     log.info(
         "stage=generate ds=%s plan items=%d segments=%d rows=%d generator=%s previous_ds=%s",
@@ -259,40 +257,14 @@ def requests(plan: GeneratePlan, items: pa.Table | None = None) -> pa.Table:
 
 
 # ------------------------------------------------------------------ rewards and the writer
-@dataclass
-class CoverRewards:
-    """The three standardized reward fns, scoring covers for their (item title, segment)."""
-
-    aesthetic: Callable
-    relevance: Callable
-    preference: Callable
-
-    def score(
-        self, images: np.ndarray, titles: Sequence[str], segment_ids: Sequence[int], categories: Sequence[str]
-    ) -> dict[str, np.ndarray]:
-        """Rewards ``[B]`` per kind for uint8 covers ``[B, H, W, 3]``."""
-        metadata = [
-            {"segment_id": int(s), "category": c} for s, c in zip(segment_ids, categories, strict=True)
-        ]
-        return {
-            "aesthetic": self.aesthetic(images, titles, metadata)[0],
-            "relevance": self.relevance(images, titles, metadata)[0],
-            "preference": self.preference(images, titles, metadata)[0],
-        }
-
-
-def load_cover_rewards(
-    store: ObjectStore, versions: Mapping[str, str], centroids: Mapping[int, np.ndarray]
-) -> CoverRewards:
-    """Load the saved reward models (standardized) for scoring covers of the given segments."""
-    from icg_core.rewards.aesthetic import load_aesthetic_reward_fn
-    from icg_core.rewards.preference import load_preference_reward_fn
-    from icg_core.rewards.relevance import load_relevance_reward_fn
-
-    return CoverRewards(
-        load_aesthetic_reward_fn(store, versions["aesthetic"]),
-        load_relevance_reward_fn(store, versions["relevance"]),
-        load_preference_reward_fn(store, versions["preference"], centroids=dict(centroids)),
+def load_plan_rewards(store: ObjectStore, plan: GeneratePlan) -> CoverRewards:
+    """The reward models the plan's covers are scored (and, with guidance, steered) by."""
+    return load_cover_rewards(
+        store,
+        plan.reward_versions,
+        plan.centroids,
+        plan.reward_weights,
+        guidance=plan.sampling.reward_steps > 0,
     )
 
 
@@ -350,6 +322,7 @@ class CoverWriter:
                 self.plan.generator_version,
                 self.plan.centroids[int(row["segment_id"])],
                 self.plan.sampling,
+                self.plan.reward_fingerprint,
             )
             out[i] = None if self.force else self._reuse(row)
             if out[i] is None:
@@ -389,7 +362,7 @@ class CoverWriter:
 
     def _generate(self, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         started = time.perf_counter()
-        plan, bundle = self.plan, self.bundle
+        plan = self.plan
         import torch
 
         features = load_features(self.store, [r["features_uri"] for r in rows])
@@ -398,18 +371,15 @@ class CoverWriter:
         seeds = [
             seed_for(r["item_id"], s, plan.generator_version) for r, s in zip(rows, segments, strict=True)
         ]
-        images = bundle.generate(
+        covers = CoverPolicy(self.bundle, plan.sampling, self.rewards)(
             features,
+            users,
             seeds,
-            users=users,
-            steps=plan.sampling.steps,
-            guidance_scale=plan.sampling.guidance_scale,
-            scheduler=plan.sampling.scheduler,
-            batch_size=len(rows),
+            titles=[r["title"] for r in rows],
+            segment_ids=segments,
+            categories=[r["category"] for r in rows],
         )
-        rewards = self.rewards.score(
-            images, [r["title"] for r in rows], segments, [r["category"] for r in rows]
-        )
+        images, rewards = covers.images, covers.rewards
         self.counts.sample_seconds += time.perf_counter() - started
         created_at = dt.datetime.now(dt.UTC).isoformat()
         for i, row in enumerate(rows):
@@ -423,7 +393,8 @@ class CoverWriter:
                 "reward_relevance": float(rewards["relevance"][i]),
                 "reward_preference": float(rewards["preference"][i]),
                 "generator_version": plan.generator_version,
-                "base_model": bundle.covers.base_model,
+                "base_model": self.bundle.covers.base_model,
+                "source": covers.source[i],
                 "seed": seeds[i],
                 "content_hash": row["content_hash"],
                 "created_at": created_at,
@@ -445,11 +416,12 @@ class CoverWriter:
         return row
 
 
-# The covers contract plus the row's status (dropped by the contract when the manifest is written).
+# The covers contract plus the row's status and source (dropped by the contract when the manifest is written).
 MANIFEST_SCHEMA = pa.schema(
     [
         *[pa.field(f.name, f.type) for f in TABLES[TABLE]],
         pa.field("status", pa.string()),
+        pa.field("source", pa.string()),  # "personalized", or "base" where the base cover won (the fallback)
     ]
 )
 
@@ -468,6 +440,7 @@ class GenerateSummary:
     kept: int
     copied: int
     encoder_calls: int
+    fallbacks: int  # covers where the base cover beat every personalized candidate (icg_core.serving.policy)
     manifest_uri: str
     previous_ds: str | None
     seconds: float
@@ -507,6 +480,7 @@ def commit_manifest(
         kept=statuses.count(KEPT),
         copied=statuses.count(COPIED),
         encoder_calls=encoder_calls,
+        fallbacks=manifest.column("source").to_pylist().count("base"),
         manifest_uri=store.uri(store.partition_prefix(STAGING_AREA, TABLE, plan.ds)),
         previous_ds=plan.previous_ds,
         seconds=round(seconds, 3),
@@ -546,9 +520,7 @@ def generate_covers(
     plan = plan or plan_generation(store, cfg, ds, items_limit=items_limit)
     with torch_threads(cfg.models.cpu_threads):
         bundle = load_bundle(store, cfg.models, plan.generator_version)
-        writer = CoverWriter(
-            store, bundle, load_cover_rewards(store, plan.reward_versions, plan.centroids), plan, force
-        )
+        writer = CoverWriter(store, bundle, load_plan_rewards(store, plan), plan, force)
         table = requests(plan)
         parts = [
             writer.write(table.slice(s, cfg.generate.batch_size))

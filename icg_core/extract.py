@@ -1,4 +1,4 @@
-"""Extraction: the day's candidate tables from raw partitions, by SQL on DuckDB (DESIGN.md section 4).
+"""Extraction: the day's candidate tables from raw partitions, by SQL on DuckDB (docs/architecture.md, "Data contracts and object layout").
 
 The nightly run for ``ds`` looks at the data interval that ENDS at ``ds`` 00:00 UTC:
 

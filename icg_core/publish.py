@@ -1,6 +1,6 @@
 """Publishing a day's covers: validate the staged manifest, then make it visible to readers at once.
 
-The ``covers`` manifest is the downstream contract (DESIGN.md section 4): one row per (item,
+The ``covers`` manifest is the downstream contract (docs/architecture.md, "Data contracts and object layout"): one row per (item,
 segment, ds) pointing at a PNG under ``covers/``. The generate stage commits its rows to
 ``staging/covers/covers/ds=<ds>/``; :func:`publish_day` checks them and only then commits them to
 ``manifests/covers/ds=<ds>/`` (one atomic ``_SUCCESS`` commit) and moves ``manifests/covers/_latest``.

@@ -1,7 +1,7 @@
 """The run's report: one self-contained static HTML page, ``reports/ds=<ds>/index.html``.
 
 Built from the evaluate stage's ``reports/ds=<ds>/metrics.json`` and the fine-tuning log
-``reports/ds=<ds>/finetune-<generator version>.json`` (DESIGN.md section 6: a person looks at
+``reports/ds=<ds>/finetune-<generator version>.json`` (docs/architecture.md, "Evaluation": a person looks at
 covers, not only numbers). The page has no external references: CSS is inline, covers are
 downscaled and embedded as base64 data URIs, plots are matplotlib PNGs embedded the same way, so
 the single object works when opened straight from S3 or a laptop's disk.
@@ -42,8 +42,11 @@ VARIANT_LABELS = {
     "base": "Base generator (stage 1)",
     "icg_no_preference": "ICG without preference reward",
     "icg_no_aesthetic": "ICG without aesthetic reward",
+    "icg_unguided": "ICG without reward guidance",
     "icg": "ICG (full)",
+    "oracle_best": "Ceiling: best world-drawn cover (oracle)",
 }
+BASELINES = ("reference", "selection", "base")  # what ICG must beat: the verdict names the best of them
 # Ablation table columns: (metric key, header, which direction is better: +1 higher, -1 lower, 0 none).
 METRIC_COLUMNS = [
     ("aesthetic", "Aesthetic", 1),
@@ -56,13 +59,14 @@ METRIC_COLUMNS = [
     ("seconds_per_cover", "Seconds / cover", -1),
     ("n_covers", "Covers", 0),
 ]
-SHEET_COLUMNS = ["reference", "base", "icg"]  # contact-sheet columns; other sampled variants follow
+SHEET_COLUMNS = ["reference", "selection", "base", "icg", "oracle_best"]  # then other sampled variants
 FINETUNE_LOG = re.compile(rf"{REPORT_PREFIX}/ds=\d{{4}}-\d{{2}}-\d{{2}}/finetune-[^/]+\.json")
 UPLIFT_BASELINES = ("reference", "base")
 UPLIFT_METRICS = ("oracle_ctr", "preference", "relevance", "aesthetic", "aesthetic_heldout")
 
 
 FAILED = '<b class="warn">failed</b>'
+BEST = ' class="best"'
 
 
 class MetricsMissing(FileNotFoundError):
@@ -425,6 +429,93 @@ def _models_section(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def _verdict(variants: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line: ICG against the best baseline on the headline metric (oracle CTR, else preference), with intervals."""
+    icg = variants.get("icg") or {}
+    metric = "oracle_ctr" if _number(icg.get("oracle_ctr")) is not None else "preference"
+    if _number(icg.get(metric)) is None:
+        return ""
+    scored = {b: _number((variants.get(b) or {}).get(metric)) for b in BASELINES}
+    scored = {b: v for b, v in scored.items() if v is not None}
+    if not scored:
+        return ""
+    best = max(scored, key=lambda b: scored[b])
+    icg_ci, best_ci = (
+        icg.get(f"{metric}_ci") or [None, None],
+        (variants.get(best) or {}).get(f"{metric}_ci") or [None, None],
+    )
+    lo, hi = _number(icg_ci[0]), _number(best_ci[1])
+    if lo is not None and hi is not None and lo > hi:
+        outcome, css = "ICG wins: its interval lies wholly above", "ok"
+    elif _number(icg_ci[1]) is not None and _number(best_ci[0]) is not None and icg_ci[1] < best_ci[0]:
+        outcome, css = "ICG loses: its interval lies wholly below", "warn"
+    else:
+        outcome, css = "no clear winner: the intervals overlap with", "warn"
+    name = "oracle CTR" if metric == "oracle_ctr" else "preference score"
+    ceiling = _number((variants.get("oracle_best") or {}).get(metric))
+    headroom = f" The world's own best cover reaches {fmt(ceiling)}." if ceiling is not None else ""
+    return (
+        (
+            f'<p class="verdict {css}" data-verdict="{esc(outcome.split(":")[0])}">Verdict on {name}: {outcome} '
+            f"the best baseline, {esc(VARIANT_LABELS.get(best, best).lower())}: ICG {fmt(icg.get(metric))}"
+            f"{_interval(icg.get(f'{metric}_ci'))} vs {fmt(scored[best])}{_interval(best_ci)}.{headroom}</p>"
+        )
+        .replace('<span class="ci">', " ")
+        .replace("</span>", "")
+    )
+
+
+def _taste_label(taste: Mapping[str, Any] | None) -> str:
+    """A segment's mean hidden taste as words, strongest first (embedded world only): "warm, dark, muted"."""
+    words = {"warmth": ("warm", "cool"), "brightness": ("bright", "dark"), "saturation": ("vivid", "muted"),
+             "contrast": ("contrasted", "soft")}  # fmt: skip
+    strong = sorted(
+        ((abs(v), k, v) for k, v in (taste or {}).items() if k in words and abs(v) >= 0.2), reverse=True
+    )
+    return ", ".join(words[k][0 if v > 0 else 1] for _, k, v in strong)
+
+
+def _per_segment_section(metrics: Mapping[str, Any]) -> str:
+    """Oracle CTR (and preference score) of each segment's users on each variant's covers."""
+    variants = metrics.get("variants") or {}
+    names = [n for n in ordered_variants(variants) if (variants[n] or {}).get("oracle_ctr_by_segment")]
+    metric = "oracle_ctr"
+    if not names:
+        names = [n for n in ordered_variants(variants) if (variants[n] or {}).get("preference_by_segment")]
+        metric = "preference"
+    if not names:
+        return ""
+    seg = metrics.get("segments") or {}
+    tastes, sizes = seg.get("taste") or {}, seg.get("sizes") or {}
+    segments = sorted(
+        {str(k) for n in names for k in variants[n][f"{metric}_by_segment"]}, key=_segment_order
+    )
+    head = "".join(f"<th>{esc(VARIANT_LABELS.get(n, n))}</th>" for n in names)
+    rows = []
+    for sid in segments:
+        values = {
+            n: _number({str(k): v for k, v in variants[n][f"{metric}_by_segment"].items()}.get(sid))
+            for n in names
+        }
+        present = [v for n, v in values.items() if v is not None and n != "oracle_best"]
+        top = max(present) if present else None
+        best = {n for n, v in values.items() if v is not None and v == top and n != "oracle_best"}
+        cells = "".join(f"<td{BEST if n in best else ''}>{fmt(v)}</td>" for n, v in values.items())
+        taste = _taste_label(tastes.get(sid))
+        label = f"segment {esc(sid)}" + (f'<span class="key">{esc(taste)}</span>' if taste else "")
+        users = f'<td class="num">{fmt(sizes.get(sid))}</td>'
+        rows.append(f"<tr><th>{label}</th>{users}{cells}</tr>")
+    name = (
+        "Oracle CTR of each segment's users" if metric == "oracle_ctr" else "Preference score of each segment"
+    )
+    return (
+        f'<section><h2>Per segment</h2><p class="note">{name} on the covers each variant shows it (mean over '
+        "held-out items). Best non-ceiling value per segment is highlighted.</p>"
+        f'<div class="scroll"><table class="metrics"><thead><tr><th>Segment (taste)</th><th>Users</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
+
+
 def _segment_order(segment_id: str) -> tuple[bool, int, str]:
     """Numeric segment ids in numeric order (2 before 10), any other id after them."""
     numeric = segment_id.lstrip("-").isdigit()
@@ -465,7 +556,8 @@ def _segment_heading(segment: str, metrics: Mapping[str, Any], columns: Sequence
         value = {str(k): v for k, v in by_segment.items()}.get(segment)
         if _number(value) is not None:
             ctrs.append(f"{esc(column if column != 'icg' else 'ICG')} {fmt(value)}")
-    users = f" ({fmt(sizes[segment])} users)" if segment in sizes else ""
+    taste = _taste_label(((metrics.get("segments") or {}).get("taste") or {}).get(segment))
+    users = f" ({fmt(sizes[segment])} users{', ' + esc(taste) if taste else ''})" if segment in sizes else ""
     ctr = f" &middot; oracle CTR: {', '.join(ctrs)}" if ctrs else ""
     return f'Segment {esc(segment)}<span class="muted">{users}{ctr}</span>'
 
@@ -546,7 +638,8 @@ body{margin:0;background:#f4f5f7;color:#1d2330;font:15px/1.45 system-ui,"Segoe U
 main{max-width:1240px;margin:0 auto;padding:20px 24px 48px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:0 0 10px}h3{font-size:15px;margin:14px 0 6px}
 section{background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:16px 20px;margin:16px 0}
-.sub,.note{color:#5a6372;margin:0}.note{font-size:13px;margin:4px 0 10px}.warn,.fail{color:#8a3030}.ok{color:#2d6a3a}
+.sub,.note{color:#5a6372;margin:0}.verdict{font-size:17px;font-weight:600;margin:16px 0;padding:12px 16px;
+  border-radius:8px;background:#fff;border:1px solid #dde1e8}.note{font-size:13px;margin:4px 0 10px}.warn,.fail{color:#8a3030}.ok{color:#2d6a3a}
 code{font:12.5px ui-monospace,"DejaVu Sans Mono",monospace;word-break:break-all}
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(380px,1fr));gap:8px 32px;align-items:start}
 .scroll{overflow-x:auto}table{border-collapse:collapse}th,td{padding:5px 8px;text-align:left;vertical-align:top}
@@ -600,8 +693,10 @@ def render_report(
             f'<p class="sub">Data interval {_data_interval(metrics)}. Personalized cover images evaluated on '
             "held-out items, segments and seeds.</p>"
             f"{warning}</header>",
+            _verdict(metrics.get("variants") or {}),
             _run_section(metrics),
             _ablation_section(metrics.get("variants") or {}),
+            _per_segment_section(metrics),
             _models_section(metrics),
             _curves_section(finetune, generator),
             _segments_section(metrics),

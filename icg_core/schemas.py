@@ -1,4 +1,4 @@
-"""Data contracts: the pyarrow schema of every table, declared once (DESIGN.md section 4).
+"""Data contracts: the pyarrow schema of every table, declared once (docs/architecture.md, "Data contracts and object layout").
 
 Every write and read in :mod:`icg_core.storage` goes through :func:`conform`, so a table that drifted
 (a column missing, or of another type) fails loudly with the table, column and expected type named.
@@ -101,7 +101,9 @@ def _compatible(expected: pa.DataType, actual: pa.DataType) -> bool:
     if expected.equals(actual):
         return True
     if pa.types.is_string(expected):
-        return pa.types.is_string(actual) or pa.types.is_large_string(actual) or pa.types.is_string_view(actual)
+        return (
+            pa.types.is_string(actual) or pa.types.is_large_string(actual) or pa.types.is_string_view(actual)
+        )
     if pa.types.is_timestamp(expected):
         return pa.types.is_timestamp(actual)
     if pa.types.is_integer(expected):
@@ -109,7 +111,9 @@ def _compatible(expected: pa.DataType, actual: pa.DataType) -> bool:
     if pa.types.is_floating(expected):
         return pa.types.is_floating(actual)
     if pa.types.is_list(expected):
-        is_list = pa.types.is_list(actual) or pa.types.is_large_list(actual) or pa.types.is_fixed_size_list(actual)
+        is_list = (
+            pa.types.is_list(actual) or pa.types.is_large_list(actual) or pa.types.is_fixed_size_list(actual)
+        )
         return is_list and _compatible(expected.value_type, actual.value_type)
     return False
 
@@ -131,7 +135,9 @@ def _as_fixed_size_list(name: str, column: pa.ChunkedArray, value_type: pa.DataT
         return pa.chunked_array([combined.cast(pa.list_(value_type, combined.type.list_size))])
     lengths = pa.compute.list_value_length(combined).drop_null().unique().to_pylist()
     if len(lengths) > 1:
-        raise SchemaError(f"column '{name}': list lengths differ across rows ({sorted(lengths)}); expected one fixed size")
+        raise SchemaError(
+            f"column '{name}': list lengths differ across rows ({sorted(lengths)}); expected one fixed size"
+        )
     size = lengths[0] if lengths else 0
     return pa.chunked_array([combined.cast(pa.list_(value_type, size))])
 
@@ -166,12 +172,16 @@ def conform(table_name: str, table: pa.Table) -> pa.Table:
             names.append(field.name)
             columns.append(_cast_column(field.name, column, field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise SchemaError(f"table {table_name}: column '{field.name}' cannot be read as {field.type}: {exc}") from exc
+            raise SchemaError(
+                f"table {table_name}: column '{field.name}' cannot be read as {field.type}: {exc}"
+            ) from exc
     for name, type_ in optional.items():
         if name in table.column_names:
             column = table.column(name)
             if not _compatible(type_, column.type) and not pa.types.is_null(column.type):
-                raise SchemaError(f"table {table_name}: optional column '{name}' has type {column.type}, expected {type_}")
+                raise SchemaError(
+                    f"table {table_name}: optional column '{name}' has type {column.type}, expected {type_}"
+                )
             names.append(name)
             columns.append(column.cast(type_))
     return pa.Table.from_arrays(columns, names=names)

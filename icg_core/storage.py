@@ -1,7 +1,7 @@
 """Object storage over one root URI: ``file://`` (default) or ``s3://bucket/prefix``.
 
 One implementation for both backends, on :mod:`pyarrow.fs`, so the code that runs on a laptop is the
-code that runs against S3. Layout under the root (DESIGN.md section 4)::
+code that runs against S3. Layout under the root (docs/architecture.md, "Data contracts and object layout")::
 
     raw/<table>/ds=YYYY-MM-DD/part-<run>.parquet      platform dumps (or the simulator / importers)
     staging/extract/<table>/ds=.../                    extraction candidates, not yet validated
@@ -56,7 +56,9 @@ def normalize_root(root: str) -> str:
         if not parsed.netloc:
             raise StorageError(f"s3 root needs a bucket: {root!r}")
         return f"s3://{parsed.netloc}{parsed.path.rstrip('/')}"
-    raise StorageError(f"unsupported root URI scheme {parsed.scheme!r} in {root!r} (use a path, file:// or s3://)")
+    raise StorageError(
+        f"unsupported root URI scheme {parsed.scheme!r} in {root!r} (use a path, file:// or s3://)"
+    )
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,12 @@ class ObjectStore:
         s3_region: region for the S3 client.
     """
 
-    def __init__(self, root: str, *, s3_endpoint_url: str | None = None, s3_region: str = "us-east-1") -> None:
+    def __init__(
+        self, root: str, *, s3_endpoint_url: str | None = None, s3_region: str = "us-east-1"
+    ) -> None:
         self.root = normalize_root(root)
-        self.s3_endpoint_url = s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
-            "AWS_ENDPOINT_URL"
+        self.s3_endpoint_url = (
+            s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         )
         self.s3_region = s3_region
         parsed = urlparse(self.root)
@@ -284,7 +288,10 @@ class ObjectStore:
 
     def read_table(self, table_name: str, *, ds: str, area: str) -> pa.Table:
         """Read one committed partition, checked against its contract."""
-        tables = [pq.read_table(self.fs.open_input_file(self.arrow_path(k))) for k in self.committed_files(table_name, ds=ds, area=area)]
+        tables = [
+            pq.read_table(self.fs.open_input_file(self.arrow_path(k)))
+            for k in self.committed_files(table_name, ds=ds, area=area)
+        ]
         return conform(table_name, pa.concat_tables(tables) if tables else pa.table({}))
 
     def read_tables(self, table_name: str, *, dss: list[str], area: str) -> pa.Table:
@@ -304,7 +311,9 @@ class ObjectStore:
     def set_latest(self, area: str, table_name: str, ds: str) -> None:
         """Point readers at ``ds``; refuses a partition that is not committed."""
         self.committed_files(table_name, ds=ds, area=area)
-        self.put_json(f"{area}/{table_name}/{LATEST}", {"ds": ds, "updated_at": dt.datetime.now(dt.UTC).isoformat()})
+        self.put_json(
+            f"{area}/{table_name}/{LATEST}", {"ds": ds, "updated_at": dt.datetime.now(dt.UTC).isoformat()}
+        )
 
     def get_latest(self, area: str, table_name: str) -> str | None:
         key = f"{area}/{table_name}/{LATEST}"

@@ -1,4 +1,4 @@
-"""User embeddings and user segments, learned from the validated impression logs (DESIGN.md section 2).
+"""User embeddings and user segments, learned from the validated impression logs (docs/architecture.md, "The method").
 
 A user's embedding is two blocks, each standardized so that neither dominates by accident of scale:
 
@@ -90,18 +90,30 @@ def pixel_attributes(images: np.ndarray) -> np.ndarray:
     """
     out = np.zeros((len(images), len(ATTRIBUTE_NAMES)), dtype=np.float32)
     for start in range(0, len(images), 256):  # bounds the float copy held at once
-        x = images[start : start + 256].astype(np.float32) / 255.0
-        luma = x @ _LUMA
-        out[start : start + 256] = np.stack(
-            [
-                (x[..., 0] - x[..., 2]).mean(axis=(1, 2)),
-                luma.mean(axis=(1, 2)),
-                (x.max(axis=-1) - x.min(axis=-1)).mean(axis=(1, 2)),
-                luma.std(axis=(1, 2)),
-            ],
-            axis=1,
-        )
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + 256])).permute(0, 3, 1, 2)
+        out[start : start + 256] = pixel_attributes_tensor(x.float() / 255.0).numpy()
     return out
+
+
+def pixel_attributes_tensor(images: torch.Tensor) -> torch.Tensor:
+    """:func:`pixel_attributes` as a differentiable function (reward guidance steers covers along it).
+
+    Args:
+        images: ``float [B, 3, H, W]`` in [0, 1].
+
+    Returns:
+        ``[B, 4]`` in the order of :data:`ATTRIBUTE_NAMES`.
+    """
+    luma = torch.einsum("bchw,c->bhw", images, torch.as_tensor(_LUMA, device=images.device))
+    return torch.stack(
+        [
+            (images[:, 0] - images[:, 2]).mean(dim=(1, 2)),
+            luma.mean(dim=(1, 2)),
+            (images.amax(dim=1) - images.amin(dim=1)).mean(dim=(1, 2)),
+            luma.flatten(1).std(dim=1, correction=0),
+        ],
+        dim=1,
+    )
 
 
 def cover_attributes(store: ObjectStore, uris: Sequence[str]) -> dict[str, np.ndarray]:

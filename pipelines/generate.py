@@ -63,13 +63,13 @@ class CoverActor:
     ) -> None:
         import ray
 
-        from icg_core.covers import CoverWriter, load_cover_rewards
+        from icg_core.covers import CoverWriter, load_plan_rewards
         from icg_core.models.bundle import load_bundle
 
         set_actor_threads(cfg)
         self.store, self.plan, self.fault_after = store, plan, fault_after
         bundle = load_bundle(store, actor_models(cfg, gpus), plan.generator_version)
-        rewards = load_cover_rewards(store, plan.reward_versions, plan.centroids)
+        rewards = load_plan_rewards(store, plan)
         self.writer = CoverWriter(
             store, bundle, rewards, plan, force, self._inject_fault if fault_after else None
         )

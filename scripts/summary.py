@@ -17,6 +17,11 @@ def _number(value: object) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _with_interval(values: dict, metric: str) -> str:
+    ci = values.get(f"{metric}_ci") or [None, None]
+    return f"{_number(values.get(metric))} [{_number(ci[0])}, {_number(ci[1])}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True)
@@ -33,9 +38,14 @@ def main() -> None:
     metrics_key = f"reports/ds={args.ds}/metrics.json"
     if store.exists(metrics_key):
         variants = store.get_json(metrics_key)["variants"]
-        print("  held-out metrics:        " + "  ".join(f"{m:>13}" for m in HEADLINE))
+        metrics = store.get_json(metrics_key)
+        print(f"  held-out metrics ({metrics.get('run', {}).get('items')} items, 95% intervals):")
+        print(f"    {'variant':<22}{'oracle_ctr':>24}" + "".join(f"{m:>14}" for m in HEADLINE[1:]))
         for name, values in variants.items():
-            print(f"    {name:<22}" + "  ".join(f"{_number(values.get(m)):>13}" for m in HEADLINE))
+            print(
+                f"    {name:<22}{_with_interval(values, 'oracle_ctr'):>24}"
+                + "".join(f"{_number(values.get(m)):>14}" for m in HEADLINE[1:])
+            )
     print(f"  report:                  {store.uri(f'reports/ds={args.ds}/index.html')}")
 
 

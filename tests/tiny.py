@@ -33,6 +33,7 @@ TINY: dict[str, dict[str, Any]] = {
         "reg_batch_size": 2, "guard_every": 1, "guard_items": 2, "checkpoint_every": 1, "log_every": 1,
         "updates_per_batch": 1, "noise_draws": 1,
     },
+    "guidance": {"steps": 2},
     "generate": {"batch_size": 4, "features_batch_size": 8},
 }  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""Evaluation (DESIGN.md section 6): variants on held-out items, bootstrap intervals, downstream AUC, gates.
+"""Evaluation (docs/architecture.md, "Evaluation"): variants on held-out items, bootstrap intervals, downstream AUC, gates.
 
 The only package besides the embedded world allowed to read the oracle. Entry point:
 :func:`icg_core.evaluation.run.run_evaluation` (the evaluate stage).

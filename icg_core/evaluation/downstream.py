@@ -5,9 +5,11 @@ are held out) and learn user embeddings on the earlier days only, so no held-out
 
 - Preference model: the gate's own held-out evaluation, re-run to get its predictions (an ROC curve
   for the report); ``oracle_auc`` is the oracle's AUC on the same rows, the ceiling.
-- Downstream: a logistic click model trained on the earlier days' impressions, with features
-  ``[user embedding, item category, user x category]``, and again with the shown cover's image
-  features added (``[pixel attributes, their squares, user x attributes]``). On held-out days, in
+- Downstream: a logistic click model trained on the earlier days' impressions -- a recommender
+  with user and item effects and category affinity: ``[user embedding, item category,
+  user x category, smoothed click rates of the user, the item and the user on the item's
+  category]`` (:func:`click_rate_features`, leave-one-out on the training rows) -- and again with
+  the shown cover's image features added (``[pixel attributes, their squares, user x attributes]``). On held-out days, in
   the embedded world, each impression's user is shown their segment's ICG cover of the item and
   the click is drawn from the oracle's click probability (seeded); on real data (no oracle) the
   held-out logged impressions and clicks are used. Reported: the AUC of each model.
@@ -47,6 +49,7 @@ from icg_core.world.oracle import Oracle
 log = logging.getLogger(__name__)
 
 ROC_POINTS = 200  # points kept of the ROC curve (the report plots them)
+PRIOR_IMPRESSIONS = 20.0  # pseudo-impressions at the global click rate behind every smoothed click rate
 _MAX_ITER = 300
 
 
@@ -150,18 +153,62 @@ def _one_hot(values: list[str | None], vocabulary: list[str]) -> np.ndarray:
     return out
 
 
-def click_features(users: np.ndarray, categories: np.ndarray, attributes: np.ndarray | None) -> np.ndarray:
+def click_rate_features(
+    train: pa.Table,
+    table: pa.Table,
+    category_by_item: Mapping[str, str],
+    *,
+    leave_one_out: bool,
+    prior_impressions: float = PRIOR_IMPRESSIONS,
+) -> np.ndarray:
+    """Smoothed click rates learned on ``train`` for each row of ``table``, as logits ``[N, 3]``.
+
+    Columns: the user's click rate, the item's, and the user's on the item's category (affinity).
+    Each is ``(clicks + k * p) / (impressions + k)``, shrunk toward the training click rate ``p``
+    with ``k = prior_impressions``; unseen users and items get ``p``. With ``leave_one_out`` (for
+    ``table`` = ``train``), each row's own impression is taken out of its rates, so the model cannot
+    learn its label from them.
+    """
+    import pandas as pd
+
+    def frame(t: pa.Table) -> pd.DataFrame:
+        items = t.column("item_id").to_pylist()
+        return pd.DataFrame({
+            "user": t.column("user_id").to_pylist(),
+            "item": items,
+            "category": [category_by_item.get(i, "") for i in items],
+            "clicked": np.asarray(t.column("clicked").to_numpy(zero_copy_only=False), dtype=np.float64),
+        })  # fmt: skip
+
+    seen, rows = frame(train), frame(table)
+    rate = float(seen["clicked"].mean()) if len(seen) else 0.5
+    own = rows["clicked"].to_numpy() if leave_one_out else np.zeros(len(rows))
+    out = []
+    for keys in (["user"], ["item"], ["user", "category"]):
+        totals = seen.groupby(keys)["clicked"].agg(["sum", "count"])
+        joined = rows[keys].join(totals, on=keys)
+        clicks = joined["sum"].fillna(0.0).to_numpy() - own
+        count = joined["count"].fillna(0.0).to_numpy() - float(leave_one_out)
+        smoothed = (clicks + prior_impressions * rate) / (count + prior_impressions)
+        out.append(np.log(smoothed / (1.0 - smoothed)))
+    return np.stack(out, axis=1).astype(np.float32)
+
+
+def click_features(
+    users: np.ndarray, categories: np.ndarray, rates: np.ndarray, attributes: np.ndarray | None
+) -> np.ndarray:
     """Design matrix of the downstream click model.
 
     Args:
         users: ``[N, D]`` user embeddings.
         categories: ``[N, C]`` item category one-hot.
+        rates: ``[N, 3]`` :func:`click_rate_features`.
         attributes: ``[N, A]`` standardized pixel attributes of the shown cover, or None (no cover features).
 
     Returns:
-        ``[N, D + C + D*C]``, plus ``2A + D*A`` columns with cover features.
+        ``[N, D + C + D*C + 3]``, plus ``2A + D*A`` columns with cover features.
     """
-    blocks = [users, categories, np.einsum("nd,nc->ndc", users, categories).reshape(len(users), -1)]
+    blocks = [users, categories, np.einsum("nd,nc->ndc", users, categories).reshape(len(users), -1), rates]
     if attributes is not None:
         blocks += [
             attributes,
@@ -232,10 +279,16 @@ def downstream_auc(
     cats_held = _one_hot(
         [window.category_by_item.get(i) for i in held.column("item_id").to_pylist()], vocabulary
     )
+    rates_train = click_rate_features(train, train, window.category_by_item, leave_one_out=True)
+    rates_held = click_rate_features(train, held, window.category_by_item, leave_one_out=False)
     out: dict[str, Any] = {}
     for key, with_covers in (("auc_without_covers", False), ("auc_with_covers", True)):
-        x_train = click_features(users_train, cats_train, (train_attr - mean) / std if with_covers else None)
-        x_held = click_features(users_held, cats_held, (held_attr - mean) / std if with_covers else None)
+        x_train = click_features(
+            users_train, cats_train, rates_train, (train_attr - mean) / std if with_covers else None
+        )
+        x_held = click_features(
+            users_held, cats_held, rates_held, (held_attr - mean) / std if with_covers else None
+        )
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=_MAX_ITER))
         model.fit(x_train, train_labels)
         out[key] = rounded(float(roc_auc_score(labels, model.predict_proba(x_held)[:, 1])))

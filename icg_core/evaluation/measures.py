@@ -59,15 +59,33 @@ def oracle_users(oracle: Oracle, segments: EvalSegments) -> dict[int, np.ndarray
 
 def segment_ctr(oracle: Oracle, images: np.ndarray, user_rows: np.ndarray) -> np.ndarray:
     """Mean oracle click probability of the users ``user_rows`` on each image ``[B]`` -> ``[B]``."""
-    attributes, scores = oracle.standardized_attributes(images), oracle.category_scores(images)
-    out = np.zeros(len(images))
-    for i in range(len(images)):
-        out[i] = oracle.click_probability_from_features(
-            user_rows,
-            np.repeat(attributes[i : i + 1], len(user_rows), 0),
-            np.repeat(scores[i : i + 1], len(user_rows), 0),
-        ).mean()
-    return out
+    return segment_ctr_matrix(
+        oracle, user_rows, oracle.standardized_attributes(images), oracle.category_scores(images)
+    )
+
+
+def segment_ctr_matrix(
+    oracle: Oracle, user_rows: np.ndarray, attributes: np.ndarray, scores: np.ndarray
+) -> np.ndarray:
+    """Mean click probability of users ``user_rows`` on each of R images, from their oracle features.
+
+    Args:
+        oracle: the world's oracle.
+        user_rows: ``[U]`` oracle rows of the segment's users.
+        attributes: ``[R, A]`` standardized attributes of the images.
+        scores: ``[R, C]`` category scores of the images.
+
+    Returns:
+        ``[R]``.
+    """
+    logit = (
+        oracle.base_click_logit
+        + oracle.affinity[user_rows] @ scores.T
+        + oracle.taste_strength * oracle.taste[user_rows] @ attributes.T
+    )
+    noise = oracle.click_noise
+    floor = 1.0 / (1.0 + np.exp(-oracle.base_click_logit))
+    return ((1.0 - noise) / (1.0 + np.exp(-logit)) + noise * floor).mean(axis=0)
 
 
 def measure_covers(
@@ -136,7 +154,7 @@ def variant_metrics(
     per_item: Mapping[str, np.ndarray | None],
     covers: VariantCovers,
     indices: np.ndarray,
-    per_segment_ctr: Mapping[int, float] | None = None,
+    per_segment: Mapping[str, Mapping[int, float] | None] | None = None,
 ) -> dict[str, Any]:
     """The metrics.json entry ``M`` of one variant: each headline metric, its ``<metric>_ci``, cost, counts.
 
@@ -144,7 +162,7 @@ def variant_metrics(
         per_item: :func:`per_item_measures`.
         covers: the variant's covers (cost and counts).
         indices: bootstrap resamples ``[B, I]`` shared by every variant (paired intervals).
-        per_segment_ctr: oracle CTR of each segment's users on its covers, for the report.
+        per_segment: :func:`by_segment` (oracle CTR of each segment's users, preference), for the report.
     """
     out: dict[str, Any] = {}
     for name in HEADLINE:
@@ -154,25 +172,32 @@ def variant_metrics(
             continue
         mean, interval = mean_ci(values, indices)
         out[name], out[f"{name}_ci"] = rounded(mean), [rounded(v) for v in interval]
-    out["oracle_ctr_by_segment"] = (
-        {str(s): rounded(v) for s, v in per_segment_ctr.items()} if per_segment_ctr is not None else None
-    )
+    for name in ("oracle_ctr", "preference"):
+        values = (per_segment or {}).get(name)
+        out[f"{name}_by_segment"] = {str(s): rounded(v) for s, v in values.items()} if values else None
     out["seconds_per_cover"] = rounded(covers.seconds_per_cover, 6)
     out["n_covers"] = int(covers.n_covers)
     out["generator_version"] = covers.version
     out["source"] = covers.source
+    out["fallback_rate"] = (
+        None if covers.fallbacks is None else rounded(covers.fallbacks / max(len(covers.images), 1))
+    )
     return out
 
 
-def ctr_by_segment(
+def by_segment(
     measures: Mapping[str, np.ndarray | None], segments: EvalSegments, n_items: int
-) -> dict[int, float] | None:
-    """Mean oracle CTR of each segment's users on the covers shown to it (None without an oracle)."""
-    ctr = measures["oracle_ctr"]
-    if ctr is None:
-        return None
-    grid = np.asarray(ctr).reshape(n_items, len(segments))
-    return {int(s): float(grid[:, j].mean()) for j, s in enumerate(segments.segment_ids)}
+) -> dict[str, dict[int, float] | None]:
+    """Mean oracle CTR and preference of each segment's covers: ``{metric: {segment: value}}`` (None without the measure)."""
+    out: dict[str, dict[int, float] | None] = {}
+    for name in ("oracle_ctr", "preference"):
+        values = measures[name]
+        if values is None:
+            out[name] = None
+            continue
+        grid = np.asarray(values).reshape(n_items, len(segments))
+        out[name] = {int(s): float(grid[:, j].mean()) for j, s in enumerate(segments.segment_ids)}
+    return out
 
 
 def uplift(

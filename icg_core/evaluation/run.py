@@ -2,21 +2,25 @@
 
 Variants (see :mod:`icg_core.evaluation.variants`): ``reference``, ``selection``, ``base`` (the
 stage-1 generator the production generator was fine-tuned from, null user), ``icg`` (the
-production generator, segment centroids; the generate stage's staged covers of ``ds`` are read when
-they come from the same generator version) and, with ``ablations``, ``icg_no_preference`` and
-``icg_no_aesthetic`` (real fine-tuning runs, :mod:`icg_core.evaluation.ablations`). Held-out items
-are the stage-1 split (``stage1.holdout_fraction``), the first ``evaluate.items`` by item_id.
+production generator through the cover policy, segment centroids; the generate stage's staged
+covers of ``ds`` are read when they come from the same generator version), ``icg_unguided`` (the
+same generator sampled plainly: what fine-tuning alone gives), ``oracle_best`` (in the embedded
+world: the evaluation-only ceiling, :mod:`icg_core.evaluation.ceiling`) and, with ``ablations``,
+``icg_no_preference`` and ``icg_no_aesthetic`` (real fine-tuning runs, made by the same policy,
+:mod:`icg_core.evaluation.ablations`). Held-out items are the stage-1 split
+(``stage1.holdout_fraction``): all of them, or the first ``evaluate.items`` by item_id.
 
 metrics.json keys::
 
     ds, variants {name: M}, preference_model {auc, oracle_auc, log_loss, auc_reproduced, n_eval, roc {fpr, tpr}},
-    segments {k, ari_vs_taste_groups, sizes {segment_id: n_users}},
+    segments {k, ari_vs_taste_groups, sizes {segment_id: n_users}, taste {segment_id: {attribute: mean hidden taste}}},
     downstream {auc_without_covers, auc_with_covers, n_train, n_eval, judged_by},
     run {data_interval {start, end}, items, item_ids, bootstrap_samples, model_versions {...},
          timings {evaluate phase: seconds}, stage_seconds {finetune..., evaluate}, finished_at},
     samples [{item_id, title, segment_id, variant, image_key}], gate {passed, baseline_ds, checks}
     M = {aesthetic, aesthetic_heldout, relevance, category_top1, preference, oracle_ctr, diversity (each with
-         <metric>_ci [lo, hi]), oracle_ctr_by_segment, seconds_per_cover, n_covers, generator_version, source,
+         <metric>_ci [lo, hi]), oracle_ctr_by_segment, preference_by_segment, seconds_per_cover, n_covers,
+         generator_version, source, fallback_rate,
          uplift_vs_reference {<metric>, <metric>_ci}, uplift_vs_base {...}}
 
 A rerun for the same ``ds`` keeps the variants it did not recompute (the nightly run keeps the
@@ -35,14 +39,15 @@ from typing import Any
 import numpy as np
 
 from icg_core.config import ICGConfig
-from icg_core.covers import Sampling, encode_png
+from icg_core.covers import encode_png
 from icg_core.evaluation.ablations import ABLATIONS, run_ablation
+from icg_core.evaluation.ceiling import oracle_best_covers
 from icg_core.evaluation.downstream import downstream_auc, load_click_window, preference_model_report
 from icg_core.evaluation.gates import GateResult, check_gates, metrics_key, published_baseline
 from icg_core.evaluation.measures import (
     HEADLINE,
     Judges,
-    ctr_by_segment,
+    by_segment,
     measure_covers,
     per_item_measures,
     uplift,
@@ -64,19 +69,17 @@ from icg_core.evaluation.variants import (
 )
 from icg_core.models.bundle import load_bundle
 from icg_core.models.checkpoint import checkpoint_prefix, resolve_version
-from icg_core.rewards.aesthetic import load_aesthetic_reward_fn
 from icg_core.rewards.common import model_name
-from icg_core.rewards.preference import PreferenceModel, preference_reward_fn
-from icg_core.rewards.relevance import load_relevance_reward_fn
+from icg_core.rewards.preference import PreferenceModel
+from icg_core.serving.policy import REWARD_KINDS, CoverRewards, Sampling, load_cover_rewards
 from icg_core.storage import ObjectStore
 from icg_core.users import load_segments
 from icg_core.world.oracle import ORACLE_PREFIX, Oracle
 
 log = logging.getLogger(__name__)
 
-NIGHTLY_VARIANTS = ("reference", "selection", "base", "icg")
-SHEET_VARIANTS = ("reference", "base", "icg")
-REWARD_KINDS = ("aesthetic", "relevance", "preference")
+NIGHTLY_VARIANTS = ("reference", "selection", "base", "icg", "icg_unguided", "oracle_best")
+SHEET_VARIANTS = ("reference", "selection", "base", "icg", "oracle_best")
 
 
 @dataclass
@@ -123,14 +126,20 @@ def load_eval_segments(store: ObjectStore, ds: str) -> EvalSegments:
 
 
 def time_sampling(
-    bundle: Any, items: EvalItems, segments: EvalSegments, seeds: list[int], sampling: Sampling, count: int
+    bundle: Any,
+    items: EvalItems,
+    segments: EvalSegments,
+    seeds: list[int],
+    sampling: Sampling,
+    count: int,
+    rewards: CoverRewards,
 ) -> tuple[float, int]:
     """(seconds, covers) of sampling the first ``count`` (item, segment) covers again, to price covers read from generate."""
     n_items = min(len(items), max(1, math.ceil(count / len(segments))))
     subset = EvalItems(items.item_ids[:n_items], items.titles[:n_items], items.categories[:n_items],
                        items.references[:n_items], items.logged[:n_items], items.features[:n_items])  # fmt: skip
     timed = generate_covers(bundle, subset, segments, seeds[: n_items * len(segments)], sampling,
-                            personalized=True, batch_size=n_items * len(segments))  # fmt: skip
+                            personalized=True, batch_size=n_items * len(segments), rewards=rewards)  # fmt: skip
     return timed.seconds, timed.timed_covers
 
 
@@ -142,16 +151,18 @@ def _icg_covers(
     items: EvalItems,
     segments: EvalSegments,
     seeds: list[int],
+    rewards: CoverRewards,
 ) -> VariantCovers:
-    sampling = Sampling.from_models(cfg.models)
+    sampling = Sampling.from_config(cfg)
     staged = staged_covers(
         store, ds, bundle.version, items.item_ids, segments.segment_ids.tolist(), bundle.covers.image_size
     )
     if staged is None:
-        return generate_covers(
-            bundle, items, segments, seeds, sampling, personalized=True, batch_size=cfg.evaluate.batch_size
-        )
-    seconds, timed = time_sampling(bundle, items, segments, seeds, sampling, cfg.evaluate.timing_covers)
+        return generate_covers(bundle, items, segments, seeds, sampling, personalized=True,
+                               batch_size=cfg.evaluate.batch_size, rewards=rewards)  # fmt: skip
+    seconds, timed = time_sampling(
+        bundle, items, segments, seeds, sampling, cfg.evaluate.timing_covers, rewards
+    )
     log.info("stage=evaluate ds=%s icg covers read from the generate stage (%d)", ds, len(staged))
     return VariantCovers(staged, seconds, timed, len(staged), bundle.version, "staged")
 
@@ -186,18 +197,32 @@ def _write_samples(
 
 
 def _segments_report(segments: EvalSegments, oracle: Oracle | None) -> dict[str, Any]:
-    ari = None
+    """Segment sizes and, in the embedded world, how segments match taste groups and their users' mean taste."""
+    ari, taste = None, None
     if oracle is not None:
         from sklearn.metrics import adjusted_rand_score
+
+        from icg_core.world.drawing import ATTRIBUTES
 
         users = [u for s in segments.segment_ids.tolist() for u in segments.user_ids[int(s)]]
         labels = [int(s) for s in segments.segment_ids.tolist() for _ in segments.user_ids[int(s)]]
         ari = rounded(float(adjusted_rand_score(oracle.taste_group(users), labels)), 4)
+        taste = {
+            str(int(s)): dict(
+                zip(
+                    ATTRIBUTES,
+                    (rounded(float(v), 3) for v in oracle.taste_vectors(members).mean(axis=0)),
+                    strict=True,
+                )
+            )
+            for s, members in ((s, segments.user_ids[int(s)]) for s in segments.segment_ids.tolist())
+            if members
+        }
     sizes = {str(int(s)): int(n) for s, n in zip(segments.segment_ids, segments.sizes, strict=True)}
-    return {"k": len(segments), "ari_vs_taste_groups": ari, "sizes": sizes}
+    return {"k": len(segments), "ari_vs_taste_groups": ari, "sizes": sizes, "taste": taste}
 
 
-def _generator_versions(store: ObjectStore, cfg: ICGConfig) -> tuple[str, str]:
+def generator_versions(store: ObjectStore, cfg: ICGConfig) -> tuple[str, str]:
     """(production generator version, the stage-1 version it was fine-tuned from; itself for a stage-1 one)."""
     name = cfg.models.generator_name
     version = resolve_version(store, name, cfg.generate.generator_version)
@@ -205,21 +230,19 @@ def _generator_versions(store: ObjectStore, cfg: ICGConfig) -> tuple[str, str]:
     return version, str(saved.get("stage2", {}).get("base_version", version))
 
 
-def _judges(
+def load_judges(
     store: ObjectStore, cfg: ICGConfig, segments: EvalSegments, oracle: Oracle | None
-) -> tuple[Judges, dict[str, str], PreferenceModel]:
+) -> tuple[Judges, dict[str, str], PreferenceModel, CoverRewards]:
+    """The judges, the reward versions, the preference model (for its report) and the policy's rewards."""
     versions = {
         kind: resolve_version(store, model_name(kind), cfg.generate.reward_version) for kind in REWARD_KINDS
     }
-    preference = PreferenceModel.load(store, versions["preference"])
     centroids = {int(s): c for s, c in zip(segments.segment_ids, segments.centroids, strict=True)}
-    judges = Judges(
-        aesthetic=load_aesthetic_reward_fn(store, versions["aesthetic"]),
-        relevance=load_relevance_reward_fn(store, versions["relevance"]),
-        preference=preference_reward_fn(preference, centroids),
-        oracle=oracle,
+    rewards = load_cover_rewards(
+        store, versions, centroids, cfg.rewards.weights, guidance=cfg.guidance.steps > 0
     )
-    return judges, versions, preference
+    judges = Judges(rewards.aesthetic, rewards.relevance, rewards.preference, oracle)
+    return judges, versions, PreferenceModel.load(store, versions["preference"]), rewards
 
 
 def _stage_seconds(store: ObjectStore, ds: str, versions: dict[str, str]) -> dict[str, float]:
@@ -257,8 +280,8 @@ def run_evaluation(
     ecfg = cfg.evaluate
     oracle = load_oracle(store)
     segments = load_eval_segments(store, ds)
-    judges, reward_versions, preference = _judges(store, cfg, segments, oracle)
-    icg_version, base_version = _generator_versions(store, cfg)
+    judges, reward_versions, preference, rewards = load_judges(store, cfg, segments, oracle)
+    icg_version, base_version = generator_versions(store, cfg)
     icg_bundle = load_bundle(store, cfg.models, icg_version)
     items = load_eval_items(
         store, ds, held_out_item_ids(store, ds, cfg.stage1.holdout_fraction, ecfg.items), icg_bundle
@@ -273,15 +296,23 @@ def run_evaluation(
         "selection": select_covers(items, segments, judges.preference),
     }
     clock.lap("selection")
-    covers["icg"] = _icg_covers(store, cfg, ds, icg_bundle, items, segments, seeds)
+    covers["icg"] = _icg_covers(store, cfg, ds, icg_bundle, items, segments, seeds, rewards)
     clock.lap("icg")
-    sampling = Sampling.from_models(cfg.models)
+    sampling = Sampling.from_config(cfg)
+    plain = Sampling(sampling.steps, sampling.guidance_scale, sampling.scheduler)
+    covers["icg_unguided"] = generate_covers(
+        icg_bundle, items, segments, seeds, plain, personalized=True, batch_size=ecfg.batch_size
+    )
+    clock.lap("icg_unguided")
     base_bundle = icg_bundle if base_version == icg_version else load_bundle(store, cfg.models, base_version)
     covers["base"] = generate_covers(
-        base_bundle, items, segments, seeds, sampling, personalized=False, batch_size=ecfg.batch_size
+        base_bundle, items, segments, seeds, plain, personalized=False, batch_size=ecfg.batch_size
     )
     del base_bundle
     clock.lap("base")
+    if oracle is not None:
+        covers["oracle_best"] = oracle_best_covers(items, segments, oracle, seed=ecfg.seed)
+        clock.lap("oracle_best")
     versions = {"generator": icg_version, "base": base_version} | {
         f"reward_{k}": v for k, v in reward_versions.items()
     }
@@ -298,9 +329,9 @@ def run_evaluation(
                 continue
             clock.lap(f"{variant}_finetune")
             bundle = load_bundle(store, ablated_cfg.models, summary.generator_version)
-            covers[variant] = generate_covers(
-                bundle, items, segments, seeds, sampling, personalized=True, batch_size=ecfg.batch_size
-            )
+            ablated_rewards = rewards.with_weights(ablated_cfg.rewards.weights)
+            covers[variant] = generate_covers(bundle, items, segments, seeds, sampling, personalized=True,
+                                              batch_size=ecfg.batch_size, rewards=ablated_rewards)  # fmt: skip
             versions[f"generator_{variant}"] = summary.generator_version
             clock.lap(variant)
 
@@ -310,7 +341,7 @@ def run_evaluation(
         measures = measure_covers(variant_covers.images, items, segments, judges)
         per_item[name] = per_item_measures(measures, variant_covers.images, len(items), segments.sizes)
         variants[name] = variant_metrics(
-            per_item[name], variant_covers, indices, ctr_by_segment(measures, segments, len(items))
+            per_item[name], variant_covers, indices, by_segment(measures, segments, len(items))
         )
     for name in variants:
         for baseline in ("reference", "base"):

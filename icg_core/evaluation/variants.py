@@ -8,7 +8,9 @@ Every variant is a uint8 array ``[I * S, H, W, 3]`` in item-major (item, segment
   variants (those its validated impressions showed), the one the preference model scores highest
   for the segment centroid;
 - generated variants (``base``: the stage-1 generator with the null user; ``icg`` and its
-  ablations: a stage-2 generator with the segment centroid). They share seeds: row (i, s) uses
+  ablations: a stage-2 generator with the segment centroid, made by the same
+  :class:`icg_core.serving.policy.CoverPolicy` as the published covers; ``icg_unguided``: the same
+  generator sampled plainly, no reward guidance and no fallback). They share seeds: row (i, s) uses
   ``seed_for(item_i, segment_s, <the production generator version>)``, the seed the generate stage
   used for the day's covers, so the stage's staged covers can be read instead of sampled again, and
   the base generator's covers differ from one segment to the next by seed only -- the fair
@@ -27,12 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from icg_core.covers import Sampling
 from icg_core.features import compute_item_features, load_features
 from icg_core.models.bundle import ICGBundle
 from icg_core.models.generator import seed_for
 from icg_core.publish import STAGING_AREA, TABLE
 from icg_core.rewards.common import RewardFn, read_images
+from icg_core.serving.policy import BASE, CoverPolicy, CoverRewards, Sampling
 from icg_core.storage import ObjectStore
 from icg_core.training.data import load_catalog_covers, read_catalog, split_items
 
@@ -84,7 +86,8 @@ class VariantCovers:
         timed_covers: covers that ``seconds`` paid for.
         n_covers: distinct covers the variant shows (I for the reference, I * S for generators).
         version: the generator version (None for non-generative variants).
-        source: "catalog", "logged", "generated" or "staged" (read from the generate stage).
+        source: "catalog", "logged", "generated", "staged" (read from the generate stage) or "oracle".
+        fallbacks: covers where the policy kept the base cover (None: no policy made them).
     """
 
     images: np.ndarray
@@ -93,6 +96,7 @@ class VariantCovers:
     n_covers: int
     version: str | None
     source: str
+    fallbacks: int | None = None
 
     @property
     def seconds_per_cover(self) -> float:
@@ -178,33 +182,55 @@ def generate_covers(
     *,
     personalized: bool,
     batch_size: int,
+    rewards: CoverRewards | None = None,
 ) -> VariantCovers:
-    """Sample every (item, segment) cover: the segment centroid as user, or the null user.
+    """Every (item, segment) cover: by the cover policy with the segment centroid, or the null user plainly.
 
     Args:
         bundle: the generator.
         items, segments: what to cover.
         seeds: item-major seeds ``[I * S]`` (:func:`pair_seeds`).
-        sampling: the models section's sampling settings (those of the day's covers).
-        personalized: condition on the segment centroid (False: the null user, the base generator).
-        batch_size: covers sampled at once.
+        sampling: how covers are made (those of the day's covers; plain sampling for the base).
+        personalized: condition on the segment centroid through the policy (False: the null user, the base).
+        batch_size: covers made at once.
+        rewards: the reward models the policy scores and steers with (needed when ``sampling`` uses them).
     """
     n_segments = len(segments)
     rows = torch.arange(len(items)).repeat_interleave(n_segments)
-    users = torch.from_numpy(np.tile(segments.centroids, (len(items), 1))).float() if personalized else None
     started = time.perf_counter()
-    images = bundle.generate(
-        items.features[rows],
-        list(seeds),
-        users=users,
-        steps=sampling.steps,
-        guidance_scale=sampling.guidance_scale,
-        scheduler=sampling.scheduler,
-        batch_size=batch_size,
-    )
+    fallbacks = None
+    if personalized:
+        policy = CoverPolicy(bundle, sampling, rewards)
+        users = torch.from_numpy(np.tile(segments.centroids, (len(items), 1))).float()
+        segment_ids = np.tile(segments.segment_ids, len(items)).tolist()
+        chunks, fallbacks = [], 0
+        for start in range(0, len(rows), batch_size):
+            part = slice(start, start + batch_size)
+            item_rows = rows[part].tolist()
+            made = policy(
+                items.features[rows[part]],
+                users[part],
+                list(seeds[part]),
+                titles=[items.titles[i] for i in item_rows],
+                segment_ids=segment_ids[part],
+                categories=[items.categories[i] for i in item_rows],
+            )
+            chunks.append(made.images)
+            fallbacks += made.source.count(BASE)
+        images = np.concatenate(chunks)
+    else:
+        images = bundle.generate(
+            items.features[rows],
+            list(seeds),
+            steps=sampling.steps,
+            guidance_scale=sampling.guidance_scale,
+            scheduler=sampling.scheduler,
+            batch_size=batch_size,
+        )
     seconds = time.perf_counter() - started
-    log.info("stage=evaluate generated %d covers with %s in %.1fs", len(images), bundle.version, seconds)
-    return VariantCovers(images, seconds, len(images), len(images), bundle.version, "generated")
+    log.info("stage=evaluate generated %d covers with %s in %.1fs (fallbacks=%s)",
+             len(images), bundle.version, seconds, fallbacks)  # fmt: skip
+    return VariantCovers(images, seconds, len(images), len(images), bundle.version, "generated", fallbacks)
 
 
 def staged_covers(

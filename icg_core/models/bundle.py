@@ -137,7 +137,8 @@ class ICGBundle:
         guidance_scale: float = 3.0,
         scheduler: str = "ddim",
         batch_size: int = 32,
-    ) -> np.ndarray:
+        output_type: str = "uint8",
+    ) -> np.ndarray | torch.Tensor:
         """Covers for B rows of features: uint8 ``[B, H, W, 3]``, row i from ``seeds[i]``.
 
         Args:
@@ -147,6 +148,7 @@ class ICGBundle:
             user_mask: ``[B]`` bool, False = null user for that row.
             steps, guidance_scale, scheduler: sampling settings.
             batch_size: rows sampled at once.
+            output_type: ``"uint8"`` covers, or ``"latent"`` final latents ``[B, 4, h, w]``.
         """
         device = self.covers.device
         out = []
@@ -163,8 +165,11 @@ class ICGBundle:
                     guidance_scale=guidance_scale,
                     scheduler=scheduler,  # type: ignore[arg-type]
                     null_cond=self.adapter.null_conditioning(len(cond)),
+                    output_type=output_type,  # type: ignore[arg-type]
                 )
             )
+        if output_type == "latent":
+            return torch.cat(out)
         return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
 
     def eval(self) -> ICGBundle:

@@ -1,4 +1,4 @@
-"""Module checkpoints in the object store: ``models/<name>/<version>/`` (DESIGN.md section 4).
+"""Module checkpoints in the object store: ``models/<name>/<version>/`` (docs/architecture.md, "Data contracts and object layout").
 
 Each checkpoint is one safetensors object per module (tensors only: loading never unpickles), a
 ``config.json`` and a ``_SUCCESS`` marker written last. ``models/<name>/_latest`` names the newest

@@ -1,4 +1,4 @@
-"""From item features to diffusion conditioning (DESIGN.md section 2, steps 2 and 3).
+"""From item features to diffusion conditioning (docs/architecture.md, "The method").
 
 ``PersonalizationRefiner`` lets a user (or segment centroid) embedding refine the meta-token features;
 ``ConditionAdapter`` maps (refined) features to what a Stable Diffusion UNet takes in place of the text

@@ -1,4 +1,4 @@
-"""Meta-token encoder: item semantics from a frozen multimodal LLM (DESIGN.md section 2, step 1).
+"""Meta-token encoder: item semantics from a frozen multimodal LLM (docs/architecture.md, "The method").
 
 A transformers image-text-to-text model (LLaVA family, Qwen2-VL, ...) loaded from a local folder reads
 the model's own chat prompt built from one fixed instruction with the item title and the reference

@@ -137,7 +137,8 @@ class CoverGenerator:
         guidance_scale: float = 5.0,
         scheduler: SchedulerName = "ddim",
         null_cond: Conditioning | None = None,
-    ) -> np.ndarray:
+        output_type: Literal["uint8", "latent"] = "uint8",
+    ) -> np.ndarray | torch.Tensor:
         """Generate one cover per conditioning row.
 
         Args:
@@ -147,9 +148,11 @@ class CoverGenerator:
             guidance_scale: classifier-free guidance weight; > 1 needs ``null_cond``.
             scheduler: ``"ddim"`` (eta 0) or ``"dpm"``; both deterministic given the initial latents.
             null_cond: the adapter's ``null_conditioning(B)`` for the unconditional branch.
+            output_type: ``"uint8"`` for decoded covers, ``"latent"`` for the final latents (to refine
+                them before :meth:`decode`).
 
         Returns:
-            uint8 array [B, H, W, 3].
+            uint8 array [B, H, W, 3], or latents [B, 4, h, w] with ``output_type="latent"``.
         """
         if len(seeds) != len(cond):
             raise ValueError(f"{len(cond)} conditioning rows but {len(seeds)} seeds")
@@ -171,16 +174,21 @@ class CoverGenerator:
                 uncond, text = noise.chunk(2)
                 noise = uncond + guidance_scale * (text - uncond)
             latents = noise_scheduler.step(noise, t, latents, return_dict=False)[0]
-        return self.decode(latents)
+        return latents if output_type == "latent" else self.decode(latents)
 
     __call__ = sample
 
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """VAE-decode latents [B, 4, h, w] to uint8 images [B, H, W, 3]."""
+        images = (self.decode_tensor(latents) * 255).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
+
+    def decode_tensor(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE-decode latents [B, 4, h, w] to float images [B, 3, H, W] in [0, 1], differentiably."""
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         images = self.vae.decode(latents, return_dict=False)[0]
-        images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        return images.permute(0, 2, 3, 1).cpu().numpy()
+        return (images.float() / 2 + 0.5).clamp(0, 1)
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled VAE latents of images [B, 3, H, W] in [-1, 1] (for the denoising loss in training)."""

@@ -363,7 +363,9 @@ def build_tiny_sd(
     torch.manual_seed(seed)
     vae_downsamples = 2
     if len(vae_block_out_channels) != vae_downsamples + 1:
-        raise ValueError(f"vae_block_out_channels needs {vae_downsamples + 1} levels, got {vae_block_out_channels}")
+        raise ValueError(
+            f"vae_block_out_channels needs {vae_downsamples + 1} levels, got {vae_block_out_channels}"
+        )
     levels = len(block_out_channels)
     # Plain resnet blocks at full latent resolution, cross-attention below it (cheap at 16x16 latents).
     down_blocks = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1)

@@ -1,4 +1,4 @@
-"""Reward models for stage-2 alignment (DESIGN.md section 2): aesthetic, relevance, personalized preference.
+"""Reward models for stage-2 alignment (docs/architecture.md, "The method"): aesthetic, relevance, personalized preference.
 
 Every reward is a ddpo-style factory result ``fn(images, prompts, metadata) -> (rewards, info)``:
 ``images`` a batch of covers, ``prompts`` the item titles, ``metadata`` one dict per image (item,

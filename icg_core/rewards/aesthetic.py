@@ -72,13 +72,22 @@ def _float_batch(images: Any) -> np.ndarray:
 
 def proxy_components(images: Any) -> dict[str, np.ndarray]:
     """The four normalized proxy terms (table in the module docstring), each ``float32 [B]`` in [0, 1]."""
-    x = _float_batch(images)
-    r, g, b = x[..., 0] * 255.0, x[..., 1] * 255.0, x[..., 2] * 255.0
+    x = torch.from_numpy(_float_batch(images)).permute(0, 3, 1, 2)
+    return {name: value.numpy() for name, value in proxy_components_tensor(x).items()}
+
+
+def proxy_components_tensor(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`proxy_components` as differentiable functions of ``float [B, 3, S, S]`` in [0, 1] at
+    :data:`ANALYSIS_SIZE` (the clipped-pixel share of ``exposure`` is a count: no gradient flows through it)."""
+    rgb = images * 255.0
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
     rg, yb = r - g, 0.5 * (r + g) - b
-    colorfulness = np.hypot(rg.std(axis=(1, 2)), yb.std(axis=(1, 2))) + 0.3 * np.hypot(
-        rg.mean(axis=(1, 2)), yb.mean(axis=(1, 2))
-    )
-    luma = x @ _LUMA
+
+    def std(v: torch.Tensor) -> torch.Tensor:
+        return v.flatten(1).std(dim=1, correction=0)
+
+    colorfulness = torch.hypot(std(rg), std(yb)) + 0.3 * torch.hypot(rg.mean(dim=(1, 2)), yb.mean(dim=(1, 2)))
+    luma = torch.einsum("bchw,c->bhw", images, torch.as_tensor(_LUMA, device=images.device))
     laplacian = (
         4 * luma[:, 1:-1, 1:-1]
         - luma[:, :-2, 1:-1]
@@ -86,13 +95,13 @@ def proxy_components(images: Any) -> dict[str, np.ndarray]:
         - luma[:, 1:-1, :-2]
         - luma[:, 1:-1, 2:]
     )
-    sharpness = laplacian.var(axis=(1, 2))
-    clipped = ((luma < 0.02) | (luma > 0.98)).mean(axis=(1, 2))
+    sharpness = laplacian.flatten(1).var(dim=1, correction=0)
+    clipped = ((luma < 0.02) | (luma > 0.98)).float().mean(dim=(1, 2))
     return {
-        "colorfulness": np.minimum(colorfulness / 110.0, 1.0).astype(np.float32),
-        "contrast": np.minimum(luma.std(axis=(1, 2)) / 0.25, 1.0).astype(np.float32),
-        "sharpness": (sharpness / (sharpness + 0.02)).astype(np.float32),
-        "exposure": ((1.0 - 2.0 * np.abs(luma.mean(axis=(1, 2)) - 0.5)) * (1.0 - clipped)).astype(np.float32),
+        "colorfulness": torch.clamp(colorfulness / 110.0, max=1.0),
+        "contrast": torch.clamp(std(luma) / 0.25, max=1.0),
+        "sharpness": sharpness / (sharpness + 0.02),
+        "exposure": (1.0 - 2.0 * (luma.mean(dim=(1, 2)) - 0.5).abs()) * (1.0 - clipped),
     }
 
 

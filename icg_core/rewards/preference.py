@@ -56,6 +56,7 @@ from icg_core.users import (
     cover_attributes,
     load_user_embeddings,
     pixel_attributes,
+    pixel_attributes_tensor,
     train_user_embeddings,
 )
 
@@ -153,6 +154,27 @@ class PreferenceModel:
         """Click probability ``[B]`` of user embeddings ``[B, D]`` on cover images (any batch layout)."""
         batch = as_image_batch(images, ATTRIBUTE_SIZE)
         return self.predict_from_attributes(users, pixel_attributes(batch), categories or [None] * len(batch))
+
+    def click_probability_tensor(self, users: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable click probability ``[B]`` (what reward guidance ascends).
+
+        The category block is left out: it is item context, the same for every cover of an item, so it
+        cannot change which look wins.
+
+        Args:
+            users: ``[B, D]`` user embeddings or segment centroids.
+            images: ``float [B, 3, H, W]`` in [0, 1].
+        """
+        if images.shape[-1] != ATTRIBUTE_SIZE:
+            images = nn.functional.interpolate(
+                images, size=(ATTRIBUTE_SIZE, ATTRIBUTE_SIZE), mode="bilinear", antialias=True
+            )
+        mean = torch.as_tensor(self.attribute_mean, device=images.device)
+        std = torch.as_tensor(self.attribute_std, device=images.device)
+        standardized = (pixel_attributes_tensor(images) - mean) / std
+        no_category = torch.zeros(len(images), max(len(self.categories), 1), device=images.device)
+        self.module.eval()
+        return torch.sigmoid(self.module(users.float(), standardized, no_category))
 
     def save(self, store: ObjectStore, version: str) -> str:
         if self.stats is None:

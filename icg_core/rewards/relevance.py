@@ -179,6 +179,20 @@ class RelevanceModel:
         vectors = torch.from_numpy(self.encode_titles(list(titles))).to(self.device)
         return self.module.embed_text(vectors).cpu().numpy()
 
+    def score_tensor(self, images: torch.Tensor, title_embeddings: torch.Tensor) -> torch.Tensor:
+        """Differentiable cosine ``[B]`` of covers with their titles (what reward guidance ascends).
+
+        Args:
+            images: ``float [B, 3, H, W]`` in [0, 1], on this model's device.
+            title_embeddings: ``[B, E]`` unit vectors from :meth:`text_embeddings`.
+        """
+        self.module.eval()
+        if images.shape[-1] != self.image_size:
+            images = nn.functional.interpolate(
+                images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
+            )
+        return (self.module.embed_images(images * 2.0 - 1.0) * title_embeddings).sum(dim=1)
+
     def score(self, images: Any, titles: Sequence[str]) -> np.ndarray:
         """Cosine of each (image, title) pair, ``float32 [B]``."""
         image_vectors = self.image_embeddings(images)

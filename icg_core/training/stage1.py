@@ -1,4 +1,4 @@
-"""Stage 1, alignment pretraining (DESIGN.md section 2, step 4): the plain denoising loss, no labels.
+"""Stage 1, alignment pretraining (docs/architecture.md, "The method"): the plain denoising loss, no labels.
 
 Meta tokens (through the frozen VLM, forward and backward every step), refiner and adapter learn to
 make the UNet reproduce each training item's covers (reference and logged variants) from the item's

@@ -1,4 +1,4 @@
-"""Stage 2, multi-reward alignment (DESIGN.md section 2, step 5): reward-weighted fine-tuning, no covers.
+"""Stage 2, multi-reward alignment (docs/architecture.md, "The method"): reward-weighted fine-tuning, no covers.
 
 Per step:
 

@@ -1,4 +1,4 @@
-"""The embedded world's hidden truth: who clicks which cover, and why (DESIGN.md section 5).
+"""The embedded world's hidden truth: who clicks which cover, and why (docs/architecture.md, "The embedded world and its oracle").
 
 The oracle is the exact generative model of the simulator's clicks. For user ``u`` shown image ``x``::
 

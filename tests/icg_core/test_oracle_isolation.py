@@ -1,4 +1,4 @@
-"""Only the embedded world and evaluation code may see the oracle (DESIGN.md section 5).
+"""Only the embedded world and evaluation code may see the oracle (docs/architecture.md, "The embedded world and its oracle").
 
 Training, rewards and segmentation must learn from the logs alone. This scans every ``.py`` under
 ``icg_core/``, ``pipelines/`` and ``dags/`` for (1) imports of ``icg_core.world.oracle`` (absolute,

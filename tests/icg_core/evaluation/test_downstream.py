@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from icg_core.evaluation.downstream import ClickWindow, click_features, downstream_auc, roc_points
+from icg_core.evaluation.downstream import (
+    ClickWindow,
+    click_features,
+    click_rate_features,
+    downstream_auc,
+    roc_points,
+)
 from icg_core.storage import ObjectStore
 from icg_core.users import UserEmbeddings
 
@@ -43,8 +49,44 @@ def test_cover_features_raise_the_held_out_auc_on_logged_clicks(tmp_path) -> Non
 
 def test_click_features_shapes() -> None:
     users, categories, attributes = np.ones((3, 5)), np.eye(3)[:, :2], np.ones((3, 4))
-    assert click_features(users, categories, None).shape == (3, 5 + 2 + 10)
-    assert click_features(users, categories, attributes).shape == (3, 5 + 2 + 10 + 8 + 20)
+    rates = np.zeros((3, 3))
+    assert click_features(users, categories, rates, None).shape == (3, 5 + 2 + 10 + 3)
+    assert click_features(users, categories, rates, attributes).shape == (3, 5 + 2 + 10 + 3 + 8 + 20)
+
+
+def _logs(users: list[str], items: list[str], clicked: list[bool]) -> pa.Table:
+    return pa.table({"user_id": users, "item_id": items, "cover_uri": ["c"] * len(users), "clicked": clicked})
+
+
+def test_click_rates_are_shrunk_toward_the_mean_and_leave_the_own_label_out() -> None:
+    train = _logs(["a"] * 10 + ["b"] * 10, ["x"] * 20, [True] * 10 + [False] * 10)
+    category = {"x": "k", "y": "k"}
+    held = click_rate_features(train, _logs(["a", "b", "z"], ["x", "x", "y"], [False] * 3), category,
+                               leave_one_out=False, prior_impressions=10.0)  # fmt: skip
+    assert held[0, 0] > 0.5 and held[1, 0] < -0.5  # clicker vs skipper, shrunk from +-inf
+    assert abs(held[2, 0]) < 1e-6 and abs(held[2, 1]) < 1e-6  # unseen user and item: the mean (logit 0)
+    own = click_rate_features(train, train, category, leave_one_out=True, prior_impressions=10.0)
+    # Leaving each row's own click out lowers the clicker's rate on its own rows.
+    assert (own[:10, 0] < held[0, 0]).all()
+
+
+def test_the_baseline_recommender_learns_user_and_item_effects(tmp_path) -> None:
+    """Clicks driven by user and item propensity alone: the model without cover features must rank them."""
+    rng = np.random.default_rng(1)
+    user_effect, item_effect = rng.normal(0, 1.5, 200), rng.normal(0, 1.5, 30)
+
+    def impressions(rows: int) -> pa.Table:
+        user, item = rng.integers(0, 200, rows), rng.integers(0, 30, rows)
+        clicked = rng.random(rows) < 1 / (1 + np.exp(-(user_effect[user] + item_effect[item])))
+        return pa.table({"user_id": [f"u{i}" for i in user], "item_id": [f"i{i}" for i in item],
+                         "cover_uri": ["c"] * rows, "clicked": clicked})  # fmt: skip
+
+    window = ClickWindow(
+        train=impressions(20000), held=impressions(4000), attributes_by_uri={"c": np.zeros(4, np.float32)},
+        category_by_item={f"i{i}": "ab"[i % 2] for i in range(30)},
+        embeddings=UserEmbeddings(np.array([f"u{i}" for i in range(200)]), np.zeros((200, 4), np.float32), "none"),
+    )  # fmt: skip
+    assert downstream_auc(ObjectStore(str(tmp_path)), window, seed=0)["auc_without_covers"] > 0.7
 
 
 def test_roc_is_thinned_and_spans_the_square() -> None:

@@ -1,0 +1,132 @@
+"""How covers are made, measured: reward guidance strength and candidates against selection and the ceiling.
+
+Usage::
+
+    python benchmarks/eval_guidance.py --root R [--ds DS] [--steps 0,5,10,20,40] [--candidates 1]
+        [--no-base-candidate] [--items N] [--out FILE]
+
+On every held-out item x segment of ``ds`` (the evaluate stage's items, segments and seeds), with
+the production generator: ``reference``, ``selection``, ``base``, ``oracle_best`` (the ceiling),
+then the cover policy (:mod:`icg_core.serving.policy`) at each number of guidance steps. For each it
+prints the preference model's score next to the oracle CTR, so over-optimization of the learned
+reward shows as preference rising while the oracle CTR stalls or falls. Evaluation code: reads the
+oracle. Prints a table and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from icg_core.bootstrap import torch_threads
+from icg_core.config import load_config
+from icg_core.evaluation.ceiling import oracle_best_covers
+from icg_core.evaluation.measures import by_segment, measure_covers, per_item_measures, variant_metrics
+from icg_core.evaluation.run import generator_versions, load_eval_segments, load_judges, load_oracle
+from icg_core.evaluation.stats import resample_indices
+from icg_core.evaluation.variants import (
+    generate_covers,
+    held_out_item_ids,
+    load_eval_items,
+    pair_seeds,
+    reference_covers,
+    select_covers,
+)
+from icg_core.models.bundle import load_bundle
+from icg_core.serving.policy import Sampling
+from icg_core.storage import ObjectStore
+from icg_core.training.data import latest_validated_ds
+
+COLUMNS = (
+    "oracle_ctr",
+    "preference",
+    "relevance",
+    "category_top1",
+    "aesthetic",
+    "aesthetic_heldout",
+    "diversity",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--ds", default=None, help="default: the latest validated day")
+    parser.add_argument("--steps", default="0,5,10,20,40", help="guidance steps to measure, comma-separated")
+    parser.add_argument("--candidates", type=int, default=None, help="default: the config's")
+    parser.add_argument("--no-base-candidate", action="store_true")
+    parser.add_argument("--items", type=int, default=None, help="first N held-out items (default: all)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    cfg = load_config(root=args.root)
+    store = ObjectStore.from_config(cfg.storage)
+    ds = args.ds or latest_validated_ds(store)
+    with torch_threads(cfg.models.cpu_threads):
+        oracle = load_oracle(store)
+        segments = load_eval_segments(store, ds)
+        judges, _, _, rewards = load_judges(store, cfg, segments, oracle)
+        icg_version, base_version = generator_versions(store, cfg)
+        bundle = load_bundle(store, cfg.models, icg_version)
+        items = load_eval_items(
+            store, ds, held_out_item_ids(store, ds, cfg.stage1.holdout_fraction, args.items), bundle
+        )
+        seeds = pair_seeds(items.item_ids, segments.segment_ids.tolist(), icg_version)
+        sampling = Sampling.from_config(cfg)
+        if args.candidates is not None:
+            sampling = replace(sampling, candidates=args.candidates)
+        if args.no_base_candidate:
+            sampling = replace(sampling, base_candidate=False)
+        plain = Sampling(sampling.steps, sampling.guidance_scale, sampling.scheduler)
+        covers = {
+            "reference": reference_covers(items, len(segments)),
+            "selection": select_covers(items, segments, judges.preference),
+        }
+        base_bundle = load_bundle(store, cfg.models, base_version)
+        covers["base"] = generate_covers(
+            base_bundle, items, segments, seeds, plain, personalized=False, batch_size=64
+        )
+        if oracle is not None:
+            covers["oracle_best"] = oracle_best_covers(items, segments, oracle, seed=cfg.evaluate.seed)
+        for steps in [int(s) for s in args.steps.split(",")]:
+            policy = (
+                replace(sampling, reward_steps=steps)
+                if steps
+                else replace(plain, candidates=sampling.candidates)
+            )
+            name = f"icg_steps{steps}" if steps else "icg_unguided"
+            covers[name] = generate_covers(bundle, items, segments, seeds, policy, personalized=True,
+                                           batch_size=64, rewards=rewards)  # fmt: skip
+            print(f"measured {name}", flush=True)
+        indices = resample_indices(len(items), cfg.evaluate.bootstrap_samples, cfg.evaluate.seed)
+        results = {}
+        for name, made in covers.items():
+            measures = measure_covers(made.images, items, segments, judges)
+            per_item = per_item_measures(measures, made.images, len(items), segments.sizes)
+            results[name] = variant_metrics(
+                per_item, made, indices, by_segment(measures, segments, len(items))
+            )
+    print(f"ds={ds} items={len(items)} segments={len(segments)} generator={icg_version} sampling={sampling}")
+    print(f"{'variant':<14}" + "".join(f"{c:>26}" for c in COLUMNS) + f"{'fallback':>10}{'s/cover':>9}")
+    for name, m in results.items():
+        cells = "".join(
+            f"{'-':>26}" if m[c] is None else f"{m[c]:>9.4f} [{m[c + '_ci'][0]:.3f}, {m[c + '_ci'][1]:.3f}]"
+            for c in COLUMNS
+        )
+        fallback = "-" if m["fallback_rate"] is None else f"{m['fallback_rate']:.3f}"
+        print(f"{name:<14}{cells}{fallback:>10}{m['seconds_per_cover']:>9.3f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps(
+                {"ds": ds, "root": args.root, "sampling": str(sampling), "variants": results}, indent=1
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
