@@ -259,16 +259,18 @@ class FinetuneConfig(_Section):
 
 
 class GuidanceConfig(_Section):
-    """How each published cover is made from the generator (icg_core.serving.policy): reward-guided steering
+    """How each published cover is made from the generator (icg_core.serving.policy): a guarded reward steer
     of the sampled latent's look, several candidates, and the base cover as a fallback candidate."""
 
-    steps: int = 20  # Adam steps of the look transform on each candidate's final latent (0 = off)
-    lr: float = 0.05  # their step size (gain in log units, shift in latent units)
-    penalty: float = (
-        1.0  # weight of |gain|^2 + |shift|^2 against R (keeps the look where the decoder is good)
-    )
+    steps: int = 2  # steer steps on each candidate's final latent (0 = off); each: 1 decoder pass + gradients
+    radii: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])  # step lengths tried per step
+    guards: list[str] = Field(
+        default_factory=lambda: ["aesthetic", "relevance"]
+    )  # may not fall below the sample's
     candidates: int = 1  # personalized candidates per cover (each costs one more sampling)
-    base_candidate: bool = True  # the unpersonalized base cover competes: never worse than not personalizing
+    base_candidate: bool = (
+        True  # the item's unpersonalized base cover competes: never worse than not personalizing
+    )
 
 
 class GenerateConfig(_Section):

@@ -41,7 +41,14 @@ from icg_core.models.generator import seed_for
 from icg_core.publish import STAGING_AREA, TABLE
 from icg_core.rewards.common import model_name
 from icg_core.schemas import TABLES
-from icg_core.serving.policy import REWARD_KINDS, CoverPolicy, CoverRewards, Sampling, load_cover_rewards
+from icg_core.serving.policy import (
+    REWARD_KINDS,
+    CoverPolicy,
+    CoverRewards,
+    Sampling,
+    base_seed,
+    load_cover_rewards,
+)
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -378,6 +385,7 @@ class CoverWriter:
             titles=[r["title"] for r in rows],
             segment_ids=segments,
             categories=[r["category"] for r in rows],
+            base_seeds=[base_seed(r["item_id"], plan.generator_version) for r in rows],
         )
         images, rewards = covers.images, covers.rewards
         self.counts.sample_seconds += time.perf_counter() - started

@@ -50,7 +50,9 @@ def _free_port(low: int = 20000, high: int = 30000) -> int:
     raise RuntimeError("no free port found")
 
 
-def _wait_for_bucket(endpoint_url: str, bucket: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+def _wait_for_bucket(
+    endpoint_url: str, bucket: str, process: subprocess.Popen, log: Path, timeout: float = 60
+) -> None:
     import boto3
     from botocore.config import Config
 
@@ -69,7 +71,9 @@ def _wait_for_bucket(endpoint_url: str, bucket: str, process: subprocess.Popen, 
                 client.create_bucket(Bucket=bucket)
             except Exception:
                 time.sleep(0.3)
-    raise RuntimeError(f"S3 server at {endpoint_url} not ready in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+    raise RuntimeError(
+        f"S3 server at {endpoint_url} not ready in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}"
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -91,8 +95,14 @@ def _binary(name: str) -> str:
 @pytest.fixture(scope="session")
 def s3_credentials() -> Iterator[None]:
     """Test credentials in the environment (SeaweedFS takes them as its admin identity)."""
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID=TEST_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=TEST_SECRET_KEY, AWS_DEFAULT_REGION="us-east-1")
+    saved = {
+        k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=TEST_ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY=TEST_SECRET_KEY,
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     yield
     for key, value in saved.items():
         if value is None:

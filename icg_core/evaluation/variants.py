@@ -34,7 +34,7 @@ from icg_core.models.bundle import ICGBundle
 from icg_core.models.generator import seed_for
 from icg_core.publish import STAGING_AREA, TABLE
 from icg_core.rewards.common import RewardFn, read_images
-from icg_core.serving.policy import BASE, CoverPolicy, CoverRewards, Sampling
+from icg_core.serving.policy import BASE, CoverPolicy, CoverRewards, Sampling, base_seed
 from icg_core.storage import ObjectStore
 from icg_core.training.data import load_catalog_covers, read_catalog, split_items
 
@@ -214,6 +214,7 @@ def generate_covers(
                 titles=[items.titles[i] for i in item_rows],
                 segment_ids=segment_ids[part],
                 categories=[items.categories[i] for i in item_rows],
+                base_seeds=[base_seed(items.item_ids[i], bundle.version) for i in item_rows],
             )
             chunks.append(made.images)
             fallbacks += made.source.count(BASE)

@@ -194,6 +194,9 @@ class MetaTokenEncoder(nn.Module):
         # Where the backbone was loaded from is not part of the function: a copied or moved root
         # must keep its features and checkpoints valid.
         config = _without_keys(self.backbone.config.to_dict(), {"transformers_version", "_name_or_path"})
+        # Nor is the precision it runs at (float16 on a GPU): spelled as float32, the dtype a CPU
+        # build records, so a generator trained on CPU loads on GPU workers and versions stay as they were.
+        config = _with_dtype(config, "float32")
         spec = {"config": config, "instruction": self.instruction, "n": self.num_meta_tokens}
         digest.update(json.dumps(spec, sort_keys=True, default=str).encode("utf-8"))
         for name, value in sorted(self.trainable_state_dict().items()):
@@ -283,6 +286,15 @@ class MetaTokenEncoder(nn.Module):
             )
             return position_ids
         return (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _with_dtype(tree: Any, dtype: str) -> Any:
+    """``tree`` (nested dicts/lists) with every ``dtype`` / ``torch_dtype`` entry set to ``dtype``."""
+    if isinstance(tree, dict):
+        return {k: dtype if k in ("dtype", "torch_dtype") else _with_dtype(v, dtype) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_with_dtype(v, dtype) for v in tree]
+    return tree
 
 
 def _without_keys(tree: Any, keys: set[str]) -> Any:

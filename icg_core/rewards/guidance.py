@@ -51,31 +51,27 @@ class GuidanceReward:
             return None
         return torch.from_numpy(self.relevance.text_embeddings(titles))
 
-    def __call__(
+    def terms(
         self, images: torch.Tensor, users: torch.Tensor, title_embeddings: torch.Tensor | None
-    ) -> torch.Tensor:
-        """R ``[B]`` of covers ``float [B, 3, H, W]`` in [0, 1] for users ``[B, D]``.
+    ) -> dict[str, torch.Tensor]:
+        """Each standardized reward ``[B]`` (unweighted) of covers ``float [B, 3, H, W]`` in [0, 1].
 
         Args:
             images: decoded covers (gradients flow back through them).
             users: segment centroids (or user embeddings), one per cover.
-            title_embeddings: :meth:`title_embeddings` of the covers' titles.
+            title_embeddings: :meth:`title_embeddings` of the covers' titles (None: no relevance term).
         """
-        weights = self.weights
         stats = self.preference.stats
         if stats is None:
             raise ValueError("reward guidance needs a preference model with standardization statistics")
-        reward = (
-            weights.preference
-            * (self.preference.click_probability_tensor(users, images) - stats.mean)
-            / stats.std
-        )
-        if title_embeddings is not None and self.relevance is not None and self.relevance.stats is not None:
-            cosine = self.relevance.score_tensor(images, title_embeddings.to(images.device))
-            reward = (
-                reward + weights.relevance * (cosine - self.relevance.stats.mean) / self.relevance.stats.std
-            )
-        if self.aesthetic_stats is not None and weights.aesthetic != 0:
+        out = {
+            "preference": (self.preference.click_probability_tensor(users, images) - stats.mean) / stats.std
+        }
+        relevance = self.relevance
+        if title_embeddings is not None and relevance is not None and relevance.stats is not None:
+            cosine = relevance.score_tensor(images, title_embeddings.to(images.device))
+            out["relevance"] = (cosine - relevance.stats.mean) / relevance.stats.std
+        if self.aesthetic_stats is not None:
             analysed = images
             if images.shape[-1] != ANALYSIS_SIZE:
                 analysed = torch.nn.functional.interpolate(
@@ -83,7 +79,9 @@ class GuidanceReward:
                 )
             components = proxy_components_tensor(analysed)
             proxy = sum(PROXY_WEIGHTS[name] * components[name] for name in PROXY_WEIGHTS)
-            reward = (
-                reward + weights.aesthetic * (proxy - self.aesthetic_stats.mean) / self.aesthetic_stats.std
-            )
-        return reward
+            out["aesthetic"] = (proxy - self.aesthetic_stats.mean) / self.aesthetic_stats.std
+        return out
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """R ``[B]``: the weighted sum of :meth:`terms`."""
+        return sum(getattr(self.weights, name) * value for name, value in terms.items())  # type: ignore[return-value]

@@ -159,22 +159,25 @@ class PreferenceModel:
         """Differentiable click probability ``[B]`` (what reward guidance ascends).
 
         The category block is left out: it is item context, the same for every cover of an item, so it
-        cannot change which look wins.
+        cannot change which look wins. Computed where the model lives; the result comes back to the
+        covers' device (gradients follow).
 
         Args:
             users: ``[B, D]`` user embeddings or segment centroids.
             images: ``float [B, 3, H, W]`` in [0, 1].
         """
+        source, device = images.device, next(self.module.parameters()).device
+        images = images.to(device)
         if images.shape[-1] != ATTRIBUTE_SIZE:
             images = nn.functional.interpolate(
                 images, size=(ATTRIBUTE_SIZE, ATTRIBUTE_SIZE), mode="bilinear", antialias=True
             )
-        mean = torch.as_tensor(self.attribute_mean, device=images.device)
-        std = torch.as_tensor(self.attribute_std, device=images.device)
+        mean = torch.as_tensor(self.attribute_mean, device=device)
+        std = torch.as_tensor(self.attribute_std, device=device)
         standardized = (pixel_attributes_tensor(images) - mean) / std
-        no_category = torch.zeros(len(images), max(len(self.categories), 1), device=images.device)
+        no_category = torch.zeros(len(images), max(len(self.categories), 1), device=device)
         self.module.eval()
-        return torch.sigmoid(self.module(users.float(), standardized, no_category))
+        return torch.sigmoid(self.module(users.float().to(device), standardized, no_category)).to(source)
 
     def save(self, store: ObjectStore, version: str) -> str:
         if self.stats is None:

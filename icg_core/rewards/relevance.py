@@ -183,15 +183,18 @@ class RelevanceModel:
         """Differentiable cosine ``[B]`` of covers with their titles (what reward guidance ascends).
 
         Args:
-            images: ``float [B, 3, H, W]`` in [0, 1], on this model's device.
+            images: ``float [B, 3, H, W]`` in [0, 1] (any device; the result comes back there).
             title_embeddings: ``[B, E]`` unit vectors from :meth:`text_embeddings`.
         """
         self.module.eval()
+        source = images.device
+        images = images.to(self.device)
         if images.shape[-1] != self.image_size:
             images = nn.functional.interpolate(
                 images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
             )
-        return (self.module.embed_images(images * 2.0 - 1.0) * title_embeddings).sum(dim=1)
+        embedded = self.module.embed_images(images * 2.0 - 1.0)
+        return (embedded * title_embeddings.to(self.device)).sum(dim=1).to(source)
 
     def score(self, images: Any, titles: Sequence[str]) -> np.ndarray:
         """Cosine of each (image, title) pair, ``float32 [B]``."""

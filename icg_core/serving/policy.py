@@ -5,18 +5,21 @@ is measured is what is published (docs/architecture.md, "Generation").
 
 1. **Sample** ``candidates`` personalized covers with the segment centroid as the user (candidate
    ``k`` uses seed ``seed + k``; candidate 0 is the cover's own seed).
-2. **Steer** each candidate's final latent by gradient ascent on the differentiable R
+2. **Steer** each candidate's final latent along the differentiable R
    (:class:`icg_core.rewards.guidance.GuidanceReward`), over a *look* transform of the latent::
 
-       z' = m + (z - m) * exp(g) + b        m: per-channel spatial mean of z;  g, b: [C] per cover
+       z' = m + (z - m) * exp(g) + b        m: per-channel spatial mean of z;  theta = (g, b): [2C] per cover
 
    Colour, tone and contrast can move; the spatial pattern of each channel, which carries the
-   item's motif, only scales. A quadratic penalty on (g, b) keeps the steer where the decoder
-   renders well. This reaches every attribute the preference model reads (warmth, brightness,
-   saturation, contrast) at the cost of a few decoder passes, where reward-weighted fine-tuning alone
-   moves mostly what the sampler's noise already varies.
-3. **Fall back**: with ``base_candidate`` the base cover (null user, same seed, not steered: what not
-   personalizing gives) competes with the candidates.
+   item's motif, only scales. Each step takes R's gradient in theta, removes the part that would
+   lower a *guard* reward (aesthetic, relevance: they may not fall below where the sample started),
+   and tries it at a few radii; per cover the best R whose guards hold is kept (radius 0 always
+   qualifies, so R never falls). This reaches every attribute the preference model reads (warmth,
+   brightness, saturation, contrast) for a few decoder passes, where reward-weighted fine-tuning
+   alone moves mostly what the sampler's noise already varies.
+3. **Fall back**: with ``base_candidate`` the base cover (null user, not steered: what not
+   personalizing gives) competes with the candidates. It is the item's one unpersonalized cover,
+   seeded per item (``base_seeds``), so it costs one sampling per item, not per (item, segment).
 4. **Keep the best** by R from the reward fns (standardized, ``w_a*a + w_r*r + w_p*p`` with the
    segment's own preference), so a personalized cover is published only where the rewards expect it
    to beat the base cover; how often the base wins is counted (``source``).
@@ -33,6 +36,7 @@ import numpy as np
 import torch
 
 from icg_core.config import ICGConfig, RewardWeights
+from icg_core.models.generator import seed_for
 from icg_core.rewards.guidance import GuidanceReward
 from icg_core.storage import ObjectStore
 
@@ -42,15 +46,20 @@ REWARD_KINDS = ("aesthetic", "relevance", "preference")
 PERSONALIZED, BASE = "personalized", "base"
 
 
+def base_seed(item_id: str, generator_version: str) -> int:
+    """Seed of an item's one unpersonalized (base) cover: shared by all its segments."""
+    return seed_for(item_id, -1, generator_version)
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Settings that change a cover's pixels (all part of its fingerprint).
 
     Attributes:
         steps, guidance_scale, scheduler: the diffusion sampler (``models`` section).
-        reward_steps: reward-guidance steps on each candidate's final latent (0 = off).
-        reward_lr: Adam step size of the look transform.
-        reward_penalty: weight of ``|g|^2 + |b|^2`` against R.
+        reward_steps: steer steps on each candidate's final latent (0 = off).
+        reward_radii: step lengths tried per step (in theta units), best kept per cover.
+        reward_guards: rewards a step may not lower below the sample's own.
         candidates: personalized candidates per cover.
         base_candidate: the base cover (null user) competes, so the rewards can refuse personalization.
     """
@@ -59,8 +68,8 @@ class Sampling:
     guidance_scale: float
     scheduler: str
     reward_steps: int = 0
-    reward_lr: float = 0.05
-    reward_penalty: float = 1.0
+    reward_radii: tuple[float, ...] = (0.5, 1.0, 2.0)
+    reward_guards: tuple[str, ...] = ("aesthetic", "relevance")
     candidates: int = 1
     base_candidate: bool = False
 
@@ -72,8 +81,8 @@ class Sampling:
             models.guidance_scale,
             models.scheduler,
             guidance.steps,
-            guidance.lr,
-            guidance.penalty,
+            tuple(guidance.radii),
+            tuple(guidance.guards),
             guidance.candidates,
             guidance.base_candidate,
         )
@@ -163,40 +172,65 @@ def load_cover_rewards(
 def steer_latents(
     decode: Callable[[torch.Tensor], torch.Tensor],
     latents: torch.Tensor,
-    reward: Callable[[torch.Tensor], torch.Tensor],
+    terms: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    weights: Mapping[str, float],
     *,
     steps: int,
-    lr: float,
-    penalty: float,
+    radii: Sequence[float],
+    guards: Sequence[str] = (),
 ) -> torch.Tensor:
-    """Gradient ascent of ``reward(decode(z'))`` over the look transform of the module docstring.
+    """Guarded ascent of R over the look transform of the module docstring, covers independently.
 
     Args:
         decode: latents ``[B, C, h, w]`` -> images ``float [B, 3, H, W]`` in [0, 1], differentiable.
         latents: the sampler's final latents ``[B, C, h, w]``.
-        reward: images -> ``[B]`` (each cover's R; covers are steered independently).
-        steps, lr, penalty: Adam steps, step size, weight of ``|g|^2 + |b|^2``.
+        terms: images -> each reward ``[B]`` by name; R is their sum weighted by ``weights``.
+        weights: weight of each term in R (terms without a weight count 0).
+        steps: gradient steps; each costs one decoder pass with gradients and ``len(radii)`` without.
+        radii: step lengths tried per step, in theta units (log-gain and latent shift).
+        guards: terms that may not fall below their value for the unsteered latents.
 
     Returns:
         The steered latents ``[B, C, h, w]``.
     """
     latents = latents.detach().float()
     mean = latents.mean(dim=(2, 3), keepdim=True)
-    gain = torch.zeros_like(mean, requires_grad=True)
-    shift = torch.zeros_like(mean, requires_grad=True)
-    optimizer = torch.optim.Adam([gain, shift], lr=lr)
+    channels = latents.shape[1]
 
-    def look() -> torch.Tensor:
-        return mean + (latents - mean) * gain.exp() + shift
+    def evaluate(theta: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        gain, shift = theta[:, :channels, None, None], theta[:, channels:, None, None]
+        values = terms(decode(mean + (latents - mean) * gain.exp() + shift))
+        return sum(weights.get(k, 0.0) * v for k, v in values.items()), values  # type: ignore[return-value]
 
-    with torch.enable_grad():
-        for _ in range(steps):
-            size = (gain**2 + shift**2).sum(dim=(1, 2, 3))
-            loss = (penalty * size - reward(decode(look()))).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return look().detach()
+    theta = torch.zeros(len(latents), 2 * channels, device=latents.device)
+    with torch.no_grad():
+        best, start = evaluate(theta)
+    floors = {name: start[name] for name in guards if name in start}
+    for _ in range(steps):
+        probe = theta.clone().requires_grad_(True)
+        with torch.enable_grad():
+            reward, values = evaluate(probe)
+            outputs = [reward.sum(), *(values[name].sum() for name in floors)]
+            grads = [torch.autograd.grad(o, probe, retain_graph=True)[0] for o in outputs]
+        direction = grads[0]
+        for guard in grads[1:]:  # first order: keep each guard level where R's gradient would lower it
+            dot = (direction * guard).sum(dim=1, keepdim=True)
+            projected = direction - dot / guard.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-12) * guard
+            direction = torch.where(dot < 0, projected, direction)
+        direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        chosen = theta
+        with torch.no_grad():
+            for radius in radii:
+                candidate = theta + radius * direction
+                reward, values = evaluate(candidate)
+                better = reward > best
+                for name, floor in floors.items():
+                    better &= values[name] >= floor
+                best = torch.where(better, reward, best)
+                chosen = torch.where(better[:, None], candidate, chosen)
+        theta = chosen
+    gain, shift = theta[:, :channels, None, None], theta[:, channels:, None, None]
+    return (mean + (latents - mean) * gain.exp() + shift).detach()
 
 
 @dataclass
@@ -256,6 +290,7 @@ class CoverPolicy:
         titles: Sequence[str],
         segment_ids: Sequence[int],
         categories: Sequence[str],
+        base_seeds: Sequence[int] | None = None,
     ) -> PolicyCovers:
         """The cover of each row.
 
@@ -264,6 +299,8 @@ class CoverPolicy:
             users: ``[B, D]`` segment centroids.
             seeds: B seeds (``seed_for``).
             titles, segment_ids, categories: per row, for the rewards.
+            base_seeds: B seeds of the base candidate, equal for rows of one item (default: ``seeds``);
+                each distinct one is sampled once.
         """
         s, rows = self.sampling, len(seeds)
         # 1. Sample the personalized candidates (candidate-major: rows k*B .. k*B + B - 1).
@@ -276,23 +313,27 @@ class CoverPolicy:
         # 2. Steer them by the rewards.
         if s.reward_steps > 0:
             guide = self.rewards.guide  # type: ignore[union-attr]
-            titles_k = list(titles) * k
-            embeddings = guide.title_embeddings(titles_k)
+            embeddings = guide.title_embeddings(list(titles) * k)
             users_k = users.repeat(k, 1).to(covers.device)
             latents = steer_latents(
                 covers.decode_tensor,
                 latents,
-                lambda images: guide(images, users_k, embeddings),
+                lambda images: guide.terms(images, users_k, embeddings),
+                guide.weights.model_dump(),
                 steps=s.reward_steps,
-                lr=s.reward_lr,
-                penalty=s.reward_penalty,
+                radii=s.reward_radii,
+                guards=s.reward_guards,
             )
         images = covers.decode(latents)
         if self.rewards is None:
             return PolicyCovers(images, {}, [PERSONALIZED] * rows, np.zeros(rows, np.int64))
-        # 3. The base cover competes.
+        # 3. The base cover competes: one per distinct base seed (per item).
         if s.base_candidate:
-            images = np.concatenate([images, self._sample(features, None, seeds)])
+            base_seeds = list(seeds) if base_seeds is None else [int(b) for b in base_seeds]
+            first = {seed: row for row, seed in reversed(list(enumerate(base_seeds)))}
+            distinct = list(first)
+            base = self._sample(features[[first[b] for b in distinct]], None, distinct)
+            images = np.concatenate([images, base[[distinct.index(b) for b in base_seeds]]])
         # 4. Keep the best by R.
         n = len(images) // rows
         rewards = self.rewards.score(  # type: ignore[union-attr]

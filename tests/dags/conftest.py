@@ -36,7 +36,9 @@ def airflow_env(home: Path, **extra: str) -> dict[str, str]:
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite metadata database in a temporary AIRFLOW_HOME."""
     home = tmp_path_factory.mktemp("airflow_home")
-    subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env(home), check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [AIRFLOW, "db", "migrate"], env=airflow_env(home), check=True, capture_output=True, timeout=300
+    )
     return home
 
 

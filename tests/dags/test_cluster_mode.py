@@ -33,7 +33,9 @@ def test_dag_tasks_submit_stages_as_ray_jobs(ray_cluster: RayCluster, tmp_path: 
     from airflow.sdk.exceptions import AirflowFailException
 
     store = ObjectStore(str(tmp_path / "root"))
-    generate_world(store, WorldConfig(n_items=12, n_users=20, days=2, impressions_per_day=60, n_taste_groups=2))
+    generate_world(
+        store, WorldConfig(n_items=12, n_users=20, days=2, impressions_per_day=60, n_taste_groups=2)
+    )
     params = {"ray_address": ray_cluster.dashboard_url}
     args = ["--root", store.root]  # an absolute URI: the job's working directory is the cluster's
 

@@ -70,7 +70,18 @@ def test_ruff_airflow3_rules_pass() -> None:
 
 def test_nightly_runs_every_stage_in_order_and_publishes_the_manifest_asset(dagbag) -> None:
     dag = dagbag.dags["icg_nightly"]
-    order = ["extract", "validate", "users", "rewards", "features", "finetune", "generate", "evaluate", "publish", "report"]
+    order = [
+        "extract",
+        "validate",
+        "users",
+        "rewards",
+        "features",
+        "finetune",
+        "generate",
+        "evaluate",
+        "publish",
+        "report",
+    ]
     assert set(dag.task_ids) == set(order)
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
@@ -84,7 +95,11 @@ def test_nightly_trigger_form_validates_its_params(dagbag) -> None:
     params = dagbag.dags["icg_nightly"].params
     assert set(params) == {"segments", "items_limit", "skip_training", "force", "ray_address"}
     assert params.validate() == {
-        "segments": None, "items_limit": None, "skip_training": False, "force": False, "ray_address": None
+        "segments": None,
+        "items_limit": None,
+        "skip_training": False,
+        "force": False,
+        "ray_address": None,
     }
     with pytest.raises(ParamValidationError, match="minimum"):
         params["segments"] = 0  # the trigger form refuses it

@@ -35,7 +35,9 @@ class World:
         self.store = ObjectStore(str(root))
         self.config = config
         self.airflow_home = airflow_home
-        self.ds = generate_world(self.store, load_config(config, root=str(root), environ={}).world).first_nightly_ds
+        self.ds = generate_world(
+            self.store, load_config(config, root=str(root), environ={}).world
+        ).first_nightly_ds
 
     def run(self, dag_id: str, ds: str, conf: dict | None = None, **env: str) -> str:
         """``airflow dags test DAG DS`` against this world; returns the whole log."""

@@ -20,7 +20,9 @@ def _catalog(n: int, title: str = "t") -> pa.Table:
             "title": [f"{title}{k}" for k in range(n)],
             "category": ["c"] * n,
             "reference_image_uri": [f"file:///x/{k}.png" for k in range(n)],
-            "updated_at": pa.array([dt.datetime(2026, 11, 1, tzinfo=dt.UTC)] * n, pa.timestamp("us", tz="UTC")),
+            "updated_at": pa.array(
+                [dt.datetime(2026, 11, 1, tzinfo=dt.UTC)] * n, pa.timestamp("us", tz="UTC")
+            ),
         }
     )
 

@@ -46,7 +46,9 @@ def test_python_m_twin_has_the_same_options(module: str) -> None:
 def test_bad_ds_is_a_clear_error_with_status_2(tmp_path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.extract", "--root", str(tmp_path), "--ds", "26-11-2026"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 2
     assert "YYYY-MM-DD" in out.stderr and "26-11-2026" in out.stderr

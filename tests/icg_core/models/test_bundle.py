@@ -36,7 +36,9 @@ def test_saved_bundle_loads_and_samples_the_same_covers(tmp_path: Path, tiny_vlm
     base = {"vlm": {"path": str(tiny_vlm_dirs["llava"])}, "sd": {"path": str(tiny_sd_dirs["sd15"])}}
     bundle = build_bundle(store, base, MODELS, seed=3).eval()
     with torch.no_grad():
-        bundle.refiner.out.weight.copy_(0.5 * torch.eye(bundle.refiner.config.feature_dim))  # a "trained" refiner, so users change the covers
+        bundle.refiner.out.weight.copy_(
+            0.5 * torch.eye(bundle.refiner.config.feature_dim)
+        )  # a "trained" refiner, so users change the covers
         features = bundle.encoder(TITLES[:2], reference_images(2))
     users = torch.randn(2, 8)
     save_bundle(store, bundle, "icg_generator", "v1")

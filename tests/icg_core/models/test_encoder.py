@@ -106,6 +106,16 @@ def test_version_does_not_depend_on_where_the_backbone_lies(family, tiny_vlm_dir
     assert here.encoder_version == there.encoder_version
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_version_does_not_depend_on_the_precision_the_backbone_runs_at(family, tiny_vlm_dirs):
+    """A generator trained on CPU (float32) must load on GPU workers running the VLM in half precision."""
+    full = MetaTokenEncoder(tiny_vlm_dirs[family], num_meta_tokens=META_TOKENS, seed=1)
+    half = MetaTokenEncoder(tiny_vlm_dirs[family], num_meta_tokens=META_TOKENS, seed=1, dtype=torch.bfloat16)
+    half.load_trainable_state_dict(full.trainable_state_dict())  # as load_bundle does from a checkpoint
+    assert half.backbone.dtype == torch.bfloat16
+    assert full.encoder_version == half.encoder_version
+
+
 def test_content_hash_is_stable_and_sensitive():
     base = content_hash("Title", b"\x89PNG...", "mte-1")
     assert base == content_hash("Title", b"\x89PNG...", "mte-1")

@@ -19,14 +19,20 @@ def _decode(latents: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(latents[:, :3])
 
 
+def _redness(images: torch.Tensor) -> torch.Tensor:
+    return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
+
+
+def _brightness(images: torch.Tensor) -> torch.Tensor:
+    return images.mean(dim=(1, 2, 3))
+
+
 def test_steer_raises_the_reward_and_only_scales_the_pattern() -> None:
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-
-    def redness(images: torch.Tensor) -> torch.Tensor:
-        return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
-
-    steered = steer_latents(_decode, latents, redness, steps=30, lr=0.1, penalty=0.01)
-    assert (redness(_decode(steered)) > redness(_decode(latents)) + 0.1).all()
+    steered = steer_latents(
+        _decode, latents, lambda x: {"red": _redness(x)}, {"red": 1.0}, steps=3, radii=(0.5, 1.0, 2.0)
+    )
+    assert (_redness(_decode(steered)) > _redness(_decode(latents)) + 0.1).all()
     # Per channel, the steered pattern is the original one up to gain and offset: correlation 1.
     for row in range(3):
         for channel in range(4):
@@ -34,22 +40,34 @@ def test_steer_raises_the_reward_and_only_scales_the_pattern() -> None:
             assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9999
 
 
-def test_a_larger_penalty_moves_the_latents_less() -> None:
-    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+def test_a_guard_does_not_fall_while_the_reward_rises() -> None:
+    """Redness is steered up; brightness is a guard: it may not end below where it started."""
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
 
-    def moved(penalty: float) -> float:
-        steered = steer_latents(
-            _decode, latents, lambda x: x.mean(dim=(1, 2, 3)), steps=40, lr=0.05, penalty=penalty
-        )
-        return float((steered - latents).abs().mean())
+    def terms(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"red": _redness(images), "bright": _brightness(images)}
 
-    assert moved(10.0) < 0.5 * moved(0.01)
+    free = steer_latents(_decode, latents, terms, {"red": 1.0}, steps=3, radii=(0.5, 1.0, 2.0))
+    guarded = steer_latents(
+        _decode, latents, terms, {"red": 1.0}, steps=3, radii=(0.5, 1.0, 2.0), guards=["bright"]
+    )
+    start = _brightness(_decode(latents))
+    assert (_brightness(_decode(guarded)) >= start - 1e-6).all()
+    assert (_redness(_decode(guarded)) > _redness(_decode(latents))).all()
+    # Unguarded, the same ascent is free to spend brightness (red up, blue down darkens the decode here).
+    assert not torch.allclose(_brightness(_decode(free)), _brightness(_decode(guarded)))
 
 
-def test_zero_steps_return_the_latents_unchanged() -> None:
-    latents = torch.randn(2, 4, 8, 8)
-    steered = steer_latents(_decode, latents, lambda x: x.sum(dim=(1, 2, 3)), steps=0, lr=0.1, penalty=1.0)
-    assert torch.allclose(steered, latents, atol=1e-6)
+def test_the_reward_never_falls_and_zero_steps_change_nothing() -> None:
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+
+    def terms(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"peak": -((images - 0.5) ** 2).mean(dim=(1, 2, 3))}  # concave: a step can overshoot
+
+    steered = steer_latents(_decode, latents, terms, {"peak": 1.0}, steps=4, radii=(5.0,))
+    assert (terms(_decode(steered))["peak"] >= terms(_decode(latents))["peak"] - 1e-6).all()
+    unchanged = steer_latents(_decode, latents, terms, {"peak": 1.0}, steps=0, radii=(1.0,))
+    assert torch.allclose(unchanged, latents, atol=1e-6)
 
 
 def test_rewards_are_needed_when_the_sampling_uses_them() -> None:
@@ -112,7 +130,7 @@ def _total(rewards, images: np.ndarray, rows: dict) -> np.ndarray:
 @pytest.mark.slow
 def test_the_kept_cover_is_never_worse_than_the_base_by_r_and_guidance_raises_r(made) -> None:
     bundle, rewards, sampling, rows = made
-    guided = _run(CoverPolicy(bundle, replace(sampling, reward_steps=10, reward_lr=0.1), rewards), rows)
+    guided = _run(CoverPolicy(bundle, replace(sampling, reward_steps=2), rewards), rows)
     base = bundle.generate(rows["features"], rows["seeds"], users=None, steps=sampling.steps,
                            guidance_scale=sampling.guidance_scale, scheduler=sampling.scheduler)  # fmt: skip
     kept = _total(rewards, guided.images, rows)
@@ -123,7 +141,7 @@ def test_the_kept_cover_is_never_worse_than_the_base_by_r_and_guidance_raises_r(
 
     plain = _run(CoverPolicy(bundle, replace(sampling, reward_steps=0, base_candidate=False), rewards), rows)
     steered = _run(
-        CoverPolicy(bundle, replace(sampling, reward_steps=10, reward_lr=0.1, base_candidate=False), rewards),
+        CoverPolicy(bundle, replace(sampling, reward_steps=2, base_candidate=False), rewards),
         rows,
     )
     assert _total(rewards, steered.images, rows).mean() > _total(rewards, plain.images, rows).mean()
@@ -135,5 +153,5 @@ def test_the_base_cover_wins_where_the_judge_expects_personalization_to_lose(mad
     bundle, rewards, sampling, rows = made
     against = rewards.with_weights(RewardWeights(aesthetic=0.0, relevance=0.0, preference=-1.0))
     judge = replace(against, guide=rewards.guide)
-    covers = _run(CoverPolicy(bundle, replace(sampling, reward_steps=10, reward_lr=0.2), judge), rows)
+    covers = _run(CoverPolicy(bundle, replace(sampling, reward_steps=2), judge), rows)
     assert covers.fallbacks >= 1

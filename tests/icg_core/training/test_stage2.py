@@ -323,7 +323,12 @@ def test_user_rows_of_the_regularization_pin_only_the_detail(base_dirs) -> None:
         trainer.generator.manual_seed(7)  # the same latents, noise and timesteps for every call
         with torch.no_grad():
             return trainer.denoising_loss(
-                data.features[rows], users, None, data.ref_mean[rows], data.ref_std[rows], detail_rows=detail_rows
+                data.features[rows],
+                users,
+                None,
+                data.ref_mean[rows],
+                data.ref_std[rows],
+                detail_rows=detail_rows,
             )
 
     whole, detail = loss(None), loss(torch.ones(4, dtype=torch.bool))
