@@ -1,6 +1,6 @@
 # The two commands (both install what they need first):
 #   make run    - the nightly pipeline on the embedded default, ending with where the outputs are
-#   make test   - the whole test suite (CI runs exactly this)
+#   make test   - lint and format checks, then the whole test suite (CI runs exactly this)
 # Extras: make test-quick (skips @slow end-to-end tests), make lint, make clean.
 
 PYTHON ?= python3
@@ -31,14 +31,16 @@ browser:
 run: install
 	bash scripts/main.sh
 
-test: install browser
+test: install browser lint
 	$(VENV)/bin/pytest
 
 test-quick: install
 	$(VENV)/bin/pytest -m "not slow"
 
+# Lint and format check of every Python tree (part of make test, so CI runs it before the tests).
 lint: install
-	$(VENV)/bin/ruff check icg_core pipelines tests
+	$(VENV)/bin/ruff check icg_core pipelines dags tests benchmarks scripts
+	$(VENV)/bin/ruff format --check icg_core pipelines dags tests benchmarks scripts
 
 clean:
 	rm -rf data .airflow .pytest_cache

@@ -25,12 +25,16 @@ from icg_common import DEFAULT_ARGS, stage_task
     tags=["icg", "evaluation"],
     doc_md=__doc__,
     params={
-        "ray_address": Param(None, type=["null", "string"], description="Ray dashboard address; empty = local."),
+        "ray_address": Param(
+            None, type=["null", "string"], description="Ray dashboard address; empty = local."
+        ),
     },
 )
 def icg_ablation() -> None:
     evaluate = stage_task(
-        "evaluate", "Fine-tune and evaluate icg_no_preference and icg_no_aesthetic.", args=lambda _: ["--ablations"]
+        "evaluate",
+        "Fine-tune and evaluate icg_no_preference and icg_no_aesthetic.",
+        args=lambda _: ["--ablations"],
     )
     report = stage_task("report", "Rebuild the run's HTML report with the ablation rows.")
     report(evaluate())

@@ -23,7 +23,9 @@ from icg_common import DEFAULT_ARGS, stage_task
     tags=["icg", "bootstrap"],
     doc_md=__doc__,
     params={
-        "ray_address": Param(None, type=["null", "string"], description="Ray dashboard address; empty = local."),
+        "ray_address": Param(
+            None, type=["null", "string"], description="Ray dashboard address; empty = local."
+        ),
     },
 )
 def icg_bootstrap() -> None:

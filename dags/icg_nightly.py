@@ -60,25 +60,41 @@ def _generate_args(params: dict) -> list[str]:
     },
 )  # fmt: skip
 def icg_nightly() -> None:
-    extract = stage_task("extract", "Catalog snapshot and impressions window for ds, by SQL over the raw tables.")
-    validate = stage_task("validate", "great-expectations suites; promotes to validated/ only if every suite passes.")
+    extract = stage_task(
+        "extract", "Catalog snapshot and impressions window for ds, by SQL over the raw tables."
+    )
+    validate = stage_task(
+        "validate", "great-expectations suites; promotes to validated/ only if every suite passes."
+    )
     users = stage_task("users", "User embeddings and segments (ids matched to yesterday's).", env=_overrides)
     rewards = stage_task(
-        "rewards", "Reward models; gate: preference held-out AUC floor.", env=_overrides, skip_when="skip_training"
+        "rewards",
+        "Reward models; gate: preference held-out AUC floor.",
+        env=_overrides,
+        skip_when="skip_training",
     )
     features = stage_task(
-        "features", "Meta-token features per item (cached by content hash).", args=_items_limit, trigger_rule="none_failed"
+        "features",
+        "Meta-token features per item (cached by content hash).",
+        args=_items_limit,
+        trigger_rule="none_failed",
     )
     finetune = stage_task(
-        "finetune", "Stage-2 reward-weighted fine-tuning; gate: relevance must not collapse.", skip_when="skip_training"
+        "finetune",
+        "Stage-2 reward-weighted fine-tuning; gate: relevance must not collapse.",
+        skip_when="skip_training",
     )
     generate = stage_task(
         "generate", "One cover per (item, segment) on Ray, staged for publish.", args=_generate_args,
         trigger_rule="none_failed",
     )  # fmt: skip
-    evaluate = stage_task("evaluate", "Variants, metrics and intervals; gate: no regression versus the last published run.")
+    evaluate = stage_task(
+        "evaluate", "Variants, metrics and intervals; gate: no regression versus the last published run."
+    )
     publish = stage_task(
-        "publish", "Check the staged manifest, commit it atomically, move the latest pointer.", outlets=[COVERS_MANIFEST]
+        "publish",
+        "Check the staged manifest, commit it atomically, move the latest pointer.",
+        outlets=[COVERS_MANIFEST],
     )
     report = stage_task("report", "The run's HTML report: ablation table, contact sheets, curves.")
     report(publish(evaluate(generate(finetune(features(rewards(users(validate(extract())))))))))

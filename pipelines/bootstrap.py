@@ -20,6 +20,7 @@ OptionalDsOpt = Annotated[
     typer.Option("--ds", callback=ds_option, help="Validated day to use, YYYY-MM-DD; default the newest."),
 ]
 
+
 def bootstrap(
     root: RootOpt = None,
     config: ConfigOpt = None,

@@ -26,7 +26,9 @@ from pipelines.runtime import (
 def train_rewards(ds: DsOpt, root: RootOpt = None, config: ConfigOpt = None, json: JsonOpt = False) -> None:
     """Train the three reward models on DS (aesthetic statistics, relevance dual encoder, click model)."""
     cfg, store = open_stage("rewards", config, root)
-    summary = run_task(_train, store, cfg, ds, **training_resources(cfg.models.device, cfg.models.cpu_threads))
+    summary = run_task(
+        _train, store, cfg, ds, **training_resources(cfg.models.device, cfg.models.cpu_threads)
+    )
     print_summary(summary, json)
 
 

@@ -35,7 +35,9 @@ def _train(store: Any, cfg: Any, ds: str) -> dict[str, Any]:
 def train_users(ds: DsOpt, root: RootOpt = None, config: ConfigOpt = None, json: JsonOpt = False) -> None:
     """Learn user embeddings from the validated window of DS and segment the users."""
     cfg, store = open_stage("users", config, root)
-    summary = run_task(_train, store, cfg, ds, **training_resources(cfg.models.device, cfg.models.cpu_threads))
+    summary = run_task(
+        _train, store, cfg, ds, **training_resources(cfg.models.device, cfg.models.cpu_threads)
+    )
     if not json:  # people get the first and last loss; the curve stays in the model card
         summary["bpr_losses"] = [round(summary["bpr_losses"][0], 4), round(summary["bpr_losses"][-1], 4)]
     print_summary(summary, json)

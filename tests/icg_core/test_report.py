@@ -291,3 +291,44 @@ def test_older_shapes_still_read(store) -> None:
     store.put_json(metrics_key(DS), metrics)
     page = page_of(store)
     assert "2026-10-01 to 2026-10-15" in page and "+25.0%" in page and "[+20.0%, +30.0%]" in page
+
+
+def _verdict(page: str) -> str:
+    found = re.search(r'<p class="verdict[^"]*" data-verdict="([^"]+)">(.*?)</p>', page, re.S)
+    assert found, "no verdict line"
+    return found.group(1)
+
+
+def test_the_verdict_names_the_best_baseline_and_reads_the_intervals(store) -> None:
+    metrics = write_fixture_run(store)
+    variants = metrics["variants"]
+    variants["selection"] = variant_metrics(3)  # the best baseline: 0.08 [0.076, 0.084]
+    variants["icg"]["oracle_ctr"], variants["icg"]["oracle_ctr_ci"] = 0.10, [0.09, 0.11]
+    variants["oracle_best"] = variant_metrics(9)
+    store.put_json(metrics_key(DS), metrics)
+    page = page_of(store)
+    assert _verdict(page) == "ICG wins"
+    assert page.index('class="verdict') < page.index("<h2>Ablation</h2>")  # the report opens with it
+    assert "best-variant selection" in page and "The world's own best cover reaches 0.14" in page
+
+    variants["icg"]["oracle_ctr_ci"] = [0.079, 0.11]  # overlaps selection's interval
+    store.put_json(metrics_key(DS), metrics)
+    assert _verdict(page_of(store)) == "no clear winner"
+    variants["icg"]["oracle_ctr"], variants["icg"]["oracle_ctr_ci"] = 0.06, [0.05, 0.07]
+    store.put_json(metrics_key(DS), metrics)
+    assert _verdict(page_of(store)) == "ICG loses"
+
+
+def test_per_segment_table_labels_tastes_and_highlights_the_best(store) -> None:
+    metrics = write_fixture_run(store)
+    metrics["segments"]["taste"] = {
+        "0": {"warmth": 0.8, "brightness": -0.5, "saturation": 0.1, "contrast": 0.0}
+    }
+    metrics["variants"]["selection"]["oracle_ctr_by_segment"] = {"0": 0.5, "1": 0.01, "2": 0.01}
+    store.put_json(metrics_key(DS), metrics)
+    page = page_of(store)
+    section = page[page.index("<h2>Per segment</h2>") :]
+    section = section[: section.index("</section>")]
+    assert "warm, dark" in section  # strongest first; weak tastes (|t| < 0.2) are not named
+    row = re.search(r"<tr><th>segment 0.*?</tr>", section, re.S).group(0)
+    assert '<td class="best">0.500</td>' in row
