@@ -298,6 +298,7 @@ class EvaluateConfig(_Section):
     seed: int = 0  # seeds the bootstrap, the simulated downstream clicks and the downstream model
     batch_size: int = 64  # covers sampled at once
     timing_covers: int = 16  # covers sampled to time the generator when its covers are read from generate
+    curve_items: int = 16  # held-out items behind each point of the fine-tuning curve (stage-2 snapshots)
     # icg metrics compared with the last published run by the regression gate
     gate_metrics: list[str] = Field(default_factory=lambda: ["relevance", "aesthetic_heldout", "oracle_ctr"])
     max_regression: float = 0.1  # relative drop below the last published run that fails the gate

@@ -203,6 +203,24 @@ def reward_curves_png(curve: Sequence[Mapping[str, Any]], guard: Sequence[Mappin
     return _png(fig)
 
 
+def overoptimization_png(points: Sequence[Mapping[str, Any]]) -> bytes:
+    """The learned reward (preference score) and the oracle CTR of the covers of each stage-2 snapshot."""
+    fig = Figure(figsize=(5.6, 3.3))
+    ax = fig.subplots()
+    for key, label in (("preference", "preference score (learned)"), ("oracle_ctr", "oracle CTR (truth)")):
+        xs, ys = _series(points, key)
+        if xs:
+            ax.plot(xs, ys, marker="o", markersize=4, label=label)
+    ax.set_xlabel("fine-tuning step (0 = base generator)", fontsize=9)
+    ax.set_title("Learned reward vs oracle across snapshots", fontsize=10)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def roc_png(fpr: Sequence[float], tpr: Sequence[float], auc: float | None) -> bytes:
     """The preference model's ROC curve on held-out impressions, with the chance diagonal."""
     fig = Figure(figsize=(4.2, 4.0))
@@ -614,9 +632,19 @@ def _cover(sample: Mapping[str, Any] | None, images: Mapping[str, str | None]) -
     return f'<img class="cover" alt="{esc(alt)}" src="{uri}">'
 
 
-def _curves_section(finetune: Mapping[str, Any] | None, generator: str) -> str:
+def _curves_section(
+    finetune: Mapping[str, Any] | None, generator: str, snapshots: Sequence[Mapping[str, Any]] = ()
+) -> str:
+    over = ""
+    if len(snapshots) >= 2:
+        png = data_uri(overoptimization_png(snapshots), "image/png")
+        over = (
+            '<p class="note">Covers of each stage-2 snapshot on the first held-out items (plain sampling), '
+            "scored after the fact: the learned reward rising while the oracle CTR stalls is over-optimization.</p>"
+            f'<img class="plot" alt="learned reward vs oracle CTR across snapshots" src="{png}">'
+        )
     if not finetune:
-        return '<section><h2>Fine-tuning</h2><p class="note">No fine-tuning this run.</p></section>'
+        return f'<section><h2>Fine-tuning</h2><p class="note">No fine-tuning this run.</p>{over}</section>'
     result = finetune.get("result") or {}
     curve, guard = result.get("curve") or [], result.get("guard") or []
     version = str(finetune.get("generator_version", ""))
@@ -629,7 +657,7 @@ def _curves_section(finetune: Mapping[str, Any] | None, generator: str) -> str:
         plot = f'<img class="plot wide" alt="reward curves" src="{png}">'
     else:
         plot = '<p class="note">The log has no reward curve points.</p>'
-    return f'<section><h2>Fine-tuning reward curves</h2><p class="note">{note}</p>{plot}</section>'
+    return f'<section><h2>Fine-tuning reward curves</h2><p class="note">{note}</p>{plot}{over}</section>'
 
 
 STYLE = """
@@ -698,7 +726,7 @@ def render_report(
             _ablation_section(metrics.get("variants") or {}),
             _per_segment_section(metrics),
             _models_section(metrics),
-            _curves_section(finetune, generator),
+            _curves_section(finetune, generator, metrics.get("finetune_curve") or []),
             _segments_section(metrics),
             _contact_sheets(samples, images, metrics),
         ]

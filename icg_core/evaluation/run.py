@@ -15,6 +15,7 @@ metrics.json keys::
     ds, variants {name: M}, preference_model {auc, oracle_auc, log_loss, auc_reproduced, n_eval, roc {fpr, tpr}},
     segments {k, ari_vs_taste_groups, sizes {segment_id: n_users}, taste {segment_id: {attribute: mean hidden taste}}},
     downstream {auc_without_covers, auc_with_covers, n_train, n_eval, judged_by},
+    finetune_curve [{step, preference, oracle_ctr}] (the production generator's stage-2 snapshots),
     run {data_interval {start, end}, items, item_ids, bootstrap_samples, model_versions {...},
          timings {evaluate phase: seconds}, stage_seconds {finetune..., evaluate}, finished_at},
     samples [{item_id, title, segment_id, variant, image_key}], gate {passed, baseline_ds, checks}
@@ -39,9 +40,10 @@ from typing import Any
 import numpy as np
 
 from icg_core.config import ICGConfig
-from icg_core.covers import encode_png
+from icg_core.covers import encode_png, sidecar_key
 from icg_core.evaluation.ablations import ABLATIONS, run_ablation
 from icg_core.evaluation.ceiling import oracle_best_covers
+from icg_core.evaluation.curve import finetune_curve
 from icg_core.evaluation.downstream import downstream_auc, load_click_window, preference_model_report
 from icg_core.evaluation.gates import GateResult, check_gates, metrics_key, published_baseline
 from icg_core.evaluation.measures import (
@@ -71,7 +73,7 @@ from icg_core.models.bundle import load_bundle
 from icg_core.models.checkpoint import checkpoint_prefix, resolve_version
 from icg_core.rewards.common import model_name
 from icg_core.rewards.preference import PreferenceModel
-from icg_core.serving.policy import REWARD_KINDS, CoverRewards, Sampling, load_cover_rewards
+from icg_core.serving.policy import BASE, REWARD_KINDS, CoverRewards, Sampling, load_cover_rewards
 from icg_core.storage import ObjectStore
 from icg_core.users import load_segments
 from icg_core.world.oracle import ORACLE_PREFIX, Oracle
@@ -136,9 +138,7 @@ def time_sampling(
 ) -> tuple[float, int]:
     """(seconds, covers) of sampling the first ``count`` (item, segment) covers again, to price covers read from generate."""
     n_items = min(len(items), max(1, math.ceil(count / len(segments))))
-    subset = EvalItems(items.item_ids[:n_items], items.titles[:n_items], items.categories[:n_items],
-                       items.references[:n_items], items.logged[:n_items], items.features[:n_items])  # fmt: skip
-    timed = generate_covers(bundle, subset, segments, seeds[: n_items * len(segments)], sampling,
+    timed = generate_covers(bundle, items.head(n_items), segments, seeds[: n_items * len(segments)], sampling,
                             personalized=True, batch_size=n_items * len(segments), rewards=rewards)  # fmt: skip
     return timed.seconds, timed.timed_covers
 
@@ -163,8 +163,13 @@ def _icg_covers(
     seconds, timed = time_sampling(
         bundle, items, segments, seeds, sampling, cfg.evaluate.timing_covers, rewards
     )
+    sources = [
+        store.get_json(sidecar_key(ds, int(s), item)).get("source")
+        for item in items.item_ids
+        for s in segments.segment_ids.tolist()
+    ]
     log.info("stage=evaluate ds=%s icg covers read from the generate stage (%d)", ds, len(staged))
-    return VariantCovers(staged, seconds, timed, len(staged), bundle.version, "staged")
+    return VariantCovers(staged, seconds, timed, len(staged), bundle.version, "staged", sources.count(BASE))
 
 
 def _write_samples(
@@ -310,6 +315,11 @@ def run_evaluation(
     )
     del base_bundle
     clock.lap("base")
+    n_curve = min(ecfg.curve_items, len(items)) * len(segments)
+    curve = finetune_curve(store, cfg.models.generator_name, icg_bundle, items.head(ecfg.curve_items), segments,
+                           judges, seeds[:n_curve], plain, covers["base"].images[:n_curve],
+                           batch_size=ecfg.batch_size)  # fmt: skip
+    clock.lap("finetune_curve")
     if oracle is not None:
         covers["oracle_best"] = oracle_best_covers(items, segments, oracle, seed=ecfg.seed)
         clock.lap("oracle_best")
@@ -374,6 +384,7 @@ def run_evaluation(
         "preference_model": preference_report,
         "segments": _segments_report(segments, oracle),
         "downstream": downstream,
+        "finetune_curve": curve,
         "samples": samples,
     }
     baseline_ds, baseline = published_baseline(store, ds)

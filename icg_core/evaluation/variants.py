@@ -62,6 +62,11 @@ class EvalItems:
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    def head(self, n: int) -> EvalItems:
+        """The first ``n`` items."""
+        return EvalItems(self.item_ids[:n], self.titles[:n], self.categories[:n], self.references[:n],
+                         self.logged[:n], self.features[:n])  # fmt: skip
+
 
 @dataclass
 class EvalSegments:

@@ -69,6 +69,15 @@ from icg_core.training.stage1 import _flatten_optimizer, _unflatten_optimizer, e
 log = logging.getLogger(__name__)
 
 STATE_SUFFIX = "-stage2-state"
+# Refiner and adapter weights at every checkpoint step, kept for the evaluation's fine-tuning curve.
+SNAPSHOT_SUFFIX = "-stage2-snapshots"
+
+
+def snapshot_version(version: str, step: int) -> str:
+    """Version of the snapshot of generator ``version`` at ``step``."""
+    return f"{version}-step{step:05d}"
+
+
 REWARD_NAMES = ("aesthetic", "relevance", "preference")
 MIN_SNR_GAMMA = 5.0  # min-SNR loss weighting, as stage 1's default
 GUARD_SEED_KEY = "stage2-guard"  # held-out checks use seed_for(item, segment, this): same covers every check
@@ -271,7 +280,7 @@ class Stage2Trainer:
 
     # ------------------------------------------------------------------ state
     def save_state(self) -> None:
-        """Write the resumable state (weights, optimizer, step, generator, curves)."""
+        """Write the resumable state (weights, optimizer, step, generator, curves) and a weights snapshot."""
         if self.store is None:
             return
         tensors, groups = _flatten_optimizer(self.optimizer.state_dict())
@@ -283,6 +292,14 @@ class Stage2Trainer:
         }
         config = {"step": self.step, "param_groups": groups, "curve": self.curve, "guard": self.guard}
         save_module_checkpoint(self.store, self.state_name, self.version, modules, config, set_latest=False)
+        save_module_checkpoint(
+            self.store,
+            self.state_name.removesuffix(STATE_SUFFIX) + SNAPSHOT_SUFFIX,
+            snapshot_version(self.version, self.step),
+            {"refiner": self.bundle.refiner, "adapter": self.bundle.adapter},
+            {"step": self.step},
+            set_latest=False,
+        )
 
     def load_state(self) -> bool:
         """Continue from a saved state of this version, if one exists. Returns whether it did."""

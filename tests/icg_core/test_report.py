@@ -332,3 +332,14 @@ def test_per_segment_table_labels_tastes_and_highlights_the_best(store) -> None:
     assert "warm, dark" in section  # strongest first; weak tastes (|t| < 0.2) are not named
     row = re.search(r"<tr><th>segment 0.*?</tr>", section, re.S).group(0)
     assert '<td class="best">0.500</td>' in row
+
+
+def test_the_snapshot_curve_is_plotted_when_the_evaluation_measured_it(store) -> None:
+    metrics = write_fixture_run(store)
+    assert "learned reward vs oracle CTR" not in page_of(store)
+    metrics["finetune_curve"] = [
+        {"step": step, "preference": 0.3 + 0.05 * k, "oracle_ctr": 0.3 + 0.02 * k}
+        for k, step in enumerate((0, 20, 40, 60))
+    ]
+    store.put_json(metrics_key(DS), metrics)
+    assert 'alt="learned reward vs oracle CTR across snapshots"' in page_of(store)

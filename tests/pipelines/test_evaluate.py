@@ -21,7 +21,8 @@ from tests.tiny import prepare_tiny_day, write_tiny_config
 M_KEYS = {
     "aesthetic", "aesthetic_heldout", "relevance", "category_top1", "preference", "oracle_ctr", "diversity",
     "aesthetic_ci", "aesthetic_heldout_ci", "relevance_ci", "category_top1_ci", "preference_ci", "oracle_ctr_ci",
-    "diversity_ci", "oracle_ctr_by_segment", "seconds_per_cover", "n_covers", "generator_version", "source",
+    "diversity_ci", "oracle_ctr_by_segment", "preference_by_segment", "seconds_per_cover", "n_covers",
+    "generator_version", "source", "fallback_rate",
 }  # fmt: skip
 
 
@@ -63,10 +64,26 @@ def test_evaluate_writes_metrics_gates_ablations_and_nulls_without_oracle(tiny_d
         "run",
         "samples",
         "gate",
+        "finetune_curve",
     }
-    assert set(metrics["variants"]) == {"reference", "selection", "base", "icg"}
+    assert set(metrics["variants"]) == {
+        "reference",
+        "selection",
+        "base",
+        "icg",
+        "icg_unguided",
+        "oracle_best",
+    }
     icg = metrics["variants"]["icg"]
     assert M_KEYS <= set(icg) and icg["source"] == "staged" and icg["generator_version"] == production
+    assert 0.0 <= icg["fallback_rate"] <= 1.0 and metrics["variants"]["icg_unguided"]["fallback_rate"] == 0.0
+    ceiling = metrics["variants"]["oracle_best"]
+    assert ceiling["oracle_ctr"] >= max(
+        v["oracle_ctr"] for n, v in metrics["variants"].items() if n != "oracle_best"
+    )
+    # Fine-tuning curve: step 0 (the base) and every stage-2 snapshot (checkpoint_every=1, 2 steps).
+    assert [p["step"] for p in metrics["finetune_curve"]] == [0, 1, 2]
+    assert all(p["preference"] is not None and p["oracle_ctr"] is not None for p in metrics["finetune_curve"])
     assert (
         icg["oracle_ctr"] is not None
         and icg["oracle_ctr_ci"][0] <= icg["oracle_ctr"] <= icg["oracle_ctr_ci"][1]
@@ -89,7 +106,7 @@ def test_evaluate_writes_metrics_gates_ablations_and_nulls_without_oracle(tiny_d
     assert metrics["run"]["data_interval"]["end"] == ds
     assert set(metrics["run"]["stage_seconds"]) == {"finetune", "evaluate"}
     samples = metrics["samples"]
-    assert len(samples) == 2 * (1 + 2 + 2)  # sheet items x (reference + base and icg per segment)
+    assert len(samples) == 2 * (1 + 2 * 4)  # sheet items x (reference + 4 variants per segment)
     assert all(store.exists(s["image_key"]) for s in samples)
     assert {s["segment_id"] for s in samples if s["variant"] == "reference"} == {None}
 
