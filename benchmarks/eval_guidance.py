@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/eval_guidance.py --root R [--ds DS] [--steps 0,5,10,20,40] [--candidates 1]
+    python benchmarks/eval_guidance.py --root R [--ds DS] [--steps 0,1,2,4] [--candidates 1]
         [--no-base-candidate] [--items N] [--out FILE]
 
 On every held-out item x segment of ``ds`` (the evaluate stage's items, segments and seeds), with
@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True)
     parser.add_argument("--ds", default=None, help="default: the latest validated day")
-    parser.add_argument("--steps", default="0,5,10,20,40", help="guidance steps to measure, comma-separated")
+    parser.add_argument("--steps", default="0,1,2,4", help="steer steps to measure, comma-separated")
     parser.add_argument("--candidates", type=int, default=None, help="default: the config's")
     parser.add_argument("--no-base-candidate", action="store_true")
     parser.add_argument("--items", type=int, default=None, help="first N held-out items (default: all)")
