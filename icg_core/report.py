@@ -62,7 +62,7 @@ METRIC_COLUMNS = [
 SHEET_COLUMNS = ["reference", "selection", "base", "icg", "oracle_best"]  # then other sampled variants
 FINETUNE_LOG = re.compile(rf"{REPORT_PREFIX}/ds=\d{{4}}-\d{{2}}-\d{{2}}/finetune-[^/]+\.json")
 UPLIFT_BASELINES = ("reference", "base")
-UPLIFT_METRICS = ("oracle_ctr", "preference", "relevance", "aesthetic", "aesthetic_heldout")
+UPLIFT_METRICS = ("oracle_ctr", "preference", "relevance", "aesthetic")  # four pairs of columns fit 1366 px
 
 
 FAILED = '<b class="warn">failed</b>'
@@ -681,7 +681,7 @@ th.group{text-align:center!important;border-bottom:1px solid #c9ced8}td.best{bac
 table.kv th,table.kv td{padding:2px 8px}table.kv th{font-weight:500;color:#5a6372;padding-left:0}
 table.sizes td.num{text-align:right}table.sizes td.barcell{width:260px}
 .bar{height:12px;background:#6b8fd6;border-radius:3px;margin-top:5px}
-.sheets{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:20px}.sheet h3{margin-top:0}
+.sheets{display:grid;grid-template-columns:repeat(auto-fit,minmax(860px,1fr));gap:20px}.sheet h3{margin-top:0}
 table.covers thead th{font-size:12.5px;color:#5a6372;text-align:center}table.covers td{padding:4px}
 table.covers th.title{width:150px;font-size:13px;font-weight:600;overflow-wrap:anywhere}
 img.cover{display:block;width:128px;height:auto;border-radius:4px;background:#eee}
