@@ -25,16 +25,9 @@ from icg_core.bootstrap import torch_threads
 from icg_core.config import load_config
 from icg_core.evaluation.ceiling import oracle_best_covers
 from icg_core.evaluation.measures import by_segment, measure_covers, per_item_measures, variant_metrics
-from icg_core.evaluation.run import generator_versions, load_eval_segments, load_judges, load_oracle
+from icg_core.evaluation.run import load_setup
 from icg_core.evaluation.stats import resample_indices
-from icg_core.evaluation.variants import (
-    generate_covers,
-    held_out_item_ids,
-    load_eval_items,
-    pair_seeds,
-    reference_covers,
-    select_covers,
-)
+from icg_core.evaluation.variants import generate_covers, reference_covers, select_covers
 from icg_core.models.bundle import load_bundle
 from icg_core.serving.policy import Sampling
 from icg_core.storage import ObjectStore
@@ -67,15 +60,9 @@ def main() -> None:
     store = ObjectStore.from_config(cfg.storage)
     ds = args.ds or latest_validated_ds(store)
     with torch_threads(cfg.models.cpu_threads):
-        oracle = load_oracle(store)
-        segments = load_eval_segments(store, ds)
-        judges, _, _, rewards = load_judges(store, cfg, segments, oracle)
-        icg_version, base_version = generator_versions(store, cfg)
-        bundle = load_bundle(store, cfg.models, icg_version)
-        items = load_eval_items(
-            store, ds, held_out_item_ids(store, ds, cfg.stage1.holdout_fraction, args.items), bundle
-        )
-        seeds = pair_seeds(items.item_ids, segments.segment_ids.tolist(), icg_version)
+        setup = load_setup(store, cfg, ds, args.items)
+        oracle, segments, judges, rewards = setup.oracle, setup.segments, setup.judges, setup.rewards
+        bundle, items, seeds = setup.bundle, setup.items, setup.seeds
         sampling = Sampling.from_config(cfg)
         if args.candidates is not None:
             sampling = replace(sampling, candidates=args.candidates)
@@ -86,7 +73,7 @@ def main() -> None:
             "reference": reference_covers(items, len(segments)),
             "selection": select_covers(items, segments, judges.preference),
         }
-        base_bundle = load_bundle(store, cfg.models, base_version)
+        base_bundle = load_bundle(store, cfg.models, setup.base_version)
         covers["base"] = generate_covers(
             base_bundle, items, segments, seeds, plain, personalized=False, batch_size=64
         )
@@ -110,7 +97,9 @@ def main() -> None:
             results[name] = variant_metrics(
                 per_item, made, indices, by_segment(measures, segments, len(items))
             )
-    print(f"ds={ds} items={len(items)} segments={len(segments)} generator={icg_version} sampling={sampling}")
+    print(
+        f"ds={ds} items={len(items)} segments={len(segments)} generator={setup.icg_version} sampling={sampling}"
+    )
     print(f"{'variant':<14}" + "".join(f"{c:>26}" for c in COLUMNS) + f"{'fallback':>10}{'s/cover':>9}")
     for name, m in results.items():
         cells = "".join(

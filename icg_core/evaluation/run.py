@@ -267,6 +267,38 @@ def _failed_variant(message: str) -> dict[str, Any]:
     )
 
 
+@dataclass
+class EvalSetup:
+    """Everything the variants are made and judged with, loaded once (:func:`load_setup`)."""
+
+    oracle: Oracle | None
+    segments: EvalSegments
+    judges: Judges
+    reward_versions: dict[str, str]
+    preference: PreferenceModel
+    rewards: CoverRewards
+    icg_version: str
+    base_version: str
+    bundle: Any  # the production generator (ICGBundle)
+    items: EvalItems
+    seeds: list[int]  # item-major seeds of every (item, segment) pair
+
+
+def load_setup(store: ObjectStore, cfg: ICGConfig, ds: str, items_limit: int | None) -> EvalSetup:
+    """The oracle (if any), segments, judges, generators, held-out items (first ``items_limit``) and seeds of ``ds``."""
+    oracle = load_oracle(store)
+    segments = load_eval_segments(store, ds)
+    judges, reward_versions, preference, rewards = load_judges(store, cfg, segments, oracle)
+    icg_version, base_version = generator_versions(store, cfg)
+    bundle = load_bundle(store, cfg.models, icg_version)
+    items = load_eval_items(
+        store, ds, held_out_item_ids(store, ds, cfg.stage1.holdout_fraction, items_limit), bundle
+    )
+    seeds = pair_seeds(items.item_ids, segments.segment_ids.tolist(), icg_version)
+    return EvalSetup(oracle, segments, judges, reward_versions, preference, rewards, icg_version, base_version,
+                     bundle, items, seeds)  # fmt: skip
+
+
 def run_evaluation(
     store: ObjectStore, cfg: ICGConfig, ds: str, *, ablations: bool = False
 ) -> tuple[EvaluationSummary, GateResult]:
@@ -283,15 +315,11 @@ def run_evaluation(
     """
     clock = _Clock()
     ecfg = cfg.evaluate
-    oracle = load_oracle(store)
-    segments = load_eval_segments(store, ds)
-    judges, reward_versions, preference, rewards = load_judges(store, cfg, segments, oracle)
-    icg_version, base_version = generator_versions(store, cfg)
-    icg_bundle = load_bundle(store, cfg.models, icg_version)
-    items = load_eval_items(
-        store, ds, held_out_item_ids(store, ds, cfg.stage1.holdout_fraction, ecfg.items), icg_bundle
-    )
-    seeds = pair_seeds(items.item_ids, segments.segment_ids.tolist(), icg_version)
+    setup = load_setup(store, cfg, ds, ecfg.items)
+    oracle, segments, judges, rewards = setup.oracle, setup.segments, setup.judges, setup.rewards
+    reward_versions, preference = setup.reward_versions, setup.preference
+    icg_version, base_version, icg_bundle = setup.icg_version, setup.base_version, setup.bundle
+    items, seeds = setup.items, setup.seeds
     log.info("stage=evaluate ds=%s items=%d segments=%d icg=%s base=%s oracle=%s",
              ds, len(items), len(segments), icg_version, base_version, oracle is not None)  # fmt: skip
     clock.lap("load")
