@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GuidanceReward:
-    """Standardized, weighted R of covers, differentiable in their pixels.
+    """The standardized reward terms of covers, differentiable in their pixels (R weights them).
 
     Attributes:
         preference: the click model (its ``stats`` standardize the term).
@@ -46,8 +46,10 @@ class GuidanceReward:
     weights: RewardWeights
 
     def title_embeddings(self, titles: Sequence[str]) -> torch.Tensor | None:
-        """Unit title embeddings ``[B, E]`` the relevance term compares covers with (None without it)."""
-        if self.relevance is None or self.weights.relevance == 0:
+        """Unit title embeddings ``[B, E]`` the relevance term compares covers with (None without it).
+
+        Computed whatever relevance's weight in R: the term also serves as a guard of the steer."""
+        if self.relevance is None:
             return None
         return torch.from_numpy(self.relevance.text_embeddings(titles))
 
@@ -81,7 +83,3 @@ class GuidanceReward:
             proxy = sum(PROXY_WEIGHTS[name] * components[name] for name in PROXY_WEIGHTS)
             out["aesthetic"] = (proxy - self.aesthetic_stats.mean) / self.aesthetic_stats.std
         return out
-
-    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        """R ``[B]``: the weighted sum of :meth:`terms`."""
-        return sum(getattr(self.weights, name) * value for name, value in terms.items())  # type: ignore[return-value]
