@@ -197,9 +197,12 @@ def steer_latents(
     mean = latents.mean(dim=(2, 3), keepdim=True)
     channels = latents.shape[1]
 
-    def evaluate(theta: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def look(theta: torch.Tensor) -> torch.Tensor:
         gain, shift = theta[:, :channels, None, None], theta[:, channels:, None, None]
-        values = terms(decode(mean + (latents - mean) * gain.exp() + shift))
+        return mean + (latents - mean) * gain.exp() + shift
+
+    def evaluate(theta: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        values = terms(decode(look(theta)))
         return sum(weights.get(k, 0.0) * v for k, v in values.items()), values  # type: ignore[return-value]
 
     theta = torch.zeros(len(latents), 2 * channels, device=latents.device)
@@ -229,8 +232,7 @@ def steer_latents(
                 best = torch.where(better, reward, best)
                 chosen = torch.where(better[:, None], candidate, chosen)
         theta = chosen
-    gain, shift = theta[:, :channels, None, None], theta[:, channels:, None, None]
-    return (mean + (latents - mean) * gain.exp() + shift).detach()
+    return look(theta).detach()
 
 
 @dataclass
