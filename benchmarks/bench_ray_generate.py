@@ -30,6 +30,7 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from icg_core import layout
 from icg_core.config import load_config
 from icg_core.covers import generate_covers, plan_generation, read_catalog_items
 from icg_core.storage import ObjectStore
@@ -47,7 +48,7 @@ def scratch_day(
 ) -> str:
     """Copy ``ds``'s validated catalog (titles optionally changed) and segments (optionally the first K) to ds + offset."""
     day = (dt.date.fromisoformat(ds) + dt.timedelta(days=offset)).isoformat()
-    catalog = store.read_table("catalog_items", ds=ds, area="validated")
+    catalog = layout.CATALOG.read(store, ds)
     titles = [
         (changed or {}).get(i, t)
         for i, t in zip(catalog["item_id"].to_pylist(), catalog["title"].to_pylist(), strict=True)
@@ -55,16 +56,14 @@ def scratch_day(
     catalog = catalog.set_column(
         catalog.schema.get_field_index("title"), "title", pa.array(titles, pa.string())
     )
-    store.write_table("catalog_items", catalog, ds=day, area="validated")
-    centroids = store.read_table("segment_centroids", ds=ds, area="users").sort_by("segment_id")
+    layout.CATALOG.write(store, catalog, day)
+    centroids = layout.SEGMENT_CENTROIDS.read(store, ds).sort_by("segment_id")
     if segments is not None:
         centroids = centroids.slice(0, segments)
-    store.write_table("segment_centroids", centroids, ds=day, area="users")
-    users = store.read_table("user_segments", ds=ds, area="users")
+    layout.SEGMENT_CENTROIDS.write(store, centroids, day)
+    users = layout.USER_SEGMENTS.read(store, ds)
     keep = pa.array(centroids["segment_id"].to_pylist(), pa.int32())
-    store.write_table(
-        "user_segments", users.filter(pc.is_in(users["segment_id"], keep)), ds=day, area="users"
-    )
+    layout.USER_SEGMENTS.write(store, users.filter(pc.is_in(users["segment_id"], keep)), day)
     return day
 
 
@@ -124,7 +123,7 @@ def vlm_calls(store: ObjectStore, cfg, ds: str, items: int) -> dict:
         day = scratch_day(store, ds, offset, segments=segments)
         plan_version = run_features(store, cfg, day, items_limit=items)["encoder_version"]
         # Empty the cache of exactly these items, so the features stage must encode them again.
-        for row in store.read_table("item_features", ds=day, area="features").to_pylist():
+        for row in layout.ITEM_FEATURES.read(store, day).to_pylist():
             store.delete(store.key(row["features_uri"]))
         features = run_features(store, cfg, day, items_limit=items)
         covers = generate_covers(store, cfg, day, items_limit=items, force=True)

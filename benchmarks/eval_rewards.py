@@ -26,6 +26,7 @@ import yaml
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, log_loss, roc_auc_score
 
+from icg_core import layout
 from icg_core.config import AestheticConfig, ICGConfig, PreferenceConfig, RelevanceConfig, UsersConfig
 from icg_core.extract import extract_day
 from icg_core.rewards.aesthetic import build_aesthetic_reward
@@ -47,7 +48,7 @@ def _timed(fn, *args, **kwargs):
 
 def prepare_world(store: ObjectStore, cfg: ICGConfig, generate: bool) -> str:
     """The ds to measure: the root's latest validated day, or (``generate``, or none yet) a fresh world's."""
-    validated = store.partitions("impressions", area="validated")
+    validated = layout.IMPRESSIONS.days(store)
     if validated and not generate:
         return validated[-1]
     summary = generate_world(store, cfg.world)
@@ -80,7 +81,7 @@ def segment_report(store: ObjectStore, ds: str, oracle: Oracle, n_segments: int)
 
 def oracle_ceiling(store: ObjectStore, ds: str, oracle: Oracle, holdout_days: int) -> dict:
     """The oracle's click AUC / log loss on the held-out impressions the gate scored."""
-    impressions = store.read_table("impressions", ds=ds, area="validated")
+    impressions = layout.IMPRESSIONS.read(store, ds)
     train, held, _ = split_days(impressions, holdout_days)
     seen = set(train.column("user_id").to_pylist())
     users = held.column("user_id").to_pylist()

@@ -39,13 +39,14 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image, ImageDraw
 
+from icg_core import layout
 from icg_core.bootstrap import torch_threads
 from icg_core.config import load_config
 from icg_core.evaluation.measures import segment_ctr
 from icg_core.features import compute_item_features, load_features
 from icg_core.images import decode_image
 from icg_core.models.bundle import load_bundle
-from icg_core.models.checkpoint import checkpoint_prefix, resolve_version
+from icg_core.models.checkpoint import checkpoint_config, resolve_version
 from icg_core.models.generator import seed_for
 from icg_core.rewards.aesthetic import aesthetic_proxy, composition_score
 from icg_core.rewards.preference import load_preference_reward_fn
@@ -139,8 +140,10 @@ def main() -> None:
     report["seconds"] = round(time.perf_counter() - started, 2)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
-    report["contact_sheet"] = store.put_bytes("reports/stage2_contact_sheet.png", buffer.getvalue())
-    store.put_json("reports/stage2_eval.json", report)
+    report["contact_sheet"] = store.put_bytes(
+        layout.bootstrap_report("stage2_contact_sheet.png"), buffer.getvalue()
+    )
+    store.put_json(layout.bootstrap_report("stage2_eval.json"), report)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
@@ -150,7 +153,7 @@ def main() -> None:
 def evaluate(store: ObjectStore, cfg, ds: str, version: str, n_items: int | None, sheet_items: int):
     name = cfg.models.generator_name
     version = resolve_version(store, name, version)
-    saved = store.get_json(f"{checkpoint_prefix(name, version)}/config.json")["config"]
+    saved = checkpoint_config(store, name, version)
     if "stage2" not in saved:
         raise SystemExit(f"generator {version} is not a stage-2 generator")
     base_version = saved["stage2"]["base_version"]

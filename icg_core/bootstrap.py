@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image, ImageDraw
 
+from icg_core import layout
 from icg_core.config import ICGConfig, ModelsConfig
 from icg_core.features import compute_item_features, load_features
 from icg_core.images import decode_image
@@ -74,7 +75,6 @@ from icg_core.training.stage1 import STATE_SUFFIX, Stage1Trainer, make_stage1_da
 
 log = logging.getLogger(__name__)
 
-REPORT_PREFIX = "reports/bootstrap"
 SHEET_SAMPLES = 2  # generated covers shown per item, next to its reference
 SHEET_COLUMNS = 4  # items per contact-sheet row
 SHEET_ZOOM = 2  # covers are enlarged (nearest neighbour) so small ones stay readable
@@ -347,7 +347,7 @@ def _bootstrap(
         with timer.phase("contact_sheet"):
             items = sheet_items(catalog, held_ids, stage1.sheet_items)
             sheet = write_contact_sheet(
-                store, bundle, models, items, f"{REPORT_PREFIX}/contact_sheet-{version}.png"
+                store, bundle, models, items, layout.bootstrap_report(f"contact_sheet-{version}.png")
             )
     summary = BootstrapSummary(
         ds=ds,
@@ -364,7 +364,7 @@ def _bootstrap(
         features=features,
         contact_sheet=sheet,
     )
-    store.put_json(f"{REPORT_PREFIX}/summary.json", summary.to_dict())
+    store.put_json(layout.bootstrap_report("summary.json"), summary.to_dict())
     log.info(
         "stage=bootstrap ds=%s version=%s complete=%s seconds=%s", ds, version, complete, summary.seconds
     )
@@ -462,5 +462,9 @@ def generate_sample(
         _, held_ids = split_items(catalog.column("item_id").to_pylist(), cfg.stage1.holdout_fraction)
         rows = sheet_items(catalog, held_ids, items)
         return write_contact_sheet(
-            store, bundle, cfg.models, rows, f"{REPORT_PREFIX}/sample-{bundle.version}-{ds}-k{items}.png"
+            store,
+            bundle,
+            cfg.models,
+            rows,
+            layout.bootstrap_report(f"sample-{bundle.version}-{ds}-k{items}.png"),
         )

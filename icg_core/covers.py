@@ -34,11 +34,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from icg_core import layout
 from icg_core.config import ICGConfig, ModelsConfig, RewardWeights
-from icg_core.features import FEATURES_AREA, load_features
-from icg_core.models.checkpoint import MODELS_PREFIX, checkpoint_exists, checkpoint_prefix, resolve_version
+from icg_core.features import load_features
+from icg_core.models.checkpoint import (
+    checkpoint_config,
+    checkpoint_exists,
+    resolve_version,
+)
 from icg_core.models.generator import seed_for
-from icg_core.publish import STAGING_AREA, TABLE
 from icg_core.rewards.common import model_name
 from icg_core.schemas import TABLES
 from icg_core.serving.policy import (
@@ -53,9 +57,6 @@ from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-COVERS_PREFIX = "covers"
-CATALOG_AREA = "validated"
-SEGMENTS_AREA = "users"  # icg_core.users.USERS_AREA (not imported: it pulls in scikit-learn)
 FORMAT = "PNG"
 # Columns of a generation request: one row per (item, segment).
 REQUEST_COLUMNS = ("item_id", "title", "category", "content_hash", "features_uri", "segment_id")
@@ -65,14 +66,6 @@ GENERATED, KEPT, COPIED = "generated", "kept", "copied"
 
 class GenerateInputError(ValueError):
     """The generate (or features) stage cannot start on these inputs; the message says what to run or fix."""
-
-
-def cover_key(ds: str, segment_id: int, item_id: str) -> str:
-    return f"{COVERS_PREFIX}/ds={ds}/segment={int(segment_id)}/{item_id}.png"
-
-
-def sidecar_key(ds: str, segment_id: int, item_id: str) -> str:
-    return f"{COVERS_PREFIX}/ds={ds}/segment={int(segment_id)}/{item_id}.json"
 
 
 def cover_fingerprint(
@@ -137,12 +130,12 @@ def read_catalog_items(store: ObjectStore, ds: str, items_limit: int | None = No
     Raises:
         GenerateInputError: no validated catalog for ``ds``, or it is empty.
     """
-    if not store.has_partition("catalog_items", ds=ds, area=CATALOG_AREA):
-        where = store.uri(store.partition_prefix(CATALOG_AREA, "catalog_items", ds))
+    if not layout.CATALOG.exists(store, ds):
+        where = layout.CATALOG.uri(store, ds)
         raise GenerateInputError(
             f"no validated catalog for ds={ds} ({where}); run extract and validate first"
         )
-    catalog = store.read_table("catalog_items", ds=ds, area=CATALOG_AREA)
+    catalog = layout.CATALOG.read(store, ds)
     catalog = catalog.sort_by("item_id")
     if items_limit is not None:
         catalog = catalog.slice(0, max(items_limit, 0))
@@ -154,15 +147,15 @@ def read_catalog_items(store: ObjectStore, ds: str, items_limit: int | None = No
 
 
 def read_centroids(store: ObjectStore, ds: str) -> dict[int, np.ndarray]:
-    """Segment centroids of ``ds`` (area ``users``).
+    """Segment centroids of ``ds``.
 
     Raises:
         GenerateInputError: no segment table for ``ds``, or no segments in it.
     """
-    if not store.has_partition("segment_centroids", ds=ds, area=SEGMENTS_AREA):
-        where = store.uri(store.partition_prefix(SEGMENTS_AREA, "segment_centroids", ds))
+    if not layout.SEGMENT_CENTROIDS.exists(store, ds):
+        where = layout.SEGMENT_CENTROIDS.uri(store, ds)
         raise GenerateInputError(f"no segment table for ds={ds} ({where}); run the users stage first")
-    table = store.read_table("segment_centroids", ds=ds, area=SEGMENTS_AREA)
+    table = layout.SEGMENT_CENTROIDS.read(store, ds)
     centroids = {
         int(s): np.asarray(c, np.float32)
         for s, c in zip(
@@ -178,13 +171,13 @@ def resolve_generator(store: ObjectStore, models: ModelsConfig, version: str) ->
     """(resolved version, saved module config) of the generator, or a clear error if it does not exist."""
     name = models.generator_name
     if not checkpoint_exists(store, name, version):
-        known = sorted({k.split("/")[2] for k in store.list(f"{MODELS_PREFIX}/{name}") if k.count("/") >= 3})
+        known = layout.model_versions_stored(store, name, complete=False)
         raise GenerateInputError(
-            f"generator {name!r} version {version!r} does not exist under {store.uri(MODELS_PREFIX + '/' + name)}"
+            f"generator {name!r} version {version!r} does not exist under {store.uri(layout.model_versions(name))}"
             f" (versions found: {known or 'none'}); run bootstrap / finetune, or pick an existing version"
         )
     resolved = resolve_version(store, name, version)
-    config = store.get_json(f"{checkpoint_prefix(name, resolved)}/config.json")["config"]
+    config = checkpoint_config(store, name, resolved)
     return resolved, config
 
 
@@ -213,9 +206,9 @@ def plan_generation(
                 f"reward model {model_name(kind)!r} version {cfg.generate.reward_version!r} does not exist; run the rewards stage first"
             )
         reward_versions[kind] = resolve_version(store, model_name(kind), cfg.generate.reward_version)
-    if not store.has_partition("item_features", ds=ds, area=FEATURES_AREA):
+    if not layout.ITEM_FEATURES.exists(store, ds):
         raise GenerateInputError(f"no item features for ds={ds}; run the features stage first")
-    features = store.read_table("item_features", ds=ds, area=FEATURES_AREA)
+    features = layout.ITEM_FEATURES.read(store, ds)
     encoder_version = generator_config["encoder_version"]
     features = features.filter(pc.equal(features.column("encoder_version"), encoder_version))
     items = (
@@ -249,7 +242,7 @@ def plan_generation(
 
 def _cover_days(store: ObjectStore) -> list[str]:
     """Days that have a staged covers manifest (their sidecars are complete)."""
-    return store.partitions(TABLE, area=STAGING_AREA)
+    return layout.STAGED_COVERS.days(store)
 
 
 def requests(plan: GeneratePlan, items: pa.Table | None = None) -> pa.Table:
@@ -349,9 +342,9 @@ class CoverWriter:
                 continue
             if status == COPIED:
                 self.store.put_bytes(
-                    cover_key(ds, segment, item), self.store.get_bytes(cover_key(day, segment, item))
+                    layout.cover(ds, segment, item), self.store.get_bytes(layout.cover(day, segment, item))
                 )
-                self.store.put_json(sidecar_key(ds, segment, item), saved)
+                self.store.put_json(layout.cover_sidecar(ds, segment, item), saved)
                 self.counts.copied += 1
             else:
                 self.counts.kept += 1
@@ -359,8 +352,8 @@ class CoverWriter:
         return None
 
     def _sidecar(self, day: str, segment: int, item: str) -> dict[str, Any] | None:
-        key = sidecar_key(day, segment, item)
-        if not self.store.exists(key) or not self.store.exists(cover_key(day, segment, item)):
+        key = layout.cover_sidecar(day, segment, item)
+        if not self.store.exists(key) or not self.store.exists(layout.cover(day, segment, item)):
             return None
         try:
             return self.store.get_json(key)
@@ -409,8 +402,8 @@ class CoverWriter:
                 "fingerprint": row["fingerprint"],
             }
             # PNG first, sidecar second: a sidecar always names a complete cover.
-            self.store.put_bytes(cover_key(plan.ds, segments[i], row["item_id"]), encode_png(images[i]))
-            self.store.put_json(sidecar_key(plan.ds, segments[i], row["item_id"]), saved)
+            self.store.put_bytes(layout.cover(plan.ds, segments[i], row["item_id"]), encode_png(images[i]))
+            self.store.put_json(layout.cover_sidecar(plan.ds, segments[i], row["item_id"]), saved)
             self.counts.generated += 1
             if self.on_written is not None:
                 self.on_written(self.counts.generated)
@@ -418,7 +411,9 @@ class CoverWriter:
 
     def _manifest_row(self, saved: Mapping[str, Any], status: str) -> dict[str, Any]:
         row = {name: saved[name] for name in MANIFEST_SCHEMA.names if name in saved}
-        row["cover_uri"] = self.store.uri(cover_key(self.plan.ds, int(saved["segment_id"]), saved["item_id"]))
+        row["cover_uri"] = self.store.uri(
+            layout.cover(self.plan.ds, int(saved["segment_id"]), saved["item_id"])
+        )
         row["created_at"] = dt.datetime.fromisoformat(saved["created_at"])
         row["status"] = status
         return row
@@ -427,7 +422,7 @@ class CoverWriter:
 # The covers contract plus the row's status and source (dropped by the contract when the manifest is written).
 MANIFEST_SCHEMA = pa.schema(
     [
-        *[pa.field(f.name, f.type) for f in TABLES[TABLE]],
+        *[pa.field(f.name, f.type) for f in TABLES[layout.STAGED_COVERS.name]],
         pa.field("status", pa.string()),
         pa.field("source", pa.string()),  # "personalized", or "base" where the base cover won (the fallback)
     ]
@@ -476,7 +471,7 @@ def commit_manifest(
         raise StorageError(
             f"generate ds={plan.ds}: {len(keys)} rows ({len(set(keys))} distinct) for {plan.rows} expected; manifest not committed"
         )
-    store.write_table(TABLE, manifest, ds=plan.ds, area=STAGING_AREA)
+    layout.STAGED_COVERS.write(store, manifest, plan.ds)
     statuses = manifest.column("status").to_pylist()
     summary = GenerateSummary(
         ds=plan.ds,
@@ -489,7 +484,7 @@ def commit_manifest(
         copied=statuses.count(COPIED),
         encoder_calls=encoder_calls,
         fallbacks=manifest.column("source").to_pylist().count("base"),
-        manifest_uri=store.uri(store.partition_prefix(STAGING_AREA, TABLE, plan.ds)),
+        manifest_uri=layout.STAGED_COVERS.uri(store, plan.ds),
         previous_ds=plan.previous_ds,
         seconds=round(seconds, 3),
         extra=dict(extra or {}),

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from icg_core import layout
 from icg_core.config import ExtractConfig
 from icg_core.schemas import OPTIONAL_COLUMNS, TABLES, SchemaError, conform
 from icg_core.storage import ObjectStore
@@ -36,8 +37,6 @@ from icg_core.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
-RAW_AREA = "raw"
-STAGING_AREA = "staging/extract"
 CATALOG = "catalog_items"
 IMPRESSIONS = "impressions"
 SQL_FILES = {CATALOG: "extract_catalog", IMPRESSIONS: "extract_impressions"}  # table -> sql/<name>.sql
@@ -103,7 +102,7 @@ def load_sql(name: str) -> str:
 
 def raw_partitions_for(store: ObjectStore, table_name: str, window: ExtractWindow) -> list[str]:
     """The committed raw ``ds`` partitions of ``table_name`` that may hold rows of ``window``."""
-    committed = store.partitions(table_name, area=RAW_AREA)
+    committed = layout.raw_table(table_name).days(store)
     if table_name == CATALOG:
         return [p for p in committed if p <= window.ds]
     if table_name == IMPRESSIONS:
@@ -145,7 +144,7 @@ def open_raw_dataset(
         SchemaError: a file drifted from the contract (the file, column and expected type named).
     """
     schema = _scan_schema(table_name)
-    keys = [key for ds in partitions for key in store.committed_files(table_name, ds=ds, area=RAW_AREA)]
+    keys = [key for ds in partitions for key in layout.raw_table(table_name).files(store, ds)]
     canonical, conformed = [], []
     optional_present: set[str] = set()
     for key in keys:
@@ -222,7 +221,7 @@ def extract_day(store: ObjectStore, ds: str, cfg: ExtractConfig) -> ExtractSumma
             result, partitions, keys = _extract_table(
                 store, connection, table_name, window, params[table_name]
             )
-            commit = store.write_table(table_name, result, ds=ds, area=STAGING_AREA)
+            commit = layout.staged_table(table_name).write(store, result, ds)
             rows[table_name] = commit.rows
             partitions_read[table_name] = partitions
             files_read[table_name] = keys

@@ -25,19 +25,14 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from icg_core import layout
 from icg_core.images import decode_image
 from icg_core.models.encoder import MetaTokenEncoder, content_hash
 from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-FEATURES_AREA = "features"
 _READ_THREADS = 8
-
-
-def feature_key(encoder_version: str, item_hash: str) -> str:
-    """Object key of one item's cached features."""
-    return f"{FEATURES_AREA}/{encoder_version}/{item_hash}.safetensors"
 
 
 @dataclass
@@ -102,11 +97,11 @@ def compute_item_features(
             image_bytes = list(pool.map(store.read_uri, uris))
     version = encoder.encoder_version
     hashes = [content_hash(t, b, version) for t, b in zip(titles, image_bytes, strict=True)]
-    cached = set(store.list(f"{FEATURES_AREA}/{version}"))
+    cached = set(store.list(layout.feature_cache(version)))
     # Each distinct missing key is encoded once (two items with identical content share one entry).
     first_missing: dict[str, int] = {}
     for row, item_hash in enumerate(hashes):
-        if feature_key(version, item_hash) not in cached:
+        if layout.feature(version, item_hash) not in cached:
             first_missing.setdefault(item_hash, row)
     missing = list(first_missing.values())
     forward_calls = 0
@@ -125,17 +120,17 @@ def compute_item_features(
                         "encoder_version": version,
                     },
                 )
-                store.put_bytes(feature_key(version, hashes[row]), payload)
+                store.put_bytes(layout.feature(version, hashes[row]), payload)
     table = pa.table(
         {
             "item_id": pa.array(item_ids, pa.string()),
             "content_hash": pa.array(hashes, pa.string()),
             "encoder_version": pa.array([version] * len(item_ids), pa.string()),
-            "features_uri": pa.array([store.uri(feature_key(version, h)) for h in hashes], pa.string()),
+            "features_uri": pa.array([store.uri(layout.feature(version, h)) for h in hashes], pa.string()),
         }
     )
     if ds is not None:
-        store.write_table("item_features", table, ds=ds, area=FEATURES_AREA)
+        layout.ITEM_FEATURES.write(store, table, ds)
     result = ItemFeatures(
         table=table,
         encoder_version=version,
@@ -157,4 +152,4 @@ def load_features(store: ObjectStore, features_uris: Sequence[str]) -> torch.Ten
 
 def read_item_features(store: ObjectStore, ds: str) -> pa.Table:
     """The committed ``item_features`` partition of ``ds``."""
-    return store.read_table("item_features", ds=ds, area=FEATURES_AREA)
+    return layout.ITEM_FEATURES.read(store, ds)

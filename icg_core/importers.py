@@ -28,13 +28,12 @@ import pandas as pd
 import pyarrow as pa
 from PIL import Image
 
+from icg_core import layout
 from icg_core.schemas import TIMESTAMP
 from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-RAW = "raw"
-REFERENCE_IMAGE_PREFIX = "raw/images/reference"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # earlier wins when an item has several files
 SAMPLE_IDS = 10  # skipped ids listed in the summary, per reason
 UNKNOWN_CATEGORY = "unknown"
@@ -401,7 +400,7 @@ def _write_impressions(store: ObjectStore, impressions: pd.DataFrame) -> list[st
     days = []
     for start, end in zip(starts, ends, strict=True):
         ds = str(np.datetime64(int(day[start]), "D"))
-        store.write_table("impressions", table.slice(int(start), int(end - start)), ds=ds, area=RAW)
+        layout.RAW_IMPRESSIONS.write(store, table.slice(int(start), int(end - start)), ds)
         days.append(ds)
     return days
 
@@ -417,7 +416,7 @@ def _write_catalog(store: ObjectStore, catalog: pd.DataFrame, ds: str, *, update
     }
     if "description" in catalog.columns:
         columns["description"] = _strings(catalog["description"])
-    store.write_table("catalog_items", pa.table(columns), ds=ds, area=RAW)
+    layout.RAW_CATALOG.write(store, pa.table(columns), ds)
 
 
 def _strings(values: pd.Series) -> pa.Array:
@@ -464,7 +463,7 @@ def _copy_images(store: ObjectStore, item_ids: list[str], files: list[Path]) -> 
         ext = _checked_image(data)
         if ext is None:
             return None
-        return store.put_bytes(f"{REFERENCE_IMAGE_PREFIX}/{item_id}.{ext}", data)
+        return store.put_bytes(layout.reference_image(item_id, ext), data)
 
     with ThreadPoolExecutor(max_workers=_COPY_WORKERS) as pool:
         return dict(zip(item_ids, pool.map(copy_one, item_ids, files), strict=True))

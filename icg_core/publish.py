@@ -19,16 +19,13 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from icg_core.config import ValidationConfig
+from icg_core import layout
+from icg_core.config import ICGConfig, ValidationConfig
 from icg_core.images import check_image_uris
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-TABLE = "covers"
-STAGING_AREA = "staging/covers"  # where generate commits its manifest rows
-PUBLISHED_AREA = "manifests"  # what readers read: manifests/covers/ds=.../ and its _latest pointer
-COVERS_PREFIX = "covers/"  # every cover_uri must name an object under it
 SAMPLE_ROWS = 5  # offending rows named per problem
 _LIMITS = ValidationConfig()
 # Columns readers rely on: none may be null.
@@ -182,7 +179,7 @@ def manifest_problems(
         for r in with_uri
         if not _under_covers(store, r["cover_uri"])
     ]
-    _add(problems, "bad_uri", f"cover_uri must be under {store.uri(COVERS_PREFIX)}", misplaced)
+    _add(problems, "bad_uri", f"cover_uri must be under {store.uri(layout.covers_root())}", misplaced)
 
     checks = check_image_uris(
         store,
@@ -213,7 +210,7 @@ def manifest_problems(
 
 def _under_covers(store: ObjectStore, uri: str) -> bool:
     try:
-        return store.key(uri).startswith(COVERS_PREFIX)
+        return layout.is_cover(store.key(uri))
     except StorageError:
         return False
 
@@ -252,14 +249,14 @@ def publish_day(
     started = time.perf_counter()
     items = list(dict.fromkeys(expected_item_ids))
     segments = sorted({int(s) for s in expected_segment_ids})
-    previous = store.get_latest(PUBLISHED_AREA, TABLE)
-    if not store.has_partition(TABLE, ds=ds, area=STAGING_AREA):
-        staged_uri = store.uri(store.partition_prefix(STAGING_AREA, TABLE, ds))
+    previous = layout.PUBLISHED_COVERS.latest(store)
+    if not layout.STAGED_COVERS.exists(store, ds):
+        staged_uri = layout.STAGED_COVERS.uri(store, ds)
         problem = ManifestProblem(
             "no_staged_manifest", f"no committed manifest at {staged_uri} (run generate first)", 0
         )
         raise PublishError(ds, [problem], _readers_keep(previous))
-    manifest = store.read_table(TABLE, ds=ds, area=STAGING_AREA)
+    manifest = layout.STAGED_COVERS.read(store, ds)
     log.info(
         "stage=publish ds=%s staged rows=%d expected items=%d segments=%d",
         ds,
@@ -283,11 +280,11 @@ def publish_day(
         log.warning("stage=publish ds=%s refused: %d problems", ds, len(problems))
         raise PublishError(ds, problems, context)
 
-    commit = store.write_table(TABLE, manifest, ds=ds, area=PUBLISHED_AREA)
+    commit = layout.PUBLISHED_COVERS.write(store, manifest, ds)
     latest_moved = previous is None or ds >= previous
     notes = []
     if latest_moved:
-        store.set_latest(PUBLISHED_AREA, TABLE, ds)
+        layout.PUBLISHED_COVERS.set_latest(store, ds)
     else:
         notes.append(f"backfill: ds={ds} is older than the published latest ds={previous}, which stays")
     summary = PublishSummary(
@@ -296,7 +293,7 @@ def publish_day(
         items=len(items),
         segments=len(segments),
         images_checked=images_checked,
-        manifest_uri=store.uri(store.partition_prefix(PUBLISHED_AREA, TABLE, ds)),
+        manifest_uri=layout.PUBLISHED_COVERS.uri(store, ds),
         files=[store.uri(key) for key in commit.files],
         latest=ds if latest_moved else str(previous),
         latest_moved=latest_moved,
@@ -308,6 +305,28 @@ def publish_day(
         "stage=publish ds=%s published rows=%d latest=%s (was %s)", ds, summary.rows, summary.latest, previous
     )
     return summary
+
+
+def run_publish(store: ObjectStore, cfg: ICGConfig, ds: str) -> PublishSummary:
+    """The publish stage: the staged manifest of ``ds`` against the day's catalog x segments.
+
+    Raises:
+        PublishError: the catalog or segment table of ``ds`` is missing (the stage to run is
+            named), or :func:`publish_day` refused the manifest; nothing is published.
+    """
+    for table, producer in ((layout.CATALOG, "validate"), (layout.SEGMENT_CENTROIDS, "users")):
+        if not table.exists(store, ds):
+            detail = f"{table.name} for ds={ds} is missing ({table.uri(store, ds)}); run the {producer} stage first"
+            previous = layout.PUBLISHED_COVERS.latest(store)
+            raise PublishError(ds, [ManifestProblem("missing_input", detail, 0)], _readers_keep(previous))
+    return publish_day(
+        store,
+        ds,
+        expected_item_ids=layout.CATALOG.read(store, ds).column("item_id").to_pylist(),
+        expected_segment_ids=layout.SEGMENT_CENTROIDS.read(store, ds).column("segment_id").to_pylist(),
+        max_image_bytes=cfg.validation.max_image_bytes,
+        max_image_pixels=cfg.validation.max_image_pixels,
+    )
 
 
 def _readers_keep(previous: str | None) -> str:
@@ -324,9 +343,9 @@ def read_published(store: ObjectStore, ds: str | None = None) -> pa.Table:
         StorageError: nothing published yet, or ``ds`` was never published.
     """
     if ds is None:
-        ds = store.get_latest(PUBLISHED_AREA, TABLE)
+        ds = layout.PUBLISHED_COVERS.latest(store)
         if ds is None:
             raise StorageError(
-                f"no covers published yet under {store.uri(PUBLISHED_AREA + '/' + TABLE)} (no {TABLE} _latest)"
+                f"no covers published yet under {layout.PUBLISHED_COVERS.root_uri(store)} (no latest pointer)"
             )
-    return store.read_tables(TABLE, dss=[ds], area=PUBLISHED_AREA)
+    return layout.PUBLISHED_COVERS.read_days(store, [ds])

@@ -19,19 +19,18 @@ import html
 import io
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from icg_core import layout
 from icg_core.images import ImageRejected, decode_image
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-REPORT_PREFIX = "reports"
 THUMB_SIDE = 192  # px, longest side of an embedded cover: sharp at the 128 CSS px it is shown at
 THUMB_QUALITY = 85
 
@@ -60,7 +59,6 @@ METRIC_COLUMNS = [
     ("n_covers", "Covers", 0),
 ]
 SHEET_COLUMNS = ["reference", "selection", "base", "icg", "oracle_best"]  # then other sampled variants
-FINETUNE_LOG = re.compile(rf"{REPORT_PREFIX}/ds=\d{{4}}-\d{{2}}-\d{{2}}/finetune-[^/]+\.json")
 UPLIFT_BASELINES = ("reference", "base")
 UPLIFT_METRICS = ("oracle_ctr", "preference", "relevance", "aesthetic")  # four pairs of columns fit 1366 px
 
@@ -73,14 +71,6 @@ class MetricsMissing(FileNotFoundError):
     """The evaluate stage's metrics of ``ds`` are not in the store: there is nothing to report."""
 
 
-def metrics_key(ds: str) -> str:
-    return f"{REPORT_PREFIX}/ds={ds}/metrics.json"
-
-
-def report_key(ds: str) -> str:
-    return f"{REPORT_PREFIX}/ds={ds}/index.html"
-
-
 def build_report(store: ObjectStore, ds: str) -> str:
     """Render the report of ``ds`` from its metrics and write it next to them.
 
@@ -90,7 +80,7 @@ def build_report(store: ObjectStore, ds: str) -> str:
     Raises:
         MetricsMissing: ``reports/ds=<ds>/metrics.json`` does not exist.
     """
-    key = metrics_key(ds)
+    key = layout.metrics(ds)
     if not store.exists(key):
         raise MetricsMissing(
             f"no metrics for ds={ds}: {store.uri(key)} is missing (run `icg evaluate` first)"
@@ -101,7 +91,7 @@ def build_report(store: ObjectStore, ds: str) -> str:
     samples = metrics.get("samples") or []
     images = load_thumbnails(store, [s.get("image_key") for s in samples])
     page = render_report(metrics, finetune, images)
-    out = report_key(ds)
+    out = layout.report_page(ds)
     store.put_bytes(out, page.encode("utf-8"))
     missing = sum(1 for s in samples if images.get(s.get("image_key") or "") is None)
     log.info(
@@ -120,18 +110,18 @@ def find_finetune_log(store: ObjectStore, ds: str, generator_version: str) -> di
     one that moved ``_latest``. None when no fine-tuning log exists.
     """
     if generator_version:
-        own = f"{REPORT_PREFIX}/ds={ds}/finetune-{generator_version}.json"
+        own = layout.finetune_log(ds, generator_version)
         if store.exists(own):
             return store.get_json(own)
-    logs = sorted(k for k in store.list(REPORT_PREFIX) if FINETUNE_LOG.fullmatch(k))
+    logs = layout.finetune_logs(store)
     if generator_version:
-        for key in reversed(logs):
-            if key.endswith(f"/finetune-{generator_version}.json"):
+        for _, version, key in reversed(logs):
+            if version == generator_version:
                 return store.get_json(key)
     if not logs:
         return None
-    newest_day = max(k.split("/")[1] for k in logs)
-    candidates = [store.get_json(k) for k in logs if k.split("/")[1] == newest_day]
+    newest_day = logs[-1][0]
+    candidates = [store.get_json(key) for day, _, key in logs if day == newest_day]
     moved = [c for c in candidates if c.get("latest_moved")]
     return (moved or candidates)[-1]
 

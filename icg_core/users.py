@@ -56,6 +56,7 @@ from scipy.linalg import orthogonal_procrustes
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
+from icg_core import layout
 from icg_core.config import USER_VISUAL_ATTRIBUTES, UsersConfig
 from icg_core.models.checkpoint import save_module_checkpoint
 from icg_core.rewards.common import read_images
@@ -63,8 +64,6 @@ from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-USERS_AREA = "users"
-VALIDATED_AREA = "validated"
 MODEL_NAME = "users"
 ATTRIBUTE_NAMES = USER_VISUAL_ATTRIBUTES  # one definition, in the config (UsersConfig sizes by it)
 ATTRIBUTE_SIZE = 64  # covers are resized to this square side before measuring, whatever their size
@@ -476,9 +475,9 @@ def assign_segments(
 
 
 def load_segments(store: ObjectStore, ds: str) -> Segments:
-    """The segments written for ``ds`` (area ``users``)."""
-    assignments = store.read_table("user_segments", ds=ds, area=USERS_AREA)
-    centroids = store.read_table("segment_centroids", ds=ds, area=USERS_AREA)
+    """The segments written for ``ds``."""
+    assignments = layout.USER_SEGMENTS.read(store, ds)
+    centroids = layout.SEGMENT_CENTROIDS.read(store, ds)
     return Segments(
         user_ids=np.asarray(assignments.column("user_id").to_pylist(), dtype=str),
         segment_ids=np.asarray(assignments.column("segment_id").to_pylist(), dtype=np.int32),
@@ -495,8 +494,8 @@ def load_segments(store: ObjectStore, ds: str) -> Segments:
 
 
 def load_user_embeddings(store: ObjectStore, ds: str) -> UserEmbeddings:
-    """The embeddings written for ``ds`` (area ``users``)."""
-    table = store.read_table("user_embeddings", ds=ds, area=USERS_AREA)
+    """The embeddings written for ``ds``."""
+    table = layout.USER_EMBEDDINGS.read(store, ds)
     versions = set(table.column("model_version").to_pylist())
     return UserEmbeddings(
         user_ids=np.asarray(table.column("user_id").to_pylist(), dtype=str),
@@ -508,8 +507,8 @@ def load_user_embeddings(store: ObjectStore, ds: str) -> UserEmbeddings:
 
 def previous_segments(store: ObjectStore, ds: str) -> tuple[str | None, Segments | None]:
     """The latest segments written for a day before ``ds``: (its ds, segments), or (None, None)."""
-    earlier = [d for d in store.partitions("segment_centroids", area=USERS_AREA) if d < ds]
-    earlier = [d for d in earlier if store.has_partition("user_segments", ds=d, area=USERS_AREA)]
+    earlier = [d for d in layout.SEGMENT_CENTROIDS.days(store) if d < ds]
+    earlier = [d for d in earlier if layout.USER_SEGMENTS.exists(store, d)]
     return (earlier[-1], load_segments(store, earlier[-1])) if earlier else (None, None)
 
 
@@ -551,7 +550,7 @@ def run_users(store: ObjectStore, ds: str, cfg: UsersConfig) -> UsersSummary:
     """
     started = time.perf_counter()
     version = _model_version(ds, cfg)
-    impressions = store.read_table("impressions", ds=ds, area=VALIDATED_AREA)
+    impressions = layout.IMPRESSIONS.read(store, ds)
     if cfg.import_uri:
         embeddings = import_user_embeddings(store, cfg.import_uri)
     else:
@@ -570,16 +569,19 @@ def run_users(store: ObjectStore, ds: str, cfg: UsersConfig) -> UsersSummary:
     version_column = pa.array([embeddings.model_version] * n_users, pa.string())
     ids, centroids = segments.centroid_matrix()
     tables = {
-        "user_embeddings": {
+        layout.USER_EMBEDDINGS: {
             "user_id": user_column,
             "embedding": _vectors(embeddings.embeddings),
             "model_version": version_column,
         },
-        "user_segments": {"user_id": user_column, "segment_id": pa.array(segments.segment_ids, pa.int32())},
-        "segment_centroids": {"segment_id": pa.array(ids, pa.int32()), "centroid": _vectors(centroids)},
+        layout.USER_SEGMENTS: {
+            "user_id": user_column,
+            "segment_id": pa.array(segments.segment_ids, pa.int32()),
+        },
+        layout.SEGMENT_CENTROIDS: {"segment_id": pa.array(ids, pa.int32()), "centroid": _vectors(centroids)},
     }
-    for name, columns in tables.items():
-        store.write_table(name, pa.table(columns), ds=ds, area=USERS_AREA)
+    for table, columns in tables.items():
+        table.write(store, pa.table(columns), ds)
     if embeddings.source == "learned":
         card = cfg.model_dump() | {
             "ds": ds,

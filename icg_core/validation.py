@@ -33,25 +33,21 @@ from great_expectations.data_context.types.base import (  # noqa: E402
     ProgressBarsConfig,
 )
 
+from icg_core import layout  # noqa: E402
 from icg_core.config import ICGConfig, ValidationConfig  # noqa: E402
-from icg_core.extract import CATALOG, IMPRESSIONS, STAGING_AREA, ExtractWindow, extraction_window  # noqa: E402
+from icg_core.extract import CATALOG, IMPRESSIONS, ExtractWindow, extraction_window  # noqa: E402
 from icg_core.images import ImageCheck, check_image_uris  # noqa: E402
 from icg_core.schemas import SchemaError  # noqa: E402
 from icg_core.storage import ObjectStore, StorageError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-VALIDATED_AREA = "validated"
 # Derived per-row image verdict columns: "ok", or "<status> (<uri>): <detail>".
 REFERENCE_IMAGE_CHECK = "reference_image_check"
 COVER_IMAGE_CHECK = "cover_image_check"
 ITEM_IN_CATALOG = "item_id_in_catalog"  # derived per-row column: True, False, or None for a null item_id
 # Columns that identify a row in failure samples, per table.
 ROW_KEYS = {CATALOG: ["item_id"], IMPRESSIONS: ["user_id", "item_id"]}
-
-
-def report_key(ds: str) -> str:
-    return f"reports/ds={ds}/validation.json"
 
 
 @dataclass(frozen=True)
@@ -301,7 +297,7 @@ def _read_staging(
 ) -> tuple[pa.Table | None, ValidationFailure | None]:
     """The staged table, or the failure explaining why it cannot be validated (never raises on bad data)."""
     try:
-        return store.read_table(table_name, ds=ds, area=STAGING_AREA), None
+        return layout.staged_table(table_name).read(store, ds), None
     except SchemaError as exc:
         named = re.search(r"column '([^']+)'", str(exc))
         return None, ValidationFailure(
@@ -376,14 +372,14 @@ def validate_day(store: ObjectStore, ds: str, cfg: ICGConfig) -> ValidationRepor
     try:
         if report.success:
             for table_name, table in staged.items():
-                commit = store.write_table(table_name, table, ds=ds, area=VALIDATED_AREA)
+                commit = layout.validated_table(table_name).write(store, table, ds)
                 report.validated_files[table_name] = list(commit.files)
             document["summary"] = report.summary()
     except Exception as exc:
         document["summary"]["publish_error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        report.report_uri = store.put_json(report_key(ds), document)
+        report.report_uri = store.put_json(layout.validation_report(ds), document)
     log.info(
         "stage=validate ds=%s success=%s failures=%d report=%s",
         ds,

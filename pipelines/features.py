@@ -145,8 +145,8 @@ def run_features(
     import ray
     import ray.data
 
+    from icg_core import layout
     from icg_core.covers import read_catalog_items, resolve_generator
-    from icg_core.features import FEATURES_AREA
     from pipelines.ray_runtime import gpus_per_actor, ray_session
 
     started = time.perf_counter()
@@ -179,7 +179,7 @@ def run_features(
         )
         init_seconds = session.init_seconds
     table = rows.sort_by("item_id")
-    store.write_table("item_features", table, ds=ds, area=FEATURES_AREA)
+    layout.ITEM_FEATURES.write(store, table, ds)
     encoded = int(pa.compute.sum(table.column("encoded")).as_py())
     summary = {
         "ds": ds,
@@ -194,7 +194,7 @@ def run_features(
         "nodes": sorted(set(table.column("node_id").to_pylist())),
         "ray_init_seconds": round(init_seconds, 2),
         "seconds": round(time.perf_counter() - started, 2),
-        "features_uri": store.uri(store.partition_prefix(FEATURES_AREA, "item_features", ds)),
+        "features_uri": layout.ITEM_FEATURES.uri(store, ds),
     }
     log.info("stage=features ds=%s %s", ds, summary)
     return summary

@@ -50,7 +50,6 @@ from pipelines.runtime import ConfigOpt, DsOpt, JsonOpt, RootOpt, main, open_sta
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "ICG_FAULT_EXIT_AFTER_COVERS"
-FAULT_MARKERS = "_faults/generate/ds={ds}"  # one marker per injected crash: <prefix>/pid=<pid>.json
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Regenerate covers even when a matching one exists.")]
 
@@ -77,9 +76,11 @@ class CoverActor:
         self.ready_at = time.time()  # wall clock: start-up is reported apart from throughput
 
     def _inject_fault(self, generated: int) -> None:
-        markers = FAULT_MARKERS.format(ds=self.plan.ds)
+        from icg_core import layout
+
+        markers = layout.fault_markers(self.plan.ds)
         if generated >= self.fault_after and not self.store.list(markers):
-            self.store.put_json(f"{markers}/pid={os.getpid()}.json", {"after_covers": generated})
+            self.store.put_json(layout.fault_marker(self.plan.ds, os.getpid()), {"after_covers": generated})
             log.warning("fault injection: actor pid=%d exits after %d covers", os.getpid(), generated)
             os._exit(1)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from icg_core.publish import PUBLISHED_AREA, TABLE, read_published
+from icg_core import layout
+from icg_core.publish import read_published
 from icg_core.storage import ObjectStore
 
 HEADLINE = ("oracle_ctr", "preference", "relevance", "aesthetic", "category_top1")
@@ -33,12 +34,11 @@ def main() -> None:
     segments = sorted(set(manifest.column("segment_id").to_pylist()))
     items = len(set(manifest.column("item_id").to_pylist()))
     print(f"  covers published:        {manifest.num_rows} ({items} items x {len(segments)} segments)")
-    print(f"  manifest (readers):      {store.uri(store.partition_prefix(PUBLISHED_AREA, TABLE, args.ds))}/")
-    print(f"  latest published day:    {store.get_latest(PUBLISHED_AREA, TABLE)}")
-    metrics_key = f"reports/ds={args.ds}/metrics.json"
-    if store.exists(metrics_key):
-        variants = store.get_json(metrics_key)["variants"]
-        metrics = store.get_json(metrics_key)
+    print(f"  manifest (readers):      {layout.PUBLISHED_COVERS.uri(store, args.ds)}/")
+    print(f"  latest published day:    {layout.PUBLISHED_COVERS.latest(store)}")
+    if store.exists(layout.metrics(args.ds)):
+        metrics = store.get_json(layout.metrics(args.ds))
+        variants = metrics["variants"]
         print(f"  held-out metrics ({metrics.get('run', {}).get('items')} items, 95% intervals):")
         print(f"    {'variant':<22}{'oracle_ctr':>24}" + "".join(f"{m:>14}" for m in HEADLINE[1:]))
         for name, values in variants.items():
@@ -46,7 +46,7 @@ def main() -> None:
                 f"    {name:<22}{_with_interval(values, 'oracle_ctr'):>24}"
                 + "".join(f"{_number(values.get(m)):>14}" for m in HEADLINE[1:])
             )
-    print(f"  report:                  {store.uri(f'reports/ds={args.ds}/index.html')}")
+    print(f"  report:                  {store.uri(layout.report_page(args.ds))}")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 
+from icg_core import layout
 from icg_core.config import ICGConfig
-from icg_core.models.checkpoint import MODELS_PREFIX, checkpoint_prefix
-from icg_core.storage import LATEST, SUCCESS, ObjectStore
+from icg_core.models.checkpoint import checkpoint_prefix
+from icg_core.storage import SUCCESS, ObjectStore
 from icg_core.training.finetune import FinetuneSummary, run_finetune
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def seed_from_stage1(store: ObjectStore, source_name: str, target_name: str, sta
         checkpoint_prefix(source_name, stage1_version),
         checkpoint_prefix(target_name, stage1_version),
     )
-    if not store.exists(f"{target}/{SUCCESS}"):
+    if not store.exists(layout.model_marker(target_name, stage1_version)):
         keys = store.list(source)
         for key in sorted(keys, key=lambda k: k.endswith(SUCCESS)):  # the marker last
             store.put_bytes(target + key[len(source) :], store.get_bytes(key))
@@ -54,7 +55,7 @@ def seed_from_stage1(store: ObjectStore, source_name: str, target_name: str, sta
             stage1_version,
             len(keys),
         )
-    store.put_json(f"{MODELS_PREFIX}/{target_name}/{LATEST}", {"version": stage1_version})
+    layout.set_latest(store, target_name, stage1_version)
 
 
 def run_ablation(

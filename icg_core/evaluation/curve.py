@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from icg_core import layout
 from icg_core.evaluation.measures import Judges, measure_covers, per_item_measures
 from icg_core.evaluation.stats import rounded
 from icg_core.evaluation.variants import EvalItems, EvalSegments, generate_covers
 from icg_core.models.bundle import ICGBundle
-from icg_core.models.checkpoint import MODELS_PREFIX, load_module_checkpoint
+from icg_core.models.checkpoint import load_module_checkpoint
 from icg_core.serving.policy import Sampling
 from icg_core.storage import ObjectStore
 from icg_core.training.stage2 import SNAPSHOT_SUFFIX
@@ -31,9 +32,9 @@ log = logging.getLogger(__name__)
 def snapshot_steps(store: ObjectStore, generator_name: str, version: str) -> list[tuple[int, str]]:
     """(step, snapshot version) of every complete snapshot of generator ``version``, by step."""
     name = generator_name + SNAPSHOT_SUFFIX
-    pattern = re.compile(rf"{MODELS_PREFIX}/{re.escape(name)}/({re.escape(version)}-step(\d+))/_SUCCESS$")
-    found = (pattern.match(key) for key in store.list(f"{MODELS_PREFIX}/{name}"))
-    return sorted((int(m.group(2)), m.group(1)) for m in found if m)
+    pattern = re.compile(rf"{re.escape(version)}-step(\d+)")
+    found = (pattern.fullmatch(v) for v in layout.model_versions_stored(store, name))
+    return sorted((int(m.group(1)), m.group(0)) for m in found if m)
 
 
 def _point(

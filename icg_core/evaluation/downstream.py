@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from icg_core import layout
 from icg_core.config import ICGConfig
 from icg_core.evaluation.stats import rounded
 from icg_core.rewards.common import as_image_batch, read_images
@@ -37,7 +38,6 @@ from icg_core.storage import ObjectStore
 from icg_core.users import (
     ATTRIBUTE_NAMES,
     ATTRIBUTE_SIZE,
-    VALIDATED_AREA,
     UserEmbeddings,
     cover_attributes,
     load_user_embeddings,
@@ -73,8 +73,8 @@ class ClickWindow:
 
 def load_click_window(store: ObjectStore, ds: str, cfg: ICGConfig) -> ClickWindow:
     """Read the day's validated impressions and catalog, split by day, and learn train-day user embeddings."""
-    impressions = store.read_table("impressions", ds=ds, area=VALIDATED_AREA)
-    catalog = store.read_table("catalog_items", ds=ds, area=VALIDATED_AREA)
+    impressions = layout.IMPRESSIONS.read(store, ds)
+    catalog = layout.CATALOG.read(store, ds)
     train, held, _ = split_days(impressions, cfg.rewards.preference.holdout_days)
     attributes = cover_attributes(store, impressions.column("cover_uri").to_pylist())
     if cfg.users.import_uri:  # a platform's own embeddings cannot be re-learned here

@@ -18,28 +18,20 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from icg_core import layout
 from icg_core.config import EvaluateConfig
 from icg_core.evaluation.measures import HEADLINE
-from icg_core.publish import PUBLISHED_AREA, TABLE
 from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-REPORTS_PREFIX = "reports"
-METRICS_FILE = "metrics.json"
-
-
-def metrics_key(ds: str) -> str:
-    """Where the metrics of ``ds`` are written."""
-    return f"{REPORTS_PREFIX}/ds={ds}/{METRICS_FILE}"
-
 
 def last_published_day(store: ObjectStore, ds: str) -> str | None:
     """The published day the gate compares ``ds`` with: ``_latest`` if before ``ds``, else the newest before it."""
-    latest = store.get_latest(PUBLISHED_AREA, TABLE)
+    latest = layout.PUBLISHED_COVERS.latest(store)
     if latest is not None and latest < ds:
         return latest
-    earlier = [day for day in store.partitions(TABLE, area=PUBLISHED_AREA) if day < ds]
+    earlier = [day for day in layout.PUBLISHED_COVERS.days(store) if day < ds]
     return earlier[-1] if earlier else None
 
 
@@ -132,6 +124,6 @@ def check_gates(
 def published_baseline(store: ObjectStore, ds: str) -> tuple[str | None, dict[str, Any] | None]:
     """(day, metrics.json) of the last published run before ``ds`` that has metrics; (None, None) if none."""
     day = last_published_day(store, ds)
-    if day is None or not store.exists(metrics_key(day)):
+    if day is None or not store.exists(layout.metrics(day)):
         return day, None
-    return day, store.get_json(metrics_key(day))
+    return day, store.get_json(layout.metrics(day))

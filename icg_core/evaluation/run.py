@@ -39,13 +39,14 @@ from typing import Any
 
 import numpy as np
 
+from icg_core import layout
 from icg_core.config import ICGConfig
-from icg_core.covers import encode_png, sidecar_key
+from icg_core.covers import encode_png
 from icg_core.evaluation.ablations import ABLATIONS, run_ablation
 from icg_core.evaluation.ceiling import oracle_best_covers
 from icg_core.evaluation.curve import finetune_curve
 from icg_core.evaluation.downstream import downstream_auc, load_click_window, preference_model_report
-from icg_core.evaluation.gates import GateResult, check_gates, metrics_key, published_baseline
+from icg_core.evaluation.gates import GateResult, check_gates, published_baseline
 from icg_core.evaluation.measures import (
     HEADLINE,
     Judges,
@@ -70,13 +71,13 @@ from icg_core.evaluation.variants import (
     staged_segment_covers,
 )
 from icg_core.models.bundle import load_bundle
-from icg_core.models.checkpoint import checkpoint_prefix, resolve_version
+from icg_core.models.checkpoint import checkpoint_config, resolve_version
 from icg_core.rewards.common import model_name
 from icg_core.rewards.preference import PreferenceModel
 from icg_core.serving.policy import BASE, REWARD_KINDS, CoverRewards, Sampling, load_cover_rewards
 from icg_core.storage import ObjectStore
 from icg_core.users import load_segments
-from icg_core.world.oracle import ORACLE_PREFIX, Oracle
+from icg_core.world.oracle import Oracle
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class _Clock:
 
 def load_oracle(store: ObjectStore) -> Oracle | None:
     """The embedded world's oracle, or None on a root without one (real data)."""
-    return Oracle.load(store) if store.exists(f"{ORACLE_PREFIX}/world.json") else None
+    return Oracle.load(store) if Oracle.exists(store) else None
 
 
 def load_eval_segments(store: ObjectStore, ds: str) -> EvalSegments:
@@ -164,7 +165,7 @@ def _icg_covers(
         bundle, items, segments, seeds, sampling, cfg.evaluate.timing_covers, rewards
     )
     sources = [
-        store.get_json(sidecar_key(ds, int(s), item)).get("source")
+        store.get_json(layout.cover_sidecar(ds, int(s), item)).get("source")
         for item in items.item_ids
         for s in segments.segment_ids.tolist()
     ]
@@ -194,7 +195,7 @@ def _write_samples(
             )
             for segment, row in targets:
                 where = "" if segment is None else f"segment={segment}/"
-                key = f"reports/ds={ds}/covers/{variant}/{where}{items.item_ids[i]}.png"
+                key = layout.evaluation_cover(ds, variant, f"{where}{items.item_ids[i]}.png")
                 store.put_bytes(key, encode_png(covers[variant].images[row]))
                 samples.append({"item_id": items.item_ids[i], "title": items.titles[i], "segment_id": segment,
                                 "variant": variant, "image_key": key})  # fmt: skip
@@ -231,7 +232,7 @@ def generator_versions(store: ObjectStore, cfg: ICGConfig) -> tuple[str, str]:
     """(production generator version, the stage-1 version it was fine-tuned from; itself for a stage-1 one)."""
     name = cfg.models.generator_name
     version = resolve_version(store, name, cfg.generate.generator_version)
-    saved = store.get_json(f"{checkpoint_prefix(name, version)}/config.json")["config"]
+    saved = checkpoint_config(store, name, version)
     return version, str(saved.get("stage2", {}).get("base_version", version))
 
 
@@ -255,7 +256,7 @@ def _stage_seconds(store: ObjectStore, ds: str, versions: dict[str, str]) -> dic
     out = {}
     for key, version in versions.items():
         if key.startswith("generator"):
-            report = f"reports/ds={ds}/finetune-{version}.json"
+            report = layout.finetune_log(ds, version)
             if store.exists(report):
                 out[key.replace("generator", "finetune", 1)] = store.get_json(report)["seconds"].get("total")
     return out
@@ -405,7 +406,7 @@ def run_evaluation(
     clock.lap("samples")
 
     start = dt.date.fromisoformat(ds) - dt.timedelta(days=cfg.extract.lookback_days)
-    metrics: dict[str, Any] = store.get_json(metrics_key(ds)) if store.exists(metrics_key(ds)) else {}
+    metrics: dict[str, Any] = store.get_json(layout.metrics(ds)) if store.exists(layout.metrics(ds)) else {}
     metrics |= {
         "ds": ds,
         "variants": metrics.get("variants", {}) | variants,
@@ -429,7 +430,7 @@ def run_evaluation(
         "stage_seconds": _stage_seconds(store, ds, versions) | {"evaluate": seconds["total"]},
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
     }
-    uri = store.put_json(metrics_key(ds), metrics)
+    uri = store.put_json(layout.metrics(ds), metrics)
     log.info("stage=evaluate ds=%s metrics=%s gate=%s seconds=%s", ds, uri, gate.passed, seconds)
     headline = {
         name: {

@@ -29,10 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from icg_core import layout
 from icg_core.features import compute_item_features, load_features
 from icg_core.models.bundle import ICGBundle
 from icg_core.models.generator import seed_for
-from icg_core.publish import STAGING_AREA, TABLE
 from icg_core.rewards.common import RewardFn, read_images
 from icg_core.serving.policy import BASE, CoverPolicy, CoverRewards, Sampling, base_seed
 from icg_core.storage import ObjectStore
@@ -260,9 +260,9 @@ def staged_covers(
 
 def staged_segment_covers(store: ObjectStore, ds: str, generator_version: str) -> dict[tuple[str, int], str]:
     """Every staged (item, segment) -> cover URI of ``ds`` from ``generator_version`` (empty if none)."""
-    if not store.has_partition(TABLE, ds=ds, area=STAGING_AREA):
+    if not layout.STAGED_COVERS.exists(store, ds):
         return {}
-    manifest = store.read_table(TABLE, ds=ds, area=STAGING_AREA)
+    manifest = layout.STAGED_COVERS.read(store, ds)
     manifest = manifest.filter(pc.equal(manifest.column("generator_version"), generator_version))
     return {
         (item, int(segment)): uri

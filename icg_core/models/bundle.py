@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from icg_core import layout
 from icg_core.config import ModelsConfig
 from icg_core.models.checkpoint import (
-    MODELS_PREFIX,
     checkpoint_prefix,
     load_module_checkpoint,
     resolve_version,
@@ -42,7 +42,7 @@ from icg_core.models.conditioning import (
 )
 from icg_core.models.encoder import MetaTokenEncoder
 from icg_core.models.generator import CoverGenerator
-from icg_core.storage import LATEST, SUCCESS, ObjectStore, StorageError
+from icg_core.storage import SUCCESS, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +55,29 @@ _HEADS = 4  # attention heads of refiner and adapter (divides every width used)
 def put_model_dir(store: ObjectStore, name: str, version: str, folder: str | Path) -> str:
     """Copy a local model folder to ``models/<name>/<version>/``, marker last, and move ``_latest``."""
     prefix = checkpoint_prefix(name, version)
-    store.delete(f"{prefix}/{SUCCESS}")
+    store.delete(layout.model_marker(name, version))
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     for path in files:
-        store.put_bytes(f"{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
-    store.put_json(f"{prefix}/{SUCCESS}", {"files": [p.relative_to(folder).as_posix() for p in files]})
-    store.put_json(f"{MODELS_PREFIX}/{name}/{LATEST}", {"version": version})
+        store.put_bytes(
+            layout.model_file(name, version, path.relative_to(folder).as_posix()), path.read_bytes()
+        )
+    store.put_json(
+        layout.model_marker(name, version), {"files": [p.relative_to(folder).as_posix() for p in files]}
+    )
+    layout.set_latest(store, name, version)
     log.info("model folder stored: name=%s version=%s files=%d", name, version, len(files))
     return store.uri(prefix)
 
 
 def model_dir_exists(store: ObjectStore, name: str, version: str) -> bool:
-    return store.exists(f"{checkpoint_prefix(name, version)}/{SUCCESS}")
+    return store.exists(layout.model_marker(name, version))
 
 
 def model_dir(store: ObjectStore, name: str, version: str, cache_dir: str | Path) -> Path:
     """A local folder holding ``models/<name>/<version>/`` (the store's own folder for local roots)."""
     prefix = checkpoint_prefix(name, version)
-    if not store.exists(f"{prefix}/{SUCCESS}"):
+    if not store.exists(layout.model_marker(name, version)):
         raise StorageError(f"model folder {store.uri(prefix)} is missing or incomplete (no {SUCCESS})")
     if store.scheme == "file":
         return Path(store.arrow_path(prefix))
@@ -86,7 +90,7 @@ def model_dir(store: ObjectStore, name: str, version: str, cache_dir: str | Path
             target = local / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(store.get_bytes(key))
-        (local / SUCCESS).write_bytes(store.get_bytes(f"{prefix}/{SUCCESS}"))
+        (local / SUCCESS).write_bytes(store.get_bytes(layout.model_marker(name, version)))
         log.info("model folder cached: %s -> %s", store.uri(prefix), local)
     return local
 

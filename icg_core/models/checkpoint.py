@@ -19,11 +19,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from icg_core.storage import LATEST, SUCCESS, ObjectStore, StorageError
+from icg_core import layout
+from icg_core.storage import SUCCESS, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-MODELS_PREFIX = "models"
 LATEST_VERSION = "latest"
 
 
@@ -33,10 +33,10 @@ class CheckpointError(StorageError):
 
 def checkpoint_prefix(name: str, version: str) -> str:
     """The key prefix of one checkpoint version."""
-    for part in (name, version):
-        if not part or "/" in part or part.startswith(("_", ".")):
-            raise CheckpointError(f"invalid checkpoint name/version part {part!r}")
-    return f"{MODELS_PREFIX}/{name}/{version}"
+    try:
+        return layout.model(name, version)
+    except StorageError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _tensors(module: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -69,20 +69,20 @@ def save_module_checkpoint(
         The checkpoint's URI prefix.
     """
     prefix = checkpoint_prefix(name, version)
-    store.delete(f"{prefix}/{SUCCESS}")  # a rewrite is incomplete until its marker is back
+    store.delete(layout.model_marker(name, version))  # a rewrite is incomplete until its marker is back
     files: dict[str, str] = {}
     for module_name, module in modules.items():
         payload = save_safetensors(_tensors(module), metadata={"module": module_name})
-        key = f"{prefix}/{module_name}.safetensors"
+        key = layout.model_file(name, version, f"{module_name}.safetensors")
         store.put_bytes(key, payload)
         files[module_name] = hashlib.sha256(payload).hexdigest()
-    store.put_json(f"{prefix}/config.json", {"name": name, "version": version, "config": config})
+    store.put_json(layout.model_config(name, version), {"name": name, "version": version, "config": config})
     store.put_json(
-        f"{prefix}/{SUCCESS}",
+        layout.model_marker(name, version),
         {"modules": files, "written_at": dt.datetime.now(dt.UTC).isoformat()},
     )
     if set_latest:
-        store.put_json(f"{MODELS_PREFIX}/{name}/{LATEST}", {"version": version})
+        layout.set_latest(store, name, version)
     log.info("checkpoint saved: name=%s version=%s modules=%s", name, version, sorted(files))
     return store.uri(prefix)
 
@@ -91,10 +91,12 @@ def resolve_version(store: ObjectStore, name: str, version: str = LATEST_VERSION
     """``version`` itself, or for ``"latest"`` the version ``models/<name>/_latest`` names."""
     if version != LATEST_VERSION:
         return version
-    key = f"{MODELS_PREFIX}/{name}/{LATEST}"
-    if not store.exists(key):
-        raise CheckpointError(f"no saved checkpoint of {name!r} (missing {store.uri(key)})")
-    return str(store.get_json(key)["version"])
+    latest = layout.latest_version(store, name)
+    if latest is None:
+        raise CheckpointError(
+            f"no saved checkpoint of {name!r} (missing {layout.latest_pointer_uri(store, name)})"
+        )
+    return latest
 
 
 def checkpoint_exists(store: ObjectStore, name: str, version: str = LATEST_VERSION) -> bool:
@@ -103,7 +105,12 @@ def checkpoint_exists(store: ObjectStore, name: str, version: str = LATEST_VERSI
         resolved = resolve_version(store, name, version)
     except CheckpointError:
         return False
-    return store.exists(f"{checkpoint_prefix(name, resolved)}/{SUCCESS}")
+    return store.exists(layout.model_marker(name, resolved))
+
+
+def checkpoint_config(store: ObjectStore, name: str, version: str) -> dict[str, Any]:
+    """The config a checkpoint (or model folder) version was saved with."""
+    return dict(store.get_json(layout.model_config(name, version))["config"])
 
 
 def load_module_checkpoint(
@@ -122,17 +129,17 @@ def load_module_checkpoint(
     """
     resolved = resolve_version(store, name, version)
     prefix = checkpoint_prefix(name, resolved)
-    if not store.exists(f"{prefix}/{SUCCESS}"):
+    if not store.exists(layout.model_marker(name, resolved)):
         raise CheckpointError(f"checkpoint {store.uri(prefix)} is missing or incomplete (no {SUCCESS})")
-    manifest = store.get_json(f"{prefix}/{SUCCESS}")
+    manifest = store.get_json(layout.model_marker(name, resolved))
     states: dict[str, dict[str, torch.Tensor]] = {}
     for module_name, digest in manifest["modules"].items():
-        payload = store.get_bytes(f"{prefix}/{module_name}.safetensors")
+        payload = store.get_bytes(layout.model_file(name, resolved, f"{module_name}.safetensors"))
         if hashlib.sha256(payload).hexdigest() != digest:
             raise CheckpointError(
-                f"{store.uri(prefix)}/{module_name}.safetensors does not match its manifest"
+                f"{store.uri(prefix)}: {module_name}.safetensors does not match its manifest"
             )
         states[module_name] = load_safetensors(payload)
-    config = dict(store.get_json(f"{prefix}/config.json")["config"])
+    config = checkpoint_config(store, name, resolved)
     log.info("checkpoint loaded: name=%s version=%s modules=%s", name, resolved, sorted(states))
     return states, config

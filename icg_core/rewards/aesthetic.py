@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from icg_core import layout
 from icg_core.config import AestheticConfig
 from icg_core.rewards.common import (
     RewardFn,
@@ -251,8 +252,8 @@ def build_aesthetic_reward(
         ``{"version", "uri", "stats", "metrics"}``.
     """
     version = version or ds
-    catalog = store.read_table("catalog_items", ds=ds, area="validated")
-    impressions = store.read_table("impressions", ds=ds, area="validated")
+    catalog = layout.CATALOG.read(store, ds)
+    impressions = layout.IMPRESSIONS.read(store, ds)
     uris = list(
         dict.fromkeys(
             catalog.column("reference_image_uri").to_pylist()

@@ -38,6 +38,7 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
+from icg_core import layout
 from icg_core.config import PreferenceConfig, UsersConfig
 from icg_core.rewards.common import (
     RewardFn,
@@ -51,7 +52,6 @@ from icg_core.storage import ObjectStore
 from icg_core.users import (
     ATTRIBUTE_NAMES,
     ATTRIBUTE_SIZE,
-    VALIDATED_AREA,
     UserEmbeddings,
     cover_attributes,
     load_user_embeddings,
@@ -485,8 +485,8 @@ def build_preference_reward(
     Raises:
         PreferenceGateError: held-out AUC below the floor; nothing is saved.
     """
-    impressions = store.read_table("impressions", ds=ds, area=VALIDATED_AREA)
-    catalog = store.read_table("catalog_items", ds=ds, area=VALIDATED_AREA)
+    impressions = layout.IMPRESSIONS.read(store, ds)
+    catalog = layout.CATALOG.read(store, ds)
     category_by_item = dict(
         zip(catalog.column("item_id").to_pylist(), catalog.column("category").to_pylist(), strict=True)
     )

@@ -33,6 +33,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from icg_core import layout
 from icg_core.config import RelevanceConfig
 from icg_core.rewards.common import (
     RewardFn,
@@ -513,7 +514,7 @@ def build_relevance_reward(
         ``{"version", "uri", "stats", "metrics"}``.
     """
     version = version or ds
-    catalog = store.read_table("catalog_items", ds=ds, area="validated")
+    catalog = layout.CATALOG.read(store, ds)
     if cfg.backend == "clip":
         if not cfg.clip_path:
             raise ValueError("relevance backend 'clip' needs clip_path")
@@ -525,7 +526,7 @@ def build_relevance_reward(
         )
         uri = save_reward_model(store, KIND, version, modules={}, config=cfg.model_dump(), stats=stats)
         return {"version": version, "uri": uri, "stats": stats.to_dict(), "metrics": {}}
-    impressions = store.read_table("impressions", ds=ds, area="validated")
+    impressions = layout.IMPRESSIONS.read(store, ds)
     model = build_relevance_model(store, catalog, impressions, cfg, encode_titles)
     return {
         "version": version,

@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from icg_core import layout
 from icg_core.images import decode_image
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-VALIDATED = "validated"
 HOLDOUT_SALT = "icg-holdout-v1"
 _READ_THREADS = 8
 
@@ -48,26 +48,26 @@ def split_items(item_ids: Iterable[str], fraction: float) -> tuple[list[str], li
 
 def latest_validated_ds(store: ObjectStore) -> str:
     """The newest ds with a validated catalog (what bootstrap trains on by default)."""
-    partitions = store.partitions("catalog_items", area=VALIDATED)
+    partitions = layout.CATALOG.days(store)
     if not partitions:
         raise StorageError(
-            f"no validated catalog under {store.uri(VALIDATED)}: run extract and validate first"
+            f"no validated catalog under {layout.CATALOG.root_uri(store)}: run extract and validate first"
         )
     return max(partitions)
 
 
 def read_catalog(store: ObjectStore, ds: str) -> pa.Table:
     """The validated catalog snapshot of ``ds`` (one row per item), sorted by item_id."""
-    table = store.read_table("catalog_items", ds=ds, area=VALIDATED)
+    table = layout.CATALOG.read(store, ds)
     return table.sort_by("item_id")
 
 
 def logged_cover_uris(store: ObjectStore, ds: str) -> dict[str, list[str]]:
     """item_id -> the distinct cover URIs its validated impressions of ``ds`` show (sorted)."""
-    if not store.has_partition("impressions", ds=ds, area=VALIDATED):
+    if not layout.IMPRESSIONS.exists(store, ds):
         log.warning("stage=stage1 ds=%s no validated impressions: training on reference covers only", ds)
         return {}
-    impressions = store.read_table("impressions", ds=ds, area=VALIDATED).select(["item_id", "cover_uri"])
+    impressions = layout.IMPRESSIONS.read(store, ds).select(["item_id", "cover_uri"])
     pairs = impressions.group_by(["item_id", "cover_uri"]).aggregate([])
     pairs = pairs.filter(pc.invert(pc.is_null(pairs.column("cover_uri"))))
     covers: dict[str, list[str]] = {}

@@ -21,11 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from icg_core import layout
 from icg_core.config import ICGConfig
 from icg_core.features import compute_item_features, load_features
 from icg_core.models.bundle import ICGBundle, load_bundle, save_bundle
-from icg_core.models.checkpoint import MODELS_PREFIX, checkpoint_exists, checkpoint_prefix, resolve_version
-from icg_core.storage import LATEST, ObjectStore
+from icg_core.models.checkpoint import (
+    checkpoint_config,
+    checkpoint_exists,
+    resolve_version,
+)
+from icg_core.storage import ObjectStore
 from icg_core.training.data import load_catalog_covers, read_catalog, split_items
 from icg_core.training.stage1 import encode_latents
 from icg_core.training.stage2 import (
@@ -42,7 +47,6 @@ from icg_core.users import load_segments
 
 log = logging.getLogger(__name__)
 
-REPORT_PREFIX = "reports"
 # Fields that change how a run executes, not what it learns: kept out of the version hash.
 _NOT_RECIPE = {"checkpoint_every", "log_every"}
 
@@ -74,7 +78,7 @@ def _digest(*parts: Any) -> str:
 def stage1_version(store: ObjectStore, generator_name: str) -> str:
     """The stage-1 generator stage 2 starts from: ``_latest``, or the base a stage-2 ``_latest`` names."""
     version = resolve_version(store, generator_name)
-    config = store.get_json(f"{checkpoint_prefix(generator_name, version)}/config.json")["config"]
+    config = checkpoint_config(store, generator_name, version)
     return str(config.get("stage2", {}).get("base_version", version))
 
 
@@ -173,7 +177,7 @@ def run_finetune(
     name = cfg.models.generator_name
     base_version = stage1_version(store, name)
     reward_versions = {n: resolve_version(store, f"reward_{n}", ds) for n in REWARD_NAMES}
-    users_version = str(store.read_table("user_embeddings", ds=ds, area="users").column("model_version")[0])
+    users_version = str(layout.USER_EMBEDDINGS.read(store, ds).column("model_version")[0])
     version = generator_version(cfg, base_version, ds, reward_versions, users_version)
     summary = FinetuneSummary(
         ds=ds,
@@ -187,7 +191,7 @@ def run_finetune(
         seconds={},
     )
     if checkpoint_exists(store, name, version):  # only ever saved after a successful run
-        _point_latest(store, name, version)
+        layout.set_latest(store, name, version)
         summary.reused, summary.latest_moved = True, True
         summary.seconds = {"total": round(time.perf_counter() - started, 2)}
         log.info("stage=finetune ds=%s version=%s exists: reused", ds, version)
@@ -255,13 +259,6 @@ def run_finetune(
     return summary
 
 
-def _point_latest(store: ObjectStore, name: str, version: str) -> None:
-    """Point ``models/<name>/_latest`` at an existing complete version."""
-    store.put_json(f"{MODELS_PREFIX}/{name}/{LATEST}", {"version": version})
-
-
 def _write_report(store: ObjectStore, summary: FinetuneSummary) -> str:
     """The summary with its reward curves, as ``reports/ds=<ds>/finetune-<version>.json``."""
-    return store.put_json(
-        f"{REPORT_PREFIX}/ds={summary.ds}/finetune-{summary.generator_version}.json", summary.to_dict()
-    )
+    return store.put_json(layout.finetune_log(summary.ds, summary.generator_version), summary.to_dict())

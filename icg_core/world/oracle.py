@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from icg_core import layout
 from icg_core.config import WorldConfig
 from icg_core.storage import ObjectStore
 from icg_core.world import drawing
 
 log = logging.getLogger(__name__)
 
-ORACLE_PREFIX = "oracle"
+WORLD_FILE, USERS_FILE, CLASSIFIER_FILE = "world.json", "users.npz", "category_classifier.npz"
 STATE_VERSION = 1
 # Fresh renders per category the category classifier is fitted on.
 CLASSIFIER_RENDERS_PER_CATEGORY = 160
@@ -319,27 +320,30 @@ class Oracle:
             name: getattr(self.classifier, name) for name in CategoryClassifier.__dataclass_fields__
         }
         keys = [
-            f"{ORACLE_PREFIX}/world.json",
-            f"{ORACLE_PREFIX}/users.npz",
-            f"{ORACLE_PREFIX}/category_classifier.npz",
+            layout.oracle(WORLD_FILE),
+            layout.oracle(USERS_FILE),
+            layout.oracle(CLASSIFIER_FILE),
         ]
         store.put_bytes(keys[1], _npz_bytes(users))
         store.put_bytes(keys[2], _npz_bytes(classifier))
         store.put_json(keys[0], meta)  # last: its presence means the state is complete
         return keys
 
+    @staticmethod
+    def exists(store: ObjectStore) -> bool:
+        """Whether ``store``'s root holds an embedded world's oracle (real data has none)."""
+        return store.exists(layout.oracle(WORLD_FILE))
+
     @classmethod
     def load(cls, store: ObjectStore) -> Oracle:
         """Read the oracle of the world generated under ``store``'s root."""
-        meta = store.get_json(f"{ORACLE_PREFIX}/world.json")
+        meta = store.get_json(layout.oracle(WORLD_FILE))
         if meta.get("version") != STATE_VERSION or meta.get("attributes") != list(drawing.ATTRIBUTES):
             raise ValueError(
                 f"oracle state under {store.root} has version/attributes this code cannot read: {meta}"
             )
-        users = _npz_load(store.get_bytes(f"{ORACLE_PREFIX}/users.npz"))
-        classifier = CategoryClassifier(
-            **_npz_load(store.get_bytes(f"{ORACLE_PREFIX}/category_classifier.npz"))
-        )
+        users = _npz_load(store.get_bytes(layout.oracle(USERS_FILE)))
+        classifier = CategoryClassifier(**_npz_load(store.get_bytes(layout.oracle(CLASSIFIER_FILE))))
         return cls(
             user_ids=users["user_ids"],
             taste=users["taste"],

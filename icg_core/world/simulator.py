@@ -34,16 +34,14 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from icg_core import layout
 from icg_core.config import WorldConfig
 from icg_core.storage import ObjectStore
 from icg_core.world import drawing
-from icg_core.world.oracle import ORACLE_PREFIX, CategoryClassifier, Oracle, shape_descriptor
+from icg_core.world.oracle import CategoryClassifier, Oracle, shape_descriptor
 
 log = logging.getLogger(__name__)
 
-RAW = "raw"
-REFERENCE_PREFIX = "raw/images/reference"
-VARIANT_PREFIX = "raw/images/variants"
 _DAY = dt.timedelta(days=1)
 _IMAGE_CHUNK = 256  # items rendered, encoded and scored at once (bounds memory for big worlds)
 _WRITE_THREADS = 8  # object writes in flight (I/O bound; matters on S3)
@@ -228,10 +226,9 @@ def _render_and_store(
             writes = []
             for j, row in enumerate(rows):
                 item = item_ids[row]
-                writes.append((f"{REFERENCE_PREFIX}/{item}.png", references[j]))
+                writes.append((layout.reference_image(item), references[j]))
                 writes.extend(
-                    (f"{VARIANT_PREFIX}/{item}/{k}.png", variants[j * n_variants + k])
-                    for k in range(n_variants)
+                    (layout.variant_image(item, k), variants[j * n_variants + k]) for k in range(n_variants)
                 )
             list(pool.map(lambda kv: store.put_bytes(kv[0], drawing.encode_png(kv[1])), writes))
             attributes.append(drawing.image_attributes(variants))
@@ -248,7 +245,7 @@ def _catalog_partitions(
     ds_list: list[dt.date],
 ) -> dict[str, pa.Table]:
     """The catalog partition of every day: all items on day 0, then each day's title changes."""
-    reference_uris = [store.uri(f"{REFERENCE_PREFIX}/{item}.png") for item in item_ids]
+    reference_uris = [store.uri(layout.reference_image(item)) for item in item_ids]
     category_names = [CATEGORIES[c] for c in item_category]
     titles = _titles(_rng(world.seed, "titles"), item_category)
     partitions = {}
@@ -316,17 +313,17 @@ def _remove_stale(
 ) -> dict[str, int]:
     """Delete what an earlier config left under this root: other days, items' images, oracle objects."""
     removed = {"partitions": 0, "images": 0, "oracle": 0}
-    for table in ("catalog_items", "impressions"):
-        for ds in store.partitions(table, area=RAW):
+    for table in (layout.RAW_CATALOG, layout.RAW_IMPRESSIONS):
+        for ds in table.days(store):
             if ds not in keep_ds:
-                store.delete_prefix(store.partition_prefix(RAW, table, ds))
+                table.drop(store, ds)
                 removed["partitions"] += 1
-    for prefix in (REFERENCE_PREFIX, VARIANT_PREFIX):
+    for prefix in (layout.reference_images(), layout.variant_images()):
         for key in store.list(prefix):
             if key not in keep_images:
                 store.delete(key)
                 removed["images"] += 1
-    for key in store.list(ORACLE_PREFIX):
+    for key in store.list(layout.oracle_root()):
         if key not in keep_oracle:
             store.delete(key)
             removed["oracle"] += 1
@@ -389,7 +386,7 @@ def generate_world(store: ObjectStore, world: WorldConfig) -> WorldSummary:
     ds_list = [world.start_date + day * _DAY for day in range(world.days)]
     catalog = _catalog_partitions(store, world, item_ids, item_category, ds_list)
     variant_uris = np.array(
-        [store.uri(f"{VARIANT_PREFIX}/{item}/{k}.png") for item in item_ids for k in range(n_variants)],
+        [store.uri(layout.variant_image(item, k)) for item in item_ids for k in range(n_variants)],
         dtype=object,
     )
     activity = _rng(world.seed, "activity").lognormal(
@@ -404,15 +401,15 @@ def generate_world(store: ObjectStore, world: WorldConfig) -> WorldSummary:
             world, day, ds, oracle, activity, item_id_array, variant_uris, standardized, variant_scores
         )
         # Impressions first, catalog last: a day's catalog partition marks the day complete.
-        store.write_table("impressions", impressions, ds=ds.isoformat(), area=RAW)
-        store.write_table("catalog_items", catalog[ds.isoformat()], ds=ds.isoformat(), area=RAW)
+        layout.RAW_IMPRESSIONS.write(store, impressions, ds.isoformat())
+        layout.RAW_CATALOG.write(store, catalog[ds.isoformat()], ds.isoformat())
         rows["impressions"] += impressions.num_rows
         rows["catalog_items"] += catalog[ds.isoformat()].num_rows
         clicks += int(np.asarray(impressions.column("clicked")).sum())
         probability_sum += float(probability.sum())
 
-    keep_images = {f"{REFERENCE_PREFIX}/{item}.png" for item in item_ids}
-    keep_images |= {f"{VARIANT_PREFIX}/{item}/{k}.png" for item in item_ids for k in range(n_variants)}
+    keep_images = {layout.reference_image(item) for item in item_ids}
+    keep_images |= {layout.variant_image(item, k) for item in item_ids for k in range(n_variants)}
     removed = _remove_stale(store, {ds.isoformat() for ds in ds_list}, keep_images, set(oracle_keys))
     n_impressions = max(rows["impressions"], 1)
     summary = WorldSummary(

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from icg_core import layout
 from icg_core.config import load_config
-from icg_core.publish import PUBLISHED_AREA, TABLE, read_published
+from icg_core.publish import read_published
 from icg_core.storage import ObjectStore
 from icg_core.world.simulator import generate_world
 from tests.dags.conftest import dags_test
@@ -48,10 +49,10 @@ class World:
         return result.stdout + result.stderr
 
     def latest(self) -> str | None:
-        return self.store.get_latest(PUBLISHED_AREA, TABLE)
+        return layout.PUBLISHED_COVERS.latest(self.store)
 
     def success_marker(self, ds: str) -> bytes:
-        return self.store.get_bytes(f"{self.store.partition_prefix(PUBLISHED_AREA, TABLE, ds)}/_SUCCESS")
+        return self.store.get_bytes(f"{layout.PUBLISHED_COVERS.prefix(ds)}/_SUCCESS")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_backfill_two_dates_then_rerun_the_first(world: World) -> None:
     assert world.latest() == second  # never moves backwards
     assert read_published(world.store, first).num_rows == first_rows  # replaced, not appended
     assert world.success_marker(second) == second_marker  # the other day is untouched
-    assert world.store.partitions(TABLE, area=PUBLISHED_AREA) == [first, second]
+    assert layout.PUBLISHED_COVERS.days(world.store) == [first, second]
 
 
 def test_a_failed_gate_stops_before_publish_and_keeps_latest(world: World) -> None:
@@ -112,7 +113,7 @@ def test_a_failed_gate_stops_before_publish_and_keeps_latest(world: World) -> No
     assert "state=failed" in log
     assert "relevance" in log
     assert world.latest() == before
-    assert day not in world.store.partitions(TABLE, area=PUBLISHED_AREA)
+    assert day not in layout.PUBLISHED_COVERS.days(world.store)
 
 
 def test_bad_input_stops_the_run_with_the_reason(airflow_home: Path, tmp_path: Path) -> None:
@@ -125,4 +126,4 @@ def test_bad_input_stops_the_run_with_the_reason(airflow_home: Path, tmp_path: P
     assert "state=failed" in log
     assert "not_an_image" in log or "not an image" in log
     assert not store.has_partition("catalog_items", ds=ds, area="validated")
-    assert store.get_latest(PUBLISHED_AREA, TABLE) is None
+    assert layout.PUBLISHED_COVERS.latest(store) is None

@@ -14,16 +14,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from icg_core import layout
 from icg_core.config import ICGConfig
 from icg_core.covers import (
     GenerateInputError,
     Sampling,
     cover_fingerprint,
-    cover_key,
     generate_covers,
     plan_generation,
 )
-from icg_core.publish import STAGING_AREA, TABLE
 from icg_core.storage import ObjectStore, StorageError
 from tests.tiny import prepare_tiny_day, tiny_settings
 
@@ -98,7 +97,7 @@ def test_covers_once_per_item_segment_then_reused_and_only_changed_items_regener
     first = generate_covers(store, cfg, ds)
     n_items, n_segments = first.items, first.segments
     assert first.rows == first.generated == n_items * n_segments and first.encoder_calls == 0
-    manifest = store.read_table(TABLE, ds=ds, area=STAGING_AREA)
+    manifest = layout.STAGED_COVERS.read(store, ds)
     assert manifest.num_rows == n_items * n_segments
     assert (
         len(set(zip(manifest["item_id"].to_pylist(), manifest["segment_id"].to_pylist(), strict=True)))
@@ -107,7 +106,7 @@ def test_covers_once_per_item_segment_then_reused_and_only_changed_items_regener
     for column in ("reward_aesthetic", "reward_relevance", "reward_preference"):
         assert pc.all(pc.is_finite(manifest[column])).as_py()
     row = manifest.slice(0, 1).to_pylist()[0]
-    assert store.exists(cover_key(ds, row["segment_id"], row["item_id"]))
+    assert store.exists(layout.cover(ds, row["segment_id"], row["item_id"]))
     covers_before = {k: store.get_bytes(k) for k in store.list(f"covers/ds={ds}") if k.endswith(".png")}
 
     again = generate_covers(store, cfg, ds)  # a rerun: everything kept, same bytes
@@ -123,7 +122,7 @@ def test_covers_once_per_item_segment_then_reused_and_only_changed_items_regener
     assert (features.computed, features.reused) == (1, n_items - 1)
     nightly = generate_covers(store, cfg, day)
     assert (nightly.generated, nightly.copied) == (n_segments, (n_items - 1) * n_segments)
-    assert store.read_table(TABLE, ds=day, area=STAGING_AREA).num_rows == n_items * n_segments
+    assert layout.STAGED_COVERS.read(store, day).num_rows == n_items * n_segments
 
 
 def test_bad_inputs_fail_before_any_work(world, tmp_path: Path) -> None:
@@ -144,4 +143,4 @@ def test_bad_inputs_fail_before_any_work(world, tmp_path: Path) -> None:
     blocked.write_text("a file where the root directory should be")
     with pytest.raises(StorageError, match="cannot write"):
         plan_generation(ObjectStore(str(blocked)), cfg, ds)
-    assert not store.has_partition(TABLE, ds="2030-01-01", area=STAGING_AREA)
+    assert not layout.STAGED_COVERS.exists(store, "2030-01-01")

@@ -10,11 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from icg_core import layout
 from icg_core.bootstrap import torch_threads
 from icg_core.features import (
-    FEATURES_AREA,
     compute_item_features,
-    feature_key,
     load_features,
     read_item_features,
 )
@@ -98,8 +97,7 @@ def test_new_encoder_version_recomputes_everything(tmp_path, encoder) -> None:
     assert after.encoder_version != before.encoder_version
     assert encoder.calls == [3] and after.computed == 3
     assert all(
-        f"/{FEATURES_AREA}/{after.encoder_version}/" in uri
-        for uri in after.table.column("features_uri").to_pylist()
+        f"/features/{after.encoder_version}/" in uri for uri in after.table.column("features_uri").to_pylist()
     )
 
 
@@ -111,7 +109,7 @@ def test_cached_features_are_the_encoder_output_keyed_by_content_hash(tmp_path, 
     for row, title in enumerate(TITLES[:3]):
         expected_hash = content_hash(title, _png(row), version)
         assert result.table.column("content_hash")[row].as_py() == expected_hash
-        assert store.exists(feature_key(version, expected_hash))
+        assert store.exists(layout.feature(version, expected_hash))
     cached = load_features(store, result.table.column("features_uri").to_pylist())
     with torch.no_grad():
         direct = encoder(TITLES[:3], [Image.open(io.BytesIO(_png(i))) for i in range(3)])

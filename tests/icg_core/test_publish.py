@@ -8,10 +8,8 @@ from collections.abc import Callable
 import pyarrow as pa
 import pytest
 
+from icg_core import layout
 from icg_core.publish import (
-    PUBLISHED_AREA,
-    STAGING_AREA,
-    TABLE,
     PublishError,
     publish_day,
     read_published,
@@ -41,7 +39,7 @@ def cover_row(store: ObjectStore, ds: str, item: str, segment: int, **overrides)
 
 
 def stage(store: ObjectStore, ds: str, rows: list[dict]) -> None:
-    store.write_table(TABLE, pa.Table.from_pylist(rows, schema=TABLES[TABLE]), ds=ds, area=STAGING_AREA)
+    layout.STAGED_COVERS.write(store, pa.Table.from_pylist(rows, schema=TABLES["covers"]), ds)
 
 
 def full_day(store: ObjectStore, ds: str) -> list[dict]:
@@ -57,8 +55,8 @@ def test_complete_day_is_published_and_read_back(any_store: ObjectStore) -> None
     summary = publish(any_store, TODAY)
     assert (summary.rows, summary.items, summary.segments, summary.images_checked) == (6, 3, 2, 6)
     assert summary.latest == TODAY and summary.latest_moved and summary.previous_latest is None
-    assert any_store.get_latest(PUBLISHED_AREA, TABLE) == TODAY
-    assert any_store.exists(f"{PUBLISHED_AREA}/{TABLE}/ds={TODAY}/_SUCCESS")
+    assert layout.PUBLISHED_COVERS.latest(any_store) == TODAY
+    assert any_store.exists(f"manifests/covers/ds={TODAY}/_SUCCESS")  # the documented path
     published = read_published(any_store)
     assert published.num_rows == 6
     assert set(published.column("ds").to_pylist()) == {TODAY}
@@ -159,8 +157,8 @@ def test_bad_day_is_refused_naming_rows_and_yesterday_stays(tmp_path, case: str)
     assert kind in [p.kind for p in raised.value.problems], message
     assert mention in message
     assert f"readers keep ds={YESTERDAY}" in message
-    assert store.get_latest(PUBLISHED_AREA, TABLE) == YESTERDAY
-    assert not store.has_partition(TABLE, ds=TODAY, area=PUBLISHED_AREA)
+    assert layout.PUBLISHED_COVERS.latest(store) == YESTERDAY
+    assert not layout.PUBLISHED_COVERS.exists(store, TODAY)
     assert set(read_published(store).column("ds").to_pylist()) == {YESTERDAY}
 
 
@@ -178,7 +176,7 @@ def test_missing_staged_manifest_is_refused(tmp_path) -> None:
     store = ObjectStore(str(tmp_path))
     with pytest.raises(PublishError, match="no committed manifest .*staging/covers/covers/ds=2026-11-16"):
         publish(store, TODAY)
-    assert store.get_latest(PUBLISHED_AREA, TABLE) is None
+    assert layout.PUBLISHED_COVERS.latest(store) is None
 
 
 def test_empty_catalog_or_no_segments_is_refused(tmp_path) -> None:
@@ -200,7 +198,7 @@ def test_rerun_replaces_the_day_never_duplicates(tmp_path) -> None:
     published = read_published(store)
     assert published.num_rows == 6
     assert set(published.column("generator_version").to_pylist()) == {"gen-v2"}
-    assert len(store.committed_files(TABLE, ds=TODAY, area=PUBLISHED_AREA)) == 1
+    assert len(layout.PUBLISHED_COVERS.files(store, TODAY)) == 1
 
 
 def test_backfill_of_an_older_day_keeps_latest(tmp_path) -> None:
@@ -210,7 +208,7 @@ def test_backfill_of_an_older_day_keeps_latest(tmp_path) -> None:
     publish(store, TODAY)
     summary = publish(store, YESTERDAY)
     assert not summary.latest_moved and summary.latest == TODAY and summary.notes
-    assert store.get_latest(PUBLISHED_AREA, TABLE) == TODAY
+    assert layout.PUBLISHED_COVERS.latest(store) == TODAY
     assert read_published(store, YESTERDAY).num_rows == 6
 
 

@@ -9,7 +9,8 @@ import re
 import pytest
 from PIL import Image
 
-from icg_core.report import MetricsMissing, build_report, fmt, metrics_key, report_key
+from icg_core import layout
+from icg_core.report import MetricsMissing, build_report, fmt
 from icg_core.storage import ObjectStore
 
 DS = "2026-11-15"
@@ -119,7 +120,7 @@ def write_fixture_run(
         },
         "samples": samples,
     }
-    store.put_json(metrics_key(ds), metrics)
+    store.put_json(layout.metrics(ds), metrics)
     if finetune:
         curve = [
             {"step": step, "aesthetic_raw": 0.45 + 0.01 * k, "relevance_raw": 0.55 - 0.002 * k,
@@ -145,7 +146,7 @@ def store(tmp_path) -> ObjectStore:
 
 def page_of(store: ObjectStore, ds: str = DS) -> str:
     key = build_report(store, ds)
-    assert key == report_key(ds)
+    assert key == layout.report_page(ds)
     return store.get_bytes(key).decode("utf-8")
 
 
@@ -250,12 +251,14 @@ def test_reward_curves_fall_back_to_the_newest_log_or_say_none(store) -> None:
 def test_missing_metrics_is_a_clear_refusal(store) -> None:
     with pytest.raises(MetricsMissing, match=r"no metrics for ds=2026-11-15: .*metrics.json is missing"):
         build_report(store, DS)
-    assert not store.exists(report_key(DS))
+    assert not store.exists(layout.report_page(DS))
 
 
 def test_minimal_metrics_render(store) -> None:
     """Only the ds and one variant: every section still renders, with n/a and notes."""
-    store.put_json(metrics_key(DS), {"ds": DS, "variants": {"icg": {"aesthetic": 0.5}}, "future_key": [1, 2]})
+    store.put_json(
+        layout.metrics(DS), {"ds": DS, "variants": {"icg": {"aesthetic": 0.5}}, "future_key": [1, 2]}
+    )
     page = page_of(store)
     assert len(row_cells(page, "icg")) == 9
     assert (
@@ -272,7 +275,7 @@ def test_evaluate_stage_extras_are_shown(store) -> None:
     metrics["gate"] = {"passed": False, "baseline_ds": None, "checks": [
         {"name": "regression:oracle_ctr", "passed": False, "value": 0.08, "threshold": 0.05, "detail": "<fell>"}]}  # fmt: skip
     metrics["variants"]["icg_no_aesthetic"] = {"aesthetic": None, "failure": "relevance <collapsed>"}
-    store.put_json(metrics_key(DS), metrics)
+    store.put_json(layout.metrics(DS), metrics)
     page = page_of(store)
     assert "Quality gate FAILED." in page and "&lt;fell&gt;" in page and "+8.0%" in page
     assert "failed: relevance &lt;collapsed&gt;" in page
@@ -288,7 +291,7 @@ def test_older_shapes_still_read(store) -> None:
     metrics["run"]["data_interval"] = ["2026-10-01", "2026-10-15"]
     metrics["variants"]["icg"]["uplift_vs_reference"] = 0.25
     metrics["variants"]["icg"]["uplift_vs_reference_ci"] = [0.2, 0.3]
-    store.put_json(metrics_key(DS), metrics)
+    store.put_json(layout.metrics(DS), metrics)
     page = page_of(store)
     assert "2026-10-01 to 2026-10-15" in page and "+25.0%" in page and "[+20.0%, +30.0%]" in page
 
@@ -305,17 +308,17 @@ def test_the_verdict_names_the_best_baseline_and_reads_the_intervals(store) -> N
     variants["selection"] = variant_metrics(3)  # the best baseline: 0.08 [0.076, 0.084]
     variants["icg"]["oracle_ctr"], variants["icg"]["oracle_ctr_ci"] = 0.10, [0.09, 0.11]
     variants["oracle_best"] = variant_metrics(9)
-    store.put_json(metrics_key(DS), metrics)
+    store.put_json(layout.metrics(DS), metrics)
     page = page_of(store)
     assert _verdict(page) == "ICG wins"
     assert page.index('class="verdict') < page.index("<h2>Ablation</h2>")  # the report opens with it
     assert "best-variant selection" in page and "The world's own best cover reaches 0.14" in page
 
     variants["icg"]["oracle_ctr_ci"] = [0.079, 0.11]  # overlaps selection's interval
-    store.put_json(metrics_key(DS), metrics)
+    store.put_json(layout.metrics(DS), metrics)
     assert _verdict(page_of(store)) == "no clear winner"
     variants["icg"]["oracle_ctr"], variants["icg"]["oracle_ctr_ci"] = 0.06, [0.05, 0.07]
-    store.put_json(metrics_key(DS), metrics)
+    store.put_json(layout.metrics(DS), metrics)
     assert _verdict(page_of(store)) == "ICG loses"
 
 
@@ -325,7 +328,7 @@ def test_per_segment_table_labels_tastes_and_highlights_the_best(store) -> None:
         "0": {"warmth": 0.8, "brightness": -0.5, "saturation": 0.1, "contrast": 0.0}
     }
     metrics["variants"]["selection"]["oracle_ctr_by_segment"] = {"0": 0.5, "1": 0.01, "2": 0.01}
-    store.put_json(metrics_key(DS), metrics)
+    store.put_json(layout.metrics(DS), metrics)
     page = page_of(store)
     section = page[page.index("<h2>Per segment</h2>") :]
     section = section[: section.index("</section>")]
@@ -341,5 +344,5 @@ def test_the_snapshot_curve_is_plotted_when_the_evaluation_measured_it(store) ->
         {"step": step, "preference": 0.3 + 0.05 * k, "oracle_ctr": 0.3 + 0.02 * k}
         for k, step in enumerate((0, 20, 40, 60))
     ]
-    store.put_json(metrics_key(DS), metrics)
+    store.put_json(layout.metrics(DS), metrics)
     assert 'alt="learned reward vs oracle CTR across snapshots"' in page_of(store)

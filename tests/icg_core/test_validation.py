@@ -4,8 +4,9 @@ import datetime as dt
 
 import pyarrow as pa
 
+from icg_core import layout
 from icg_core.extract import extract_day
-from icg_core.validation import format_failures, report_key, validate_day
+from icg_core.validation import format_failures, validate_day
 from tests.icg_core.conftest import RUN_DS, RawDay, png_bytes, png_declaring, utc
 
 
@@ -21,9 +22,9 @@ def assert_rejected(raw, report, *mentions: str) -> str:
     for mention in mentions:
         assert mention in message, f"{mention!r} missing from:\n{message}"
     assert raw.validated_keys() == []
-    document = raw.store.get_json(report_key(RUN_DS))
+    document = raw.store.get_json(layout.validation_report(RUN_DS))
     assert document["summary"]["success"] is False
-    assert report.report_uri == raw.store.uri(report_key(RUN_DS))
+    assert report.report_uri == raw.store.uri(layout.validation_report(RUN_DS))
     return message
 
 
@@ -38,7 +39,7 @@ def test_valid_day_passes_and_is_published_unchanged(any_store):
         assert raw.store.read_table(table_name, ds=RUN_DS, area="validated").equals(staged)
         assert report.tables[table_name].success and report.tables[table_name].failed == 0
     assert report.tables["impressions"].rows == 18
-    document = raw.store.get_json(report_key(RUN_DS))
+    document = raw.store.get_json(layout.validation_report(RUN_DS))
     assert document["summary"]["success"] is True
     assert document["suites"]["catalog_items"]["success"] is True
     assert set(document["summary"]["validated_files"]) == {"catalog_items", "impressions"}

@@ -28,7 +28,7 @@ READER = IAM_DIR / "downstream-reader-policy.json"
 BUCKET_POLICY = IAM_DIR / "bucket-policy.json"
 TRUST = IAM_DIR / "pipeline-role-trust-policy.json"
 READ_ONLY_AREAS = {"raw"}  # written by the platform's export jobs (or `icg import`) under their own role
-NOT_ON_A_CLUSTER = {"oracle"}  # the embedded simulator's hidden truth; evaluation reads it in that world only
+NOT_ON_A_CLUSTER = {"oracle", "_faults"}  # the embedded world's hidden truth; test-only fault markers
 ISSUE_WRITE_AREAS = {"validated", "features", "models", "covers", "manifests", "reports"}
 WRITE_ACTIONS = {"s3:PutObject", "s3:DeleteObject"}
 READ_ACTIONS = {"s3:GetObject", "s3:ListBucket"}
@@ -103,8 +103,11 @@ def code_areas(roots: list[Path]) -> dict[str, str]:
             where = str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 keys: list[Any] = []
+                # icg_core/layout.py names every area as an upper-case constant; elsewhere, old-style
+                # *_AREA / *_PREFIX constants would be caught here too.
+                constant = r"^[A-Z_]+$" if path.name == "layout.py" else r"_(AREA|PREFIX)$"
                 if isinstance(node, ast.Assign) and any(
-                    isinstance(t, ast.Name) and re.search(r"_(AREA|PREFIX)$", t.id) for t in node.targets
+                    isinstance(t, ast.Name) and re.search(constant, t.id) for t in node.targets
                 ):
                     keys.append(node.value)
                 elif isinstance(node, ast.keyword) and node.arg == "area":

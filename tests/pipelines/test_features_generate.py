@@ -15,10 +15,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from icg_core.publish import PUBLISHED_AREA, STAGING_AREA, TABLE, publish_day
+from icg_core import layout
+from icg_core.publish import publish_day
 from icg_core.storage import ObjectStore
 from pipelines.features import run_features
-from pipelines.generate import FAULT_ENV, FAULT_MARKERS, run_generate
+from pipelines.generate import FAULT_ENV, run_generate
 from tests.icg_core.test_covers import build_tiny_world, next_day
 from tests.ray_cluster import RayCluster, node_ids_by_role
 
@@ -53,7 +54,7 @@ def test_features_and_generate_run_on_both_nodes_vlm_once_per_item(on_cluster, t
     # features pool may finish a tiny catalog on whichever actor started first.
     assert set(summary["extra"]["nodes"]) == nodes
     assert set(features["nodes"]) and set(features["nodes"]) <= nodes
-    assert store.read_table(TABLE, ds=ds, area=STAGING_AREA).num_rows == n_rows
+    assert layout.STAGED_COVERS.read(store, ds).num_rows == n_rows
 
 
 def test_killed_worker_is_retried_and_every_cover_written_once(
@@ -65,12 +66,12 @@ def test_killed_worker_is_retried_and_every_cover_written_once(
 
     summary = run_generate(store, cfg, ds)
     # The fault did happen: usually once, twice when both actors finished their first cover together.
-    crashes = len(store.list(FAULT_MARKERS.format(ds=ds)))
+    crashes = len(store.list(layout.fault_markers(ds)))
     assert crashes >= 1
     n_rows = summary["items"] * summary["segments"]
     # The cover each crashed actor finished was kept; every other one was generated exactly once.
     assert (summary["kept"], summary["generated"], summary["rows"]) == (crashes, n_rows - crashes, n_rows)
-    manifest = store.read_table(TABLE, ds=ds, area=STAGING_AREA)
+    manifest = layout.STAGED_COVERS.read(store, ds)
     keys = set(zip(manifest["item_id"].to_pylist(), manifest["segment_id"].to_pylist(), strict=True))
     assert len(keys) == manifest.num_rows == n_rows
     pngs = [k for k in store.list(f"covers/ds={ds}") if k.endswith(".png")]
@@ -94,7 +95,7 @@ def test_generate_publish_on_s3_read_back_by_pandas_pyarrow_duckdb(
 
     # A downstream service: follow _latest, read the committed files listed in _SUCCESS.
     fs = store.fsspec()
-    table_dir = store.fsspec_path(f"{PUBLISHED_AREA}/{TABLE}")
+    table_dir = store.fsspec_path("manifests/covers")  # the documented downstream path
     latest = json.loads(fs.cat(f"{table_dir}/_latest"))["ds"]
     assert latest == ds
     files = [

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from icg_core import layout
 from icg_core.config import WorldConfig
 from icg_core.storage import ObjectStore
-from icg_core.world.simulator import REFERENCE_PREFIX, generate_world
+from icg_core.world.simulator import generate_world
 from pipelines.launch import StageCrashed, StageRefused, run_stage
 from tests.ray_cluster import RayCluster
 
@@ -35,7 +36,7 @@ def tiny_world(root: Path) -> tuple[str, str]:
 
 def corrupt_reference_image(root: str) -> None:
     store = ObjectStore(root)
-    key = f"{REFERENCE_PREFIX}/item_00000.png"
+    key = layout.reference_image("item_00000")
     store.put_bytes(key, store.get_bytes(key)[:60])  # header intact, pixel data cut off
 
 

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from icg_core.publish import PUBLISHED_AREA, TABLE, read_published
+from icg_core import layout
+from icg_core.publish import read_published
 from icg_core.storage import ObjectStore
 from tests.icg_core.conftest import table_of, utc
 from tests.icg_core.test_publish import ITEMS, SEGMENTS, _corrupt_image, full_day, stage
@@ -72,7 +73,7 @@ def test_missing_segment_table_is_a_clear_error_and_nothing_is_published(tmp_pat
         f"segment_centroids for ds={DS} is missing" in out.stderr
         and "run the users stage first" in out.stderr
     )
-    assert store.get_latest(PUBLISHED_AREA, TABLE) is None
+    assert layout.PUBLISHED_COVERS.latest(store) is None
 
 
 def test_bad_manifest_is_refused_naming_the_row(tmp_path) -> None:
@@ -83,4 +84,4 @@ def test_bad_manifest_is_refused_naming_the_row(tmp_path) -> None:
     assert out.returncode == 2
     assert "error: covers for ds=2026-11-16 not published" in out.stderr
     assert "image_corrupt (1)" in out.stderr and "item=i2 segment=0" in out.stderr
-    assert not store.has_partition(TABLE, ds=DS, area=PUBLISHED_AREA)
+    assert not layout.PUBLISHED_COVERS.exists(store, DS)

@@ -8,7 +8,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from icg_core.report import report_key
+from icg_core import layout
 from icg_core.storage import ObjectStore
 from pipelines.cli import app
 from tests.icg_core.test_report import DS, write_fixture_run
@@ -20,8 +20,8 @@ def test_icg_report_writes_the_page_and_prints_where(tmp_path) -> None:
     result = CliRunner().invoke(app, ["report", "--root", str(tmp_path), "--ds", DS, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["key"] == report_key(DS) and summary["uri"] == store.uri(report_key(DS))
-    assert summary["bytes"] == store.size(report_key(DS)) > 1000
+    assert summary["key"] == layout.report_page(DS) and summary["uri"] == store.uri(layout.report_page(DS))
+    assert summary["bytes"] == store.size(layout.report_page(DS)) > 1000
 
 
 def test_missing_metrics_is_a_refusal_with_status_2(tmp_path) -> None:
@@ -31,4 +31,4 @@ def test_missing_metrics_is_a_refusal_with_status_2(tmp_path) -> None:
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert "error: no metrics for ds=2026-11-15" in out.stderr and "icg evaluate" in out.stderr
-    assert not ObjectStore(str(tmp_path)).exists(report_key(DS))
+    assert not ObjectStore(str(tmp_path)).exists(layout.report_page(DS))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from icg_core import layout
 from icg_core.config import EvaluateConfig, load_config
-from icg_core.evaluation.gates import check_gates, last_published_day, metrics_key, published_baseline
-from icg_core.publish import PUBLISHED_AREA, TABLE
+from icg_core.evaluation.gates import check_gates, last_published_day, published_baseline
 from icg_core.schemas import empty_table
 from icg_core.storage import ObjectStore
 
@@ -56,9 +56,9 @@ def test_unknown_gate_metric_is_a_config_error() -> None:
 
 
 def _publish(store: ObjectStore, ds: str) -> None:
-    table = empty_table(TABLE)
-    store.write_table(
-        TABLE, table.drop_columns(["ds"]) if "ds" in table.column_names else table, ds=ds, area=PUBLISHED_AREA
+    table = empty_table("covers")
+    layout.PUBLISHED_COVERS.write(
+        store, table.drop_columns(["ds"]) if "ds" in table.column_names else table, ds
     )
 
 
@@ -67,11 +67,11 @@ def test_baseline_is_the_last_published_day_before_ds(tmp_path) -> None:
     assert last_published_day(store, "2026-11-15") is None
     for day in ("2026-11-13", "2026-11-14"):
         _publish(store, day)
-    store.set_latest(PUBLISHED_AREA, TABLE, "2026-11-13")
+    layout.PUBLISHED_COVERS.set_latest(store, "2026-11-13")
     assert last_published_day(store, "2026-11-15") == "2026-11-13"  # the latest pointer wins
     _publish(store, "2026-11-15")
-    store.set_latest(PUBLISHED_AREA, TABLE, "2026-11-15")  # re-evaluating a published day: the one before
+    layout.PUBLISHED_COVERS.set_latest(store, "2026-11-15")  # re-evaluating a published day: the one before
     assert last_published_day(store, "2026-11-15") == "2026-11-14"
     assert published_baseline(store, "2026-11-15") == ("2026-11-14", None)
-    store.put_json(metrics_key("2026-11-14"), metrics(GOOD))
+    store.put_json(layout.metrics("2026-11-14"), metrics(GOOD))
     assert published_baseline(store, "2026-11-15")[1] == metrics(GOOD)

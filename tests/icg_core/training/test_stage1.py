@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from icg_core import layout
 from icg_core.config import ModelsConfig, Stage1Config
 from icg_core.models.bundle import ICGBundle, build_bundle
-from icg_core.models.checkpoint import MODELS_PREFIX, checkpoint_exists
+from icg_core.models.checkpoint import checkpoint_exists
 from icg_core.models.tiny import build_tiny_sd, build_tiny_vlm
-from icg_core.storage import LATEST, ObjectStore
+from icg_core.storage import ObjectStore
 from icg_core.training.data import is_held_out, split_items
 from icg_core.training.stage1 import Stage1Trainer, make_stage1_data
 
@@ -98,9 +99,7 @@ def test_resumed_run_equals_uninterrupted_run(base_dirs, tmp_path) -> None:
     stopped = first_half.run(stop_after=4)
     assert not stopped.complete and stopped.steps == 4
     assert checkpoint_exists(store, "icg_generator-stage1-state", "test")
-    assert not store.exists(
-        f"{MODELS_PREFIX}/icg_generator-stage1-state/{LATEST}"
-    )  # states never become "latest"
+    assert layout.latest_version(store, "icg_generator-stage1-state") is None  # states never become "latest"
 
     second_half = trainer_for(base_dirs, cfg, store)  # a new process: fresh modules, state from the store
     resumed = second_half.run()

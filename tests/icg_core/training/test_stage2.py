@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from icg_core import layout
 from icg_core.config import FinetuneConfig, ModelsConfig, RewardWeights
 from icg_core.models.bundle import ICGBundle, build_bundle
-from icg_core.models.checkpoint import MODELS_PREFIX, checkpoint_exists
+from icg_core.models.checkpoint import checkpoint_exists
 from icg_core.models.tiny import build_tiny_sd, build_tiny_vlm
 from icg_core.rewards.aesthetic import aesthetic_reward_fn
 from icg_core.rewards.common import RewardStats, finish
-from icg_core.storage import LATEST, ObjectStore
+from icg_core.storage import ObjectStore
 from icg_core.training.stage1 import encode_latents
 from icg_core.training.stage2 import (
     LoggedCovers,
@@ -215,7 +216,7 @@ def test_resumed_run_equals_uninterrupted_run(base_dirs, tmp_path) -> None:
     stopped = trainer_for(base_dirs, cfg, store).run(stop_after=2)
     assert not stopped.complete and stopped.steps == 2
     assert checkpoint_exists(store, "icg_generator-stage2-state", "test")
-    assert not store.exists(f"{MODELS_PREFIX}/icg_generator-stage2-state/{LATEST}")
+    assert layout.latest_version(store, "icg_generator-stage2-state") is None
 
     second = trainer_for(base_dirs, cfg, store)  # a new process: fresh modules, state from the store
     resumed = second.run()

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from icg_core import layout
 from icg_core.config import WorldConfig
 from icg_core.storage import ObjectStore
 from icg_core.world import drawing
 from icg_core.world.oracle import Oracle
-from icg_core.world.simulator import REFERENCE_PREFIX, VARIANT_PREFIX, WorldSummary, generate_world
+from icg_core.world.simulator import WorldSummary, generate_world
 
 WORLD = WorldConfig(
     seed=11,
@@ -39,7 +40,7 @@ def covers(world: tuple[ObjectStore, WorldSummary, Oracle]) -> tuple[np.ndarray,
     references = np.stack([drawing.decode_png(store.read_uri(r["reference_image_uri"])) for r in catalog])
     variants = np.stack(
         [
-            drawing.decode_png(store.get_bytes(f"{VARIANT_PREFIX}/{r['item_id']}/{k}.png"))
+            drawing.decode_png(store.get_bytes(layout.variant_image(r["item_id"], k)))
             for r in catalog
             for k in range(WORLD.variants_per_item)
         ]
@@ -232,4 +233,6 @@ def test_reference_images_are_stored_where_the_catalog_says(
 ) -> None:
     store, summary, _ = world
     catalog = store.read_table("catalog_items", ds=summary.ds_list[0], area="raw").to_pylist()
-    assert {store.key(r["reference_image_uri"]) for r in catalog} == set(store.list(REFERENCE_PREFIX))
+    assert {store.key(r["reference_image_uri"]) for r in catalog} == set(
+        store.list(layout.reference_images())
+    )

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from icg_core import layout
 from icg_core.config import WorldConfig
 from icg_core.schemas import TABLES
 from icg_core.storage import ObjectStore
 from icg_core.world import drawing
 from icg_core.world.simulator import (
     CATEGORIES,
-    REFERENCE_PREFIX,
-    VARIANT_PREFIX,
     WorldSummary,
     check_world,
     generate_world,
@@ -121,14 +120,14 @@ def test_impressions_reference_shown_variants(world: tuple[ObjectStore, WorldSum
         assert shown == sorted(shown) and day <= shown[0] and shown[-1] < day + dt.timedelta(days=1)
         for row in rows[:50]:
             key = store.key(row["cover_uri"])
-            assert key.startswith(f"{VARIANT_PREFIX}/{row['item_id']}/") and store.exists(key)
+            assert key.startswith(f"{layout.variant_images()}/{row['item_id']}/") and store.exists(key)
             assert 0 <= int(row["user_id"].split("_")[1]) < SMALL.n_users
 
 
 def test_images_decode_at_image_size(world: tuple[ObjectStore, WorldSummary]) -> None:
     store, _ = world
-    references = store.list(REFERENCE_PREFIX)
-    variants = store.list(VARIANT_PREFIX)
+    references = store.list(layout.reference_images())
+    variants = store.list(layout.variant_images())
     assert len(references) == SMALL.n_items
     assert len(variants) == SMALL.n_items * SMALL.variants_per_item
     for key in references[:3] + variants[:6]:
@@ -139,10 +138,10 @@ def test_variants_jitter_every_attribute_both_ways(world: tuple[ObjectStore, Wor
     store, _ = world
     deltas = []
     for item in [f"item_{i:05d}" for i in range(SMALL.n_items)]:
-        reference = drawing.decode_png(store.get_bytes(f"{REFERENCE_PREFIX}/{item}.png"))[None]
+        reference = drawing.decode_png(store.get_bytes(layout.reference_image(item)))[None]
         variants = np.stack(
             [
-                drawing.decode_png(store.get_bytes(f"{VARIANT_PREFIX}/{item}/{k}.png"))
+                drawing.decode_png(store.get_bytes(layout.variant_image(item, k)))
                 for k in range(SMALL.variants_per_item)
             ]
         )
@@ -169,7 +168,11 @@ def test_same_seed_same_world_and_other_seed_differs(
     assert _table_rows(other, "catalog_items") != _table_rows(store, "catalog_items")
     other_images = _image_bytes(other)
     assert other_images.keys() == _image_bytes(store).keys()
-    assert all(other_images[k] != v for k, v in _image_bytes(store).items() if k.startswith(REFERENCE_PREFIX))
+    assert all(
+        other_images[k] != v
+        for k, v in _image_bytes(store).items()
+        if k.startswith(layout.reference_images())
+    )
 
 
 def test_rerun_replaces_and_removes_leftovers(tmp_path: Path) -> None:
@@ -188,8 +191,8 @@ def test_rerun_replaces_and_removes_leftovers(tmp_path: Path) -> None:
     smaller = generate_world(store, config.model_copy(update={"n_items": 8, "days": 2}))
     assert store.partitions("impressions", area="raw") == smaller.ds_list
     assert store.partitions("catalog_items", area="raw") == smaller.ds_list
-    assert len(store.list(REFERENCE_PREFIX)) == 8
-    assert len(store.list(VARIANT_PREFIX)) == 8 * config.variants_per_item
+    assert len(store.list(layout.reference_images())) == 8
+    assert len(store.list(layout.variant_images())) == 8 * config.variants_per_item
     assert smaller.removed_stale["partitions"] == 2 and smaller.removed_stale["images"] == 4 * (1 + 4)
 
 
