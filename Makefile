@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian's Chromium, for the report's headless-browser test (tests/icg_core/test_report_browser.py).
+# Debian's Chromium, for the report's headless-browser test (tests/icg_core/report/test_page_browser.py).
 browser:
 	@command -v chromium >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icg_core.bootstrap import torch_threads
 from icg_core.config import load_config
 from icg_core.models.bundle import ICGBundle, build_bundle, load_bundle
 from icg_core.models.conditioning import Conditioning
 from icg_core.models.tiny import build_tiny_sd, build_tiny_vlm
+from icg_core.runtime import torch_threads
 from icg_core.storage import ObjectStore
 
 

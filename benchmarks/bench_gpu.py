@@ -29,18 +29,18 @@ import numpy as np
 import torch
 
 from icg_core.config import RewardWeights, load_config
-from icg_core.features import compute_item_features, load_features
 from icg_core.models.bundle import load_bundle
 from icg_core.models.checkpoint import resolve_version
+from icg_core.models.users import load_segments
 from icg_core.rewards.aesthetic import aesthetic_reward_fn
 from icg_core.rewards.common import load_reward_model, model_name
 from icg_core.rewards.guidance import GuidanceReward
 from icg_core.rewards.preference import PreferenceModel, preference_reward_fn
 from icg_core.rewards.relevance import load_relevance_model, relevance_reward_fn
+from icg_core.serving.features import compute_item_features, load_features
 from icg_core.serving.policy import CoverPolicy, CoverRewards, Sampling
 from icg_core.storage import ObjectStore
 from icg_core.training.data import read_catalog
-from icg_core.users import load_segments
 
 
 def _sync() -> None:

@@ -5,7 +5,7 @@ Usage (on a root with a validated day, a generator, features, segments and rewar
     python benchmarks/bench_ray_generate.py --root /path/to/root --ds 2026-11-15 --items 24
 
 1. throughput: the same bundle, batch size and steps over ``--items`` items x every segment, all
-   covers regenerated (``force``): in-process (the :class:`icg_core.covers.CoverWriter` loop, model
+   covers regenerated (``force``): in-process (the :class:`icg_core.stages.generate.CoverWriter` loop, model
    load timed apart), Ray with one actor (same compute as the loop), Ray with the default pool.
    Start-up is reported apart on both sides (in-process: model load; Ray: ``ray.init`` and the
    actors' model load); ``ratio_vs_in_process`` compares steady covers/s, ``ratio_end_to_end``
@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from icg_core import layout
 from icg_core.config import load_config
-from icg_core.covers import generate_covers, plan_generation, read_catalog_items
+from icg_core.stages.generate import generate_covers, plan_generation, read_catalog_items
 from icg_core.storage import ObjectStore
 from pipelines.features import run_features
 from pipelines.generate import run_generate
@@ -68,9 +68,9 @@ def scratch_day(
 
 
 def throughput(store: ObjectStore, cfg, ds: str, items: int) -> dict:
-    from icg_core.bootstrap import torch_threads
-    from icg_core.covers import CoverWriter, commit_manifest, load_plan_rewards, requests
     from icg_core.models.bundle import load_bundle
+    from icg_core.runtime import torch_threads
+    from icg_core.stages.generate import CoverWriter, commit_manifest, load_plan_rewards, requests
 
     plan = plan_generation(store, cfg, ds, items_limit=items)
     with torch_threads(cfg.models.cpu_threads):

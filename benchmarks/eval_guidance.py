@@ -21,15 +21,15 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from icg_core.bootstrap import torch_threads
 from icg_core.config import load_config
 from icg_core.evaluation.ceiling import oracle_best_covers
 from icg_core.evaluation.measures import by_segment, measure_covers, per_item_measures, variant_metrics
-from icg_core.evaluation.run import load_setup
 from icg_core.evaluation.stats import resample_indices
 from icg_core.evaluation.variants import generate_covers, reference_covers, select_covers
 from icg_core.models.bundle import load_bundle
+from icg_core.runtime import torch_threads
 from icg_core.serving.policy import Sampling
+from icg_core.stages.evaluate import load_setup
 from icg_core.storage import ObjectStore
 from icg_core.training.data import latest_validated_ds
 

@@ -28,14 +28,15 @@ from sklearn.metrics import adjusted_rand_score, log_loss, roc_auc_score
 
 from icg_core import layout
 from icg_core.config import AestheticConfig, ICGConfig, PreferenceConfig, RelevanceConfig, UsersConfig
-from icg_core.extract import extract_day
+from icg_core.data.images import read_images
+from icg_core.models.users import load_segments, load_user_embeddings
 from icg_core.rewards.aesthetic import build_aesthetic_reward
-from icg_core.rewards.common import read_images
 from icg_core.rewards.preference import build_preference_reward, split_days
 from icg_core.rewards.relevance import build_relevance_reward
+from icg_core.stages.extract import extract_day
+from icg_core.stages.users import run_users
+from icg_core.stages.validate import validate_day
 from icg_core.storage import ObjectStore
-from icg_core.users import load_segments, load_user_embeddings, run_users
-from icg_core.validation import validate_day
 from icg_core.world.oracle import Oracle
 from icg_core.world.simulator import generate_world
 

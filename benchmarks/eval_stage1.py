@@ -26,13 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from icg_core.bootstrap import torch_threads
 from icg_core.config import load_config
-from icg_core.features import compute_item_features, load_features
-from icg_core.images import decode_image
+from icg_core.data.images import decode_image
 from icg_core.models.bundle import ICGBundle, build_bundle, load_bundle
 from icg_core.models.generator import seed_for
 from icg_core.models.tiny import build_tiny_sd
+from icg_core.runtime import torch_threads
+from icg_core.serving.features import compute_item_features, load_features
 from icg_core.storage import ObjectStore
 from icg_core.training.data import latest_validated_ds, read_catalog, split_items, to_square
 from icg_core.world.oracle import Oracle

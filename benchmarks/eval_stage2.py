@@ -40,20 +40,20 @@ import torch
 from PIL import Image, ImageDraw
 
 from icg_core import layout
-from icg_core.bootstrap import torch_threads
 from icg_core.config import load_config
+from icg_core.data.images import decode_image
 from icg_core.evaluation.measures import segment_ctr
-from icg_core.features import compute_item_features, load_features
-from icg_core.images import decode_image
 from icg_core.models.bundle import load_bundle
 from icg_core.models.checkpoint import checkpoint_config, resolve_version
 from icg_core.models.generator import seed_for
+from icg_core.models.users import load_segments
 from icg_core.rewards.aesthetic import aesthetic_proxy, composition_score
 from icg_core.rewards.preference import load_preference_reward_fn
 from icg_core.rewards.relevance import load_relevance_reward_fn
+from icg_core.runtime import torch_threads
+from icg_core.serving.features import compute_item_features, load_features
 from icg_core.storage import ObjectStore
 from icg_core.training.data import latest_validated_ds, read_catalog, split_items, to_square
-from icg_core.users import load_segments
 from icg_core.world.drawing import ATTRIBUTES
 from icg_core.world.oracle import Oracle
 

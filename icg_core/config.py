@@ -118,12 +118,12 @@ class Stage1Config(_Section):
     sheet_items: int = 16  # held-out items on the bootstrap contact sheet
 
 
-# Visual attributes of a cover that user embeddings and the click model read (icg_core.users).
+# Visual attributes of a cover that user embeddings and the click model read (icg_core.models.users).
 USER_VISUAL_ATTRIBUTES: tuple[str, ...] = ("warmth", "brightness", "saturation", "contrast")
 
 
 class UsersConfig(_Section):
-    """Knobs of user embeddings and segmentation (icg_core.users)."""
+    """Knobs of user embeddings and segmentation (icg_core.models.users)."""
 
     embedding_dim: int = 16  # total width: BPR factors + one value per attribute; must equal models.user_dim
     bpr_epochs: int = 15  # passes over the clicks

@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from icg_core.config import StorageConfig
-from icg_core.schemas import conform
+from icg_core.data.schemas import conform
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class ObjectStore:
             part = self.read_table(table_name, ds=ds, area=area)
             parts.append(part.append_column("ds", pa.array([ds] * part.num_rows, pa.string())))
         if not parts:
-            from icg_core.schemas import empty_table
+            from icg_core.data.schemas import empty_table
 
             empty = empty_table(table_name)
             return empty.append_column("ds", pa.array([], pa.string()))

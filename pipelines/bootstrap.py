@@ -31,7 +31,7 @@ def bootstrap(
     json: JsonOpt = False,
 ) -> None:
     """Build the embedded base checkpoints, run stage 1, cache item features, write the contact sheet."""
-    from icg_core.bootstrap import bootstrap as run_bootstrap
+    from icg_core.stages.bootstrap import bootstrap as run_bootstrap
 
     cfg, store = open_stage("bootstrap", config, root)
     summary = run_bootstrap(store, cfg, ds=ds, stop_after=stop_after).to_dict()
@@ -50,7 +50,7 @@ def generate_sample(
     json: JsonOpt = False,
 ) -> None:
     """Write a contact sheet: generated covers of ITEMS held-out items next to their reference covers."""
-    from icg_core.bootstrap import generate_sample as run_generate_sample
+    from icg_core.stages.bootstrap import generate_sample as run_generate_sample
 
     cfg, store = open_stage("generate-sample", config, root)
     uri = run_generate_sample(store, cfg, items=items, ds=ds, version=version)

@@ -29,8 +29,8 @@ def evaluate(
     json: JsonOpt = False,
 ) -> None:
     """Evaluate reference, selection, base and ICG covers on held-out items of DS; exit 2 if a gate fails."""
-    from icg_core.bootstrap import torch_threads
-    from icg_core.evaluation.run import run_evaluation
+    from icg_core.runtime import torch_threads
+    from icg_core.stages.evaluate import run_evaluation
 
     cfg, store = open_stage("evaluate", config, root)
     with torch_threads(cfg.models.cpu_threads):

@@ -12,7 +12,7 @@ from pipelines.runtime import ConfigOpt, DsOpt, JsonOpt, RootOpt, main, open_sta
 
 def extract(ds: DsOpt, root: RootOpt = None, config: ConfigOpt = None, json: JsonOpt = False) -> None:
     """Extract the catalog snapshot and the impressions window for DS into staging."""
-    from icg_core.extract import extract_day
+    from icg_core.stages.extract import extract_day
 
     cfg, store = open_stage("extract", config, root)
     summary = extract_day(store, ds, cfg.extract)

@@ -28,8 +28,8 @@ from pipelines.runtime import (
 
 def _train(store: Any, cfg: Any, ds: str, stop_after: int | None) -> dict[str, Any]:
     """Stage 2 (a Ray task). Raises StageFailed when the relevance guard stops it."""
-    from icg_core.bootstrap import torch_threads
-    from icg_core.training.finetune import run_finetune
+    from icg_core.runtime import torch_threads
+    from icg_core.stages.finetune import run_finetune
     from icg_core.training.stage2 import RelevanceCollapse
 
     setup_logging()

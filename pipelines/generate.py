@@ -2,10 +2,10 @@
 
 ``python -m pipelines.generate --root ROOT --ds DATE`` (or ``icg generate``):
 
-1. checks every input before Ray starts (:func:`icg_core.covers.plan_generation`): a writable root,
+1. checks every input before Ray starts (:func:`icg_core.stages.generate.plan_generation`): a writable root,
    a non-empty catalog, the segment table, the generator and reward versions, the day's features;
 2. streams items x segments through a pool of actors; each loads the generator bundle and the
-   reward models once and writes covers in batches (:class:`icg_core.covers.CoverWriter`): PNG at
+   reward models once and writes covers in batches (:class:`icg_core.stages.generate.CoverWriter`): PNG at
    ``covers/ds=<ds>/segment=<s>/<item_id>.png``, a sidecar next to it, and the manifest row;
 3. checks one row per (item, segment) and commits the manifest to ``staging/covers`` for publish.
 
@@ -32,14 +32,13 @@ import pyarrow.compute as pc
 import typer
 
 from icg_core.config import ICGConfig
-from pipelines.features import (
+from icg_core.runtime import peak_rss_mb
+from pipelines.features import ItemsLimitOpt, VersionOpt
+from pipelines.ray_runtime import (
     ACTOR_TASKS_IN_FLIGHT,
     BLOCKS_PER_ACTOR,
-    ItemsLimitOpt,
-    VersionOpt,
     actor_models,
     collect,
-    peak_rss_mb,
     pool_size,
     set_actor_threads,
     split_blocks,
@@ -62,8 +61,8 @@ class CoverActor:
     ) -> None:
         import ray
 
-        from icg_core.covers import CoverWriter, load_plan_rewards
         from icg_core.models.bundle import load_bundle
+        from icg_core.stages.generate import CoverWriter, load_plan_rewards
 
         set_actor_threads(cfg)
         self.store, self.plan, self.fault_after = store, plan, fault_after
@@ -128,7 +127,7 @@ def run_generate(
     import ray
     import ray.data
 
-    from icg_core.covers import commit_manifest, plan_generation
+    from icg_core.stages.generate import commit_manifest, plan_generation
     from pipelines.ray_runtime import gpus_per_actor, ray_session
 
     started = time.perf_counter()
@@ -165,22 +164,8 @@ def run_generate(
         ray_seconds = time.perf_counter() - generating
         finished_wall = time.time()
         init_seconds = session.init_seconds
-    # Actor start-up (model and reward loading) is reported apart; "steady" throughput counts from
-    # the moment the first actor was ready.
-    first_ready = float(pc.min(rows.column("actor_ready_at")).as_py()) if rows.num_rows else finished_wall
-    steady_seconds = finished_wall - first_ready
-    extra = {
-        "actors": actors,
-        "gpus_per_actor": gpus,
-        "nodes": sorted(set(rows.column("node_id").to_pylist())),
-        "ray_init_seconds": round(init_seconds, 2),
-        "ray_seconds": round(ray_seconds, 2),
-        "covers_per_second": round(rows.num_rows / ray_seconds, 2) if ray_seconds > 0 else None,
-        "actor_startup_seconds": round(first_ready - generating_wall, 2),
-        "steady_covers_per_second": round(rows.num_rows / steady_seconds, 2) if steady_seconds > 0 else None,
-        "driver_peak_rss_mb": peak_rss_mb(),
-        "actor_peak_rss_mb": float(pc.max(rows.column("actor_rss_mb")).as_py()),
-    }
+    extra = {"actors": actors, "gpus_per_actor": gpus, "ray_init_seconds": round(init_seconds, 2)}
+    extra |= _placement_facts(rows, ray_seconds, generating_wall, finished_wall)
     encoder_calls = int(pc.sum(rows.column("encoder_calls")).as_py())
     manifest = rows.drop_columns(["node_id", "encoder_calls", "actor_rss_mb", "actor_ready_at"]).sort_by(
         [("item_id", "ascending"), ("segment_id", "ascending")]
@@ -189,6 +174,24 @@ def run_generate(
         store, plan, manifest, seconds=time.perf_counter() - started, encoder_calls=encoder_calls, extra=extra
     )
     return dataclasses.asdict(summary)
+
+
+def _placement_facts(
+    rows: pa.Table, ray_seconds: float, started_wall: float, finished_wall: float
+) -> dict[str, Any]:
+    """Nodes, throughput and memory of a run. Actor start-up (model and reward loading) is reported
+    apart: "steady" throughput counts from the moment the first actor was ready."""
+    first_ready = float(pc.min(rows.column("actor_ready_at")).as_py()) if rows.num_rows else finished_wall
+    steady_seconds = finished_wall - first_ready
+    return {
+        "nodes": sorted(set(rows.column("node_id").to_pylist())),
+        "ray_seconds": round(ray_seconds, 2),
+        "covers_per_second": round(rows.num_rows / ray_seconds, 2) if ray_seconds > 0 else None,
+        "actor_startup_seconds": round(first_ready - started_wall, 2),
+        "steady_covers_per_second": round(rows.num_rows / steady_seconds, 2) if steady_seconds > 0 else None,
+        "driver_peak_rss_mb": peak_rss_mb(),
+        "actor_peak_rss_mb": float(pc.max(rows.column("actor_rss_mb")).as_py()) if rows.num_rows else None,
+    }
 
 
 def generate(

@@ -27,7 +27,7 @@ def movielens(
     json: JsonOpt = False,
 ) -> None:
     """Import MovieLens (movies.csv, ratings.csv, posters/<movieId>.jpg)."""
-    from icg_core.importers import import_movielens
+    from icg_core.data.importers import import_movielens
 
     _, store = open_stage("import-movielens", config, root)
     print_summary(import_movielens(path, store, click_threshold=click_threshold).to_dict(), json)
@@ -45,7 +45,7 @@ def pixelrec(
     json: JsonOpt = False,
 ) -> None:
     """Import PixelRec (pixelrec_interaction/, pixelrec_iteminfo/, cover/<item_id>.jpg)."""
-    from icg_core.importers import import_pixelrec
+    from icg_core.data.importers import import_pixelrec
 
     _, store = open_stage("import-pixelrec", config, root)
     print_summary(import_pixelrec(path, store, subset=subset).to_dict(), json)

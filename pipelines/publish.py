@@ -1,7 +1,7 @@
 """Stage publish: check the day's staged covers manifest and make it the one readers see.
 
 Expected rows are the day's validated catalog items x the day's user segments; a missing table is a
-clear error before anything is read or written. The stage is :func:`icg_core.publish.run_publish`.
+clear error before anything is read or written. The stage is :func:`icg_core.stages.publish.run_publish`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pipelines.runtime import ConfigOpt, DsOpt, JsonOpt, RootOpt, main, open_sta
 
 def publish(ds: DsOpt, root: RootOpt = None, config: ConfigOpt = None, json: JsonOpt = False) -> None:
     """Validate the staged covers manifest for DS and publish it (manifests/covers, _latest)."""
-    from icg_core.publish import run_publish
+    from icg_core.stages.publish import run_publish
 
     cfg, store = open_stage("publish", config, root)
     print_summary(dataclasses.asdict(run_publish(store, cfg, ds)), json)

@@ -19,11 +19,21 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from icg_core.config import GenerateConfig, ICGConfig, ModelsConfig
 
 log = logging.getLogger(__name__)
 
 AUTO_GPUS = "auto"
+BLOCKS_PER_ACTOR = 4  # input blocks per actor: enough to keep every actor busy and balance the tail
+ACTOR_START_TIMEOUT_S = 600  # the pool waits for all its actors (models loaded) before taking work
+# One batch queued per actor: batches take seconds, so a deeper queue only lets the first actor
+# hoard the work of a small day while the others sit idle.
+ACTOR_TASKS_IN_FLIGHT = 1
 T = TypeVar("T")
 
 
@@ -168,3 +178,57 @@ def run_task(fn: Callable[..., T], *args: Any, num_cpus: float, num_gpus: float,
 def training_resources(device: str, cpu_threads: int | None) -> dict[str, float]:
     """Ray resources of a training task: the torch threads it uses, and one GPU when it trains on CUDA."""
     return {"num_cpus": float(cpu_threads or 1), "num_gpus": 1.0 if device.startswith("cuda") else 0.0}
+
+
+# ------------------------------------------------------------------ actor pools (features, generate)
+def actor_models(cfg: ICGConfig, gpus: float) -> ModelsConfig:
+    """The models config an actor loads with: on a GPU actor, CUDA and ``generate.gpu_dtype``."""
+    if gpus > 0:
+        return cfg.models.model_copy(update={"device": "cuda", "dtype": cfg.generate.gpu_dtype})
+    return cfg.models
+
+
+def set_actor_threads(cfg: ICGConfig) -> None:
+    """Torch intra-op threads of a model actor: ``models.cpu_threads``, else the CPUs Ray reserved for it."""
+    import torch
+
+    torch.set_num_threads(cfg.models.cpu_threads or max(1, int(cfg.generate.cpus_per_actor)))
+
+
+def pool_size(gen: GenerateConfig, cluster_cpus: float, cluster_gpus: float, gpus: float, rows: int) -> int:
+    """Actors in the pool: ``generate.actors``, else as many as the cluster's GPUs (or CPUs) hold; at most ``rows``."""
+    if gen.actors:
+        size = gen.actors
+    elif gpus > 0:
+        size = max(1, int(cluster_gpus // gpus))
+    else:
+        size = max(1, int(cluster_cpus // max(gen.cpus_per_actor, 1e-9)))
+    return max(1, min(size, rows))
+
+
+def split_blocks(table: pa.Table, blocks: int) -> list[pa.Table]:
+    """``table`` cut into ``blocks`` contiguous slices (Ray Data gives each block to one task at a time)."""
+    blocks = max(1, min(blocks, table.num_rows))
+    step = -(-table.num_rows // blocks)
+    return [table.slice(start, step) for start in range(0, table.num_rows, step)]
+
+
+def start_actors_before_work() -> None:
+    """Make actor pools wait until every actor has loaded its models before any batch is dispatched.
+
+    Ray Data otherwise hands batches to the first actor that is ready; with models that take seconds
+    to load, that one actor (one node) can finish a small day alone while the others still start.
+    Actor locality is off too: blocks are a few rows of ids (actors read images and features from
+    the store), and locality would send every block made by the driver to the driver's node.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    context.execution_options.actor_locality_enabled = False
+
+
+def collect(dataset: Any) -> pa.Table:
+    """Stream a Ray dataset's output batches into one table in the driver."""
+    parts = [batch for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow")]
+    return pa.concat_tables(parts) if parts else pa.table({})

@@ -11,7 +11,7 @@ from pipelines.runtime import ConfigOpt, DsOpt, JsonOpt, RootOpt, StageFailed, m
 
 def report(ds: DsOpt, root: RootOpt = None, config: ConfigOpt = None, json: JsonOpt = False) -> None:
     """Render the report page of DS from its metrics, covers and reward curves."""
-    from icg_core.report import MetricsMissing, build_report
+    from icg_core.stages.report import MetricsMissing, build_report
 
     _, store = open_stage("report", config, root)
     try:

@@ -34,42 +34,15 @@ def train_rewards(ds: DsOpt, root: RootOpt = None, config: ConfigOpt = None, jso
 
 def _train(store: Any, cfg: Any, ds: str) -> dict[str, Any]:
     """The rewards stage's work (a Ray task). Raises StageFailed below the preference AUC floor."""
-    import time
-
-    from icg_core.bootstrap import torch_threads
-    from icg_core.rewards.aesthetic import build_aesthetic_reward
-    from icg_core.rewards.preference import PreferenceGateError, build_preference_reward
-    from icg_core.rewards.relevance import build_relevance_reward
+    from icg_core.runtime import torch_threads
+    from icg_core.stages.rewards import PreferenceGateError, run_rewards
 
     setup_logging()
-    rewards = cfg.rewards
-    summary: dict = {"ds": ds, "seconds": {}}
     with torch_threads(cfg.models.cpu_threads):
-        started = time.perf_counter()
-        aesthetic = build_aesthetic_reward(store, ds, rewards.aesthetic)
-        summary["aesthetic"] = {"version": aesthetic["version"], "stats": aesthetic["stats"]}
-        summary["seconds"]["aesthetic"] = round(time.perf_counter() - started, 2)
-        started = time.perf_counter()
-        relevance = build_relevance_reward(store, ds, rewards.relevance)
-        summary["relevance"] = {
-            "version": relevance["version"],
-            "heldout": relevance["metrics"].get("heldout", {}),
-        }
-        summary["seconds"]["relevance"] = round(time.perf_counter() - started, 2)
-        started = time.perf_counter()
         try:
-            preference = build_preference_reward(store, ds, rewards.preference, cfg.users)
+            return run_rewards(store, cfg, ds)
         except PreferenceGateError as exc:
             raise StageFailed(str(exc)) from exc
-        metrics = preference.metrics
-        summary["preference"] = {
-            "version": ds,
-            "heldout_auc": round(metrics["auc"], 4),
-            "heldout_log_loss": round(metrics["log_loss"], 4),
-            "auc_floor": rewards.preference.auc_floor,
-        }
-        summary["seconds"]["preference"] = round(time.perf_counter() - started, 2)
-    return summary
 
 
 if __name__ == "__main__":

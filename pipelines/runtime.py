@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from icg_core.config import ICGConfig, load_config
-from icg_core.schemas import SchemaError
+from icg_core.data.schemas import SchemaError
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger("icg")

@@ -24,8 +24,8 @@ from pipelines.runtime import (
 
 def _train(store: Any, cfg: Any, ds: str) -> dict[str, Any]:
     """The users stage's work (a Ray task)."""
-    from icg_core.bootstrap import torch_threads
-    from icg_core.users import run_users
+    from icg_core.runtime import torch_threads
+    from icg_core.stages.users import run_users
 
     setup_logging()
     with torch_threads(cfg.models.cpu_threads):

@@ -16,7 +16,7 @@ from pipelines.runtime import ConfigOpt, DsOpt, JsonOpt, RootOpt, StageFailed, m
 
 def validate(ds: DsOpt, root: RootOpt = None, config: ConfigOpt = None, json: JsonOpt = False) -> None:
     """Validate the extracted tables for DS and promote them to validated/ if every suite passes."""
-    from icg_core.validation import format_failures, validate_day
+    from icg_core.stages.validate import format_failures, validate_day
 
     cfg, store = open_stage("validate", config, root)
     report = validate_day(store, ds, cfg)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from icg_core import layout
-from icg_core.publish import read_published
+from icg_core.stages.publish import read_published
 from icg_core.storage import ObjectStore
 
 HEADLINE = ("oracle_ctr", "preference", "relevance", "aesthetic", "category_top1")

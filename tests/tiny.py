@@ -61,13 +61,14 @@ def prepare_tiny_day(store: Any, cfg: Any) -> str:
 
     Single-threaded torch (tiny models run faster so, and the suite shares the machine).
     """
-    from icg_core.bootstrap import bootstrap, torch_threads
-    from icg_core.extract import extract_day
     from icg_core.rewards.aesthetic import build_aesthetic_reward
     from icg_core.rewards.preference import build_preference_reward
     from icg_core.rewards.relevance import build_relevance_reward
-    from icg_core.users import run_users
-    from icg_core.validation import validate_day
+    from icg_core.runtime import torch_threads
+    from icg_core.stages.bootstrap import bootstrap
+    from icg_core.stages.extract import extract_day
+    from icg_core.stages.users import run_users
+    from icg_core.stages.validate import validate_day
     from icg_core.world.simulator import generate_world
 
     with torch_threads(1):

@@ -6,7 +6,7 @@ It starts from the same stage-1 generator as the production run, with the same s
 (the whole ``finetune`` section is unchanged); its version spells the weights
 (``s2-a0.25-r0.5-p0-<hash>``). The stage-1 checkpoint is copied under the ablation's name (a few
 small objects: the base checkpoints are referenced, not copied) and its ``_latest`` pointed at it
-before every run, so :func:`icg_core.training.finetune.run_finetune` resumes or reuses as usual.
+before every run, so :func:`icg_core.stages.finetune.run_finetune` resumes or reuses as usual.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import logging
 from icg_core import layout
 from icg_core.config import ICGConfig
 from icg_core.models.checkpoint import checkpoint_prefix
+from icg_core.stages.finetune import FinetuneSummary, run_finetune
 from icg_core.storage import SUCCESS, ObjectStore
-from icg_core.training.finetune import FinetuneSummary, run_finetune
 
 log = logging.getLogger(__name__)
 

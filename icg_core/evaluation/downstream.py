@@ -31,11 +31,9 @@ from sklearn.preprocessing import StandardScaler
 
 from icg_core import layout
 from icg_core.config import ICGConfig
+from icg_core.data.images import as_image_batch, read_images
 from icg_core.evaluation.stats import rounded
-from icg_core.rewards.common import as_image_batch, read_images
-from icg_core.rewards.preference import holdout_evaluation, split_days
-from icg_core.storage import ObjectStore
-from icg_core.users import (
+from icg_core.models.users import (
     ATTRIBUTE_NAMES,
     ATTRIBUTE_SIZE,
     UserEmbeddings,
@@ -44,6 +42,8 @@ from icg_core.users import (
     pixel_attributes,
     train_user_embeddings,
 )
+from icg_core.rewards.preference import holdout_evaluation, split_days
+from icg_core.storage import ObjectStore
 from icg_core.world.oracle import Oracle
 
 log = logging.getLogger(__name__)

@@ -30,10 +30,11 @@ import pyarrow.compute as pc
 import torch
 
 from icg_core import layout
-from icg_core.features import compute_item_features, load_features
+from icg_core.data.images import read_images
 from icg_core.models.bundle import ICGBundle
 from icg_core.models.generator import seed_for
-from icg_core.rewards.common import RewardFn, read_images
+from icg_core.rewards.common import RewardFn
+from icg_core.serving.features import compute_item_features, load_features
 from icg_core.serving.policy import BASE, CoverPolicy, CoverRewards, Sampling, base_seed
 from icg_core.storage import ObjectStore
 from icg_core.training.data import load_catalog_covers, read_catalog, split_items

@@ -40,15 +40,8 @@ from torch import nn
 
 from icg_core import layout
 from icg_core.config import AestheticConfig
-from icg_core.rewards.common import (
-    RewardFn,
-    RewardStats,
-    as_image_batch,
-    finish,
-    load_reward_model,
-    read_images,
-    save_reward_model,
-)
+from icg_core.data.images import as_image_batch, read_images
+from icg_core.rewards.common import RewardFn, RewardStats, finish, load_reward_model, save_reward_model
 from icg_core.rewards.relevance import ClipScorer
 from icg_core.storage import ObjectStore
 

@@ -1,4 +1,4 @@
-"""What the reward models share: image batches, standardization statistics, versioned save/load.
+"""What the reward models share: standardization statistics and versioned save/load.
 
 A reward is only comparable to another after standardization: ``(raw - mean) / std`` with ``mean``
 and ``std`` measured once over a reference set (catalog covers, logged impressions) when the reward
@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from icg_core.images import decode_image
 from icg_core.models.checkpoint import (
     LATEST_VERSION,
     load_module_checkpoint,
@@ -35,7 +32,6 @@ log = logging.getLogger(__name__)
 
 # fn(images, prompts, metadata) -> (rewards float32 [B], info)
 RewardFn = Callable[[Any, Sequence[str], Sequence[Mapping[str, Any]]], tuple[np.ndarray, dict[str, Any]]]
-_READ_THREADS = 8
 
 
 def model_name(kind: str) -> str:
@@ -48,64 +44,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-# ----------------------------------------------------------------------------- images
-def as_image_batch(images: Any, size: int | None = None) -> np.ndarray:
-    """Bring a batch of covers to ``uint8 [B, S, S, 3]`` (or ``[B, H, W, 3]`` when ``size`` is None).
-
-    Accepts a uint8 or float ([0, 1]) array ``[B, H, W, 3]`` / ``[H, W, 3]``, a torch tensor in the
-    same layouts or channels-first ``[B, 3, H, W]`` (the ddpo convention, floats in [0, 1]), or a
-    sequence of PIL images / arrays. Images of another size are resized (bicubic).
-    """
-    if isinstance(images, torch.Tensor):
-        tensor = images.detach().to("cpu", torch.float32 if images.is_floating_point() else images.dtype)
-        if tensor.ndim == 4 and tensor.shape[1] == 3 and tensor.shape[-1] != 3:
-            tensor = tensor.permute(0, 2, 3, 1)
-        images = tensor.numpy()
-    if isinstance(images, np.ndarray):
-        batch = images[None] if images.ndim == 3 else images
-        batch = _to_uint8(batch)
-        if size is None or batch.shape[1:3] == (size, size):
-            return np.ascontiguousarray(batch)
-        return np.stack([_resize(image, size) for image in batch])
-    arrays = [
-        _to_uint8(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
-        for image in images
-    ]
-    if size is None:
-        if len({a.shape for a in arrays}) > 1:
-            raise ValueError("images of different sizes need a target size")
-        return np.stack(arrays) if arrays else np.zeros((0, 1, 1, 3), np.uint8)
-    return np.stack([_resize(a, size) for a in arrays]) if arrays else np.zeros((0, size, size, 3), np.uint8)
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    return (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[:2] == (size, size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
-
-
-def read_images(store: ObjectStore, uris: Sequence[str], size: int | None = None) -> np.ndarray:
-    """Read and decode image objects by URI: ``uint8 [N, S, S, 3]`` in the order given.
-
-    Each distinct URI is read once (objects in threads, I/O bound); decoding goes through
-    :func:`icg_core.images.decode_image`, the project's one safe decoder.
-    """
-    unique = list(dict.fromkeys(uris))
-
-    def load(uri: str) -> np.ndarray:
-        return np.asarray(decode_image(store.read_uri(uri)))
-
-    with ThreadPoolExecutor(_READ_THREADS) as pool:
-        decoded = dict(zip(unique, pool.map(load, unique), strict=True))
-    return as_image_batch([decoded[uri] for uri in uris], size)
 
 
 # ----------------------------------------------------------------------------- standardization

@@ -3,8 +3,8 @@
 Trained on impressions -- the cover actually shown and whether the user clicked -- never on the
 embedded world's hidden truth. Features of one (user, cover, item) row:
 
-- ``u`` ``[D]``: the user's embedding (:mod:`icg_core.users`); for a segment, its centroid;
-- ``x`` ``[A]``: :func:`icg_core.users.pixel_attributes` of the cover, standardized over the training
+- ``u`` ``[D]``: the user's embedding (:mod:`icg_core.models.users`); for a segment, its centroid;
+- ``x`` ``[A]``: :func:`icg_core.models.users.pixel_attributes` of the cover, standardized over the training
   impressions' covers (the model's own statistics, saved with it);
 - ``c`` ``[C]``: one-hot of the item's catalog category (optional, ``use_category``). It is item
   context, not a function of the pixels, so it is the same for every candidate cover of an item and
@@ -40,16 +40,8 @@ from torch import nn
 
 from icg_core import layout
 from icg_core.config import PreferenceConfig, UsersConfig
-from icg_core.rewards.common import (
-    RewardFn,
-    RewardStats,
-    as_image_batch,
-    finish,
-    load_reward_model,
-    save_reward_model,
-)
-from icg_core.storage import ObjectStore
-from icg_core.users import (
+from icg_core.data.images import as_image_batch
+from icg_core.models.users import (
     ATTRIBUTE_NAMES,
     ATTRIBUTE_SIZE,
     UserEmbeddings,
@@ -59,6 +51,8 @@ from icg_core.users import (
     pixel_attributes_tensor,
     train_user_embeddings,
 )
+from icg_core.rewards.common import RewardFn, RewardStats, finish, load_reward_model, save_reward_model
+from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +369,7 @@ def train_preference_model(
     Args:
         impressions: the validated impressions of the window.
         embeddings: the users stage's embeddings (the space the reward will be queried in).
-        attributes_by_uri: :func:`icg_core.users.cover_attributes` of every shown cover.
+        attributes_by_uri: :func:`icg_core.models.users.cover_attributes` of every shown cover.
         category_by_item: catalog category of each item.
         cfg: the preference config.
         users_cfg: the users config, to re-learn embeddings on the gate's earlier days.

@@ -35,13 +35,12 @@ from torch import nn
 
 from icg_core import layout
 from icg_core.config import RelevanceConfig
+from icg_core.data.images import as_image_batch, read_images
 from icg_core.rewards.common import (
     RewardFn,
     RewardStats,
-    as_image_batch,
     finish,
     load_reward_model,
-    read_images,
     resolve_device,
     save_reward_model,
 )

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from icg_core import layout
-from icg_core.images import decode_image
+from icg_core.data.images import decode_image
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)

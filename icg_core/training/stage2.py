@@ -35,7 +35,7 @@ as a generator and ``_latest`` does not move.
 
 Resumable like stage 1: weights, optimizer, step, curves and the generator state are saved every
 ``checkpoint_every`` steps as ``models/<generator>-stage2-state/<version>/``; a rerun continues.
-The finetune stage around this trainer (data, versions, saving) is :mod:`icg_core.training.finetune`.
+The finetune stage around this trainer (data, versions, saving) is :mod:`icg_core.stages.finetune`.
 """
 
 from __future__ import annotations

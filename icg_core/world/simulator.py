@@ -330,6 +330,46 @@ def _remove_stale(
     return removed
 
 
+def _write_days(
+    store: ObjectStore,
+    world: WorldConfig,
+    ds_list: list[dt.date],
+    catalog: dict[str, pa.Table],
+    oracle: Oracle,
+    item_ids: list[str],
+    standardized: np.ndarray,
+    variant_scores: np.ndarray,
+) -> tuple[dict[str, int], int, float]:
+    """Write each day's raw impressions, then its catalog (which marks the day complete).
+
+    Returns:
+        (rows written per table, clicks, the sum of click probabilities).
+    """
+    n_variants = world.variants_per_item
+    variant_uris = np.array(
+        [store.uri(layout.variant_image(item, k)) for item in item_ids for k in range(n_variants)],
+        dtype=object,
+    )
+    activity = _rng(world.seed, "activity").lognormal(
+        0.0, 0.5, world.n_users
+    )  # mild skew: some users are busier
+    activity /= activity.sum()
+    item_id_array = np.array(item_ids, dtype=object)
+    rows = {"catalog_items": 0, "impressions": 0}
+    clicks, probability_sum = 0, 0.0
+    for day, ds in enumerate(tqdm(ds_list, desc="world days", unit="day", disable=None)):
+        impressions, probability = _impressions(
+            world, day, ds, oracle, activity, item_id_array, variant_uris, standardized, variant_scores
+        )
+        layout.RAW_IMPRESSIONS.write(store, impressions, ds.isoformat())
+        layout.RAW_CATALOG.write(store, catalog[ds.isoformat()], ds.isoformat())
+        rows["impressions"] += impressions.num_rows
+        rows["catalog_items"] += catalog[ds.isoformat()].num_rows
+        clicks += int(np.asarray(impressions.column("clicked")).sum())
+        probability_sum += float(probability.sum())
+    return rows, clicks, probability_sum
+
+
 def generate_world(store: ObjectStore, world: WorldConfig) -> WorldSummary:
     """Generate the embedded world under ``store``: images, oracle, then the raw tables.
 
@@ -345,14 +385,8 @@ def generate_world(store: ObjectStore, world: WorldConfig) -> WorldSummary:
     """
     started = time.perf_counter()
     check_world(world)
-    log.info(
-        "stage=world root=%s seed=%d items=%d users=%d days=%d",
-        store.root,
-        world.seed,
-        world.n_items,
-        world.n_users,
-        world.days,
-    )
+    log.info("stage=world root=%s seed=%d items=%d users=%d days=%d",
+             store.root, world.seed, world.n_items, world.n_users, world.days)  # fmt: skip
     n_variants = world.variants_per_item
     item_ids = [f"item_{i:05d}" for i in range(world.n_items)]
     user_ids = [f"user_{i:05d}" for i in range(world.n_users)]
@@ -383,30 +417,12 @@ def generate_world(store: ObjectStore, world: WorldConfig) -> WorldSummary:
     oracle_keys = oracle.save(store)
     standardized = (variant_attributes - oracle.attribute_mean) / oracle.attribute_std
 
+    # The logs: every day's impressions (clicks drawn by the oracle), then its catalog partition.
     ds_list = [world.start_date + day * _DAY for day in range(world.days)]
     catalog = _catalog_partitions(store, world, item_ids, item_category, ds_list)
-    variant_uris = np.array(
-        [store.uri(layout.variant_image(item, k)) for item in item_ids for k in range(n_variants)],
-        dtype=object,
+    rows, clicks, probability_sum = _write_days(
+        store, world, ds_list, catalog, oracle, item_ids, standardized, variant_scores
     )
-    activity = _rng(world.seed, "activity").lognormal(
-        0.0, 0.5, world.n_users
-    )  # mild skew: some users are busier
-    activity /= activity.sum()
-    item_id_array = np.array(item_ids, dtype=object)
-    rows = {"catalog_items": 0, "impressions": 0}
-    clicks, probability_sum = 0, 0.0
-    for day, ds in enumerate(tqdm(ds_list, desc="world days", unit="day", disable=None)):
-        impressions, probability = _impressions(
-            world, day, ds, oracle, activity, item_id_array, variant_uris, standardized, variant_scores
-        )
-        # Impressions first, catalog last: a day's catalog partition marks the day complete.
-        layout.RAW_IMPRESSIONS.write(store, impressions, ds.isoformat())
-        layout.RAW_CATALOG.write(store, catalog[ds.isoformat()], ds.isoformat())
-        rows["impressions"] += impressions.num_rows
-        rows["catalog_items"] += catalog[ds.isoformat()].num_rows
-        clicks += int(np.asarray(impressions.column("clicked")).sum())
-        probability_sum += float(probability.sum())
 
     keep_images = {layout.reference_image(item) for item in item_ids}
     keep_images |= {layout.variant_image(item, k) for item in item_ids for k in range(n_variants)}
@@ -429,12 +445,6 @@ def generate_world(store: ObjectStore, world: WorldConfig) -> WorldSummary:
         category_accuracy=category_accuracy,
         removed_stale=removed,
     )
-    log.info(
-        "stage=world done seconds=%.1f catalog_rows=%d impressions=%d mean_ctr=%.4f removed=%s",
-        summary.seconds,
-        rows["catalog_items"],
-        rows["impressions"],
-        summary.mean_ctr,
-        removed,
-    )
+    log.info("stage=world done seconds=%.1f catalog_rows=%d impressions=%d mean_ctr=%.4f removed=%s",
+             summary.seconds, rows["catalog_items"], rows["impressions"], summary.mean_ctr, removed)  # fmt: skip
     return summary

@@ -16,7 +16,7 @@ from PIL import Image
 
 from icg_core import layout
 from icg_core.config import load_config
-from icg_core.publish import read_published
+from icg_core.stages.publish import read_published
 from icg_core.storage import ObjectStore
 from icg_core.world.simulator import generate_world
 from tests.dags.conftest import dags_test

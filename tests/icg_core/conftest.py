@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from icg_core.config import ICGConfig
-from icg_core.schemas import OPTIONAL_COLUMNS, TABLES
+from icg_core.data.schemas import OPTIONAL_COLUMNS, TABLES
 from icg_core.storage import ObjectStore
 
 RUN_DS = "2026-11-15"  # the nightly run under test; lookback 14 -> impressions in [2026-11-01, 2026-11-15)

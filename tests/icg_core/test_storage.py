@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from icg_core.schemas import SchemaError
+from icg_core.data.schemas import SchemaError
 from icg_core.storage import LATEST, SUCCESS, ObjectStore, StorageError, normalize_root
 from tests.conftest import s3_store_for
 

@@ -11,9 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from icg_core.config import load_config
-from icg_core.extract import extract_day
+from icg_core.stages.extract import extract_day
+from icg_core.stages.validate import validate_day
 from icg_core.storage import ObjectStore
-from icg_core.validation import validate_day
 from icg_core.world.simulator import generate_world
 from pipelines.cli import app
 from tests.tiny import write_tiny_config

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from icg_core.bootstrap import torch_threads
 from icg_core.config import load_config
-from icg_core.covers import generate_covers
 from icg_core.models.checkpoint import resolve_version
+from icg_core.runtime import torch_threads
+from icg_core.stages.finetune import run_finetune
+from icg_core.stages.generate import generate_covers
 from icg_core.storage import ObjectStore
-from icg_core.training.finetune import run_finetune
 from pipelines.cli import app
 from pipelines.runtime import StageFailed
 from tests.tiny import prepare_tiny_day, write_tiny_config

@@ -1,6 +1,6 @@
 """features and generate on Ray: a real two-node cluster, a killed worker, S3 + publish + downstream readers.
 
-Every test builds its tiny world where it runs (see tests/icg_core/test_covers.py), then drives the
+Every test builds its tiny world where it runs (see tests/icg_core/stages/test_generate.py), then drives the
 stages through ``RAY_ADDRESS`` as a cluster deployment would.
 """
 
@@ -16,11 +16,11 @@ import pyarrow.compute as pc
 import pytest
 
 from icg_core import layout
-from icg_core.publish import publish_day
+from icg_core.stages.publish import publish_day
 from icg_core.storage import ObjectStore
 from pipelines.features import run_features
 from pipelines.generate import FAULT_ENV, run_generate
-from tests.icg_core.test_covers import build_tiny_world, next_day
+from tests.icg_core.stages.test_generate import build_tiny_world, next_day
 from tests.ray_cluster import RayCluster, node_ids_by_role
 
 pytestmark = pytest.mark.slow

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 
 from icg_core import layout
-from icg_core.publish import read_published
+from icg_core.stages.publish import read_published
 from icg_core.storage import ObjectStore
 from tests.icg_core.conftest import table_of, utc
-from tests.icg_core.test_publish import ITEMS, SEGMENTS, _corrupt_image, full_day, stage
+from tests.icg_core.stages.test_publish import ITEMS, SEGMENTS, _corrupt_image, full_day, stage
 
 DS = "2026-11-16"
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from icg_core import layout
 from icg_core.storage import ObjectStore
 from pipelines.cli import app
-from tests.icg_core.test_report import DS, write_fixture_run
+from tests.icg_core.report.test_page import DS, write_fixture_run
 
 
 def test_icg_report_writes_the_page_and_prints_where(tmp_path) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from icg_core.bootstrap import bootstrap
 from icg_core.config import load_config
-from icg_core.extract import extract_day
 from icg_core.models.checkpoint import resolve_version
+from icg_core.stages.bootstrap import bootstrap
+from icg_core.stages.extract import extract_day
+from icg_core.stages.validate import validate_day
 from icg_core.storage import ObjectStore
-from icg_core.validation import validate_day
 from icg_core.world.simulator import generate_world
 from pipelines.cli import app
 from pipelines.runtime import StageFailed

@@ -12,8 +12,8 @@ from icg_core.evaluation.downstream import (
     downstream_auc,
     roc_points,
 )
+from icg_core.models.users import UserEmbeddings
 from icg_core.storage import ObjectStore
-from icg_core.users import UserEmbeddings
 
 
 def planted_window(seed: int = 0, n: int = 4000) -> ClickWindow:

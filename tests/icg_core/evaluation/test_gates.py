@@ -6,8 +6,8 @@ import pytest
 
 from icg_core import layout
 from icg_core.config import EvaluateConfig, load_config
+from icg_core.data.schemas import empty_table
 from icg_core.evaluation.gates import check_gates, last_published_day, published_baseline
-from icg_core.schemas import empty_table
 from icg_core.storage import ObjectStore
 
 

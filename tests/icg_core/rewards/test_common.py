@@ -7,15 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from icg_core.data.images import as_image_batch, read_images
 from icg_core.models.checkpoint import CheckpointError
-from icg_core.rewards.common import (
-    RewardStats,
-    as_image_batch,
-    finish,
-    load_reward_model,
-    read_images,
-    save_reward_model,
-)
+from icg_core.rewards.common import RewardStats, finish, load_reward_model, save_reward_model
 from icg_core.storage import ObjectStore
 from tests.icg_core.rewards.synthetic import pattern_image, png
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from icg_core.models.users import UsersConfig, pixel_attributes
 from icg_core.rewards.preference import (
     ClickRows,
     PreferenceConfig,
@@ -17,8 +18,8 @@ from icg_core.rewards.preference import (
     preference_reward_fn,
     split_days,
 )
+from icg_core.stages.users import run_users
 from icg_core.storage import ObjectStore
-from icg_core.users import UsersConfig, pixel_attributes, run_users
 from tests.icg_core.rewards.synthetic import pattern_image, planted_logs
 
 USERS = UsersConfig(embedding_dim=8, bpr_epochs=3, n_segments=2, kmeans_restarts=2)
@@ -82,7 +83,7 @@ def test_trained_reward_saves_loads_and_scores_segments(tmp_path):
     loaded = PreferenceModel.load(store, logs.ds)
     assert loaded.stats == model.stats and loaded.metrics["auc"] == model.metrics["auc"]
 
-    from icg_core.users import load_segments
+    from icg_core.models.users import load_segments
 
     segments = load_segments(store, logs.ds)
     dark = pattern_image("rings", np.array([120, 120, 120]), 0.5)

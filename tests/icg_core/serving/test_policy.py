@@ -11,7 +11,7 @@ import torch
 from icg_core.config import RewardWeights
 from icg_core.models.generator import seed_for
 from icg_core.serving.policy import BASE, CoverPolicy, Sampling, load_cover_rewards, steer_latents
-from tests.icg_core.test_covers import build_tiny_world
+from tests.icg_core.stages.test_generate import build_tiny_world
 
 
 def _decode(latents: torch.Tensor) -> torch.Tensor:
@@ -78,10 +78,10 @@ def test_rewards_are_needed_when_the_sampling_uses_them() -> None:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory):
     """A tiny world, its generator, rewards, and eight (item, segment) rows to cover."""
-    from icg_core.features import compute_item_features, load_features
     from icg_core.models.bundle import load_bundle
+    from icg_core.models.users import load_segments
+    from icg_core.serving.features import compute_item_features, load_features
     from icg_core.training.data import read_catalog
-    from icg_core.users import load_segments
 
     root = tmp_path_factory.mktemp("policy")
     from icg_core.storage import ObjectStore

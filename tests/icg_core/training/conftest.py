@@ -1,5 +1,5 @@
 """Training tests run single-threaded: tiny models are many small ops, and on a shared CPU torch's
-thread synchronization costs more than the ops (see ``icg_core.bootstrap.torch_threads``)."""
+thread synchronization costs more than the ops (see ``icg_core.stages.bootstrap.torch_threads``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from icg_core.bootstrap import torch_threads
+from icg_core.runtime import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="package")

@@ -11,7 +11,7 @@ import pytest
 
 from icg_core import layout
 from icg_core.config import WorldConfig
-from icg_core.schemas import TABLES
+from icg_core.data.schemas import TABLES
 from icg_core.storage import ObjectStore
 from icg_core.world import drawing
 from icg_core.world.simulator import (

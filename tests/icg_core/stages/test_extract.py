@@ -8,14 +8,14 @@ import pyarrow as pa
 import pytest
 
 from icg_core.config import ExtractConfig
-from icg_core.extract import (
+from icg_core.data.schemas import SchemaError
+from icg_core.stages.extract import (
     extract_day,
     extraction_window,
     load_sql,
     raw_partitions_for,
     run_extract_query,
 )
-from icg_core.schemas import SchemaError
 from tests.icg_core.conftest import RUN_DS, utc
 
 CFG = ExtractConfig(lookback_days=14)

@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 
 from icg_core import layout
-from icg_core.bootstrap import torch_threads
-from icg_core.features import (
+from icg_core.data.schemas import conform
+from icg_core.models.encoder import MetaTokenEncoder, content_hash
+from icg_core.models.tiny import build_tiny_vlm
+from icg_core.runtime import torch_threads
+from icg_core.serving.features import (
     compute_item_features,
     load_features,
     read_item_features,
 )
-from icg_core.models.encoder import MetaTokenEncoder, content_hash
-from icg_core.models.tiny import build_tiny_vlm
-from icg_core.schemas import conform
 from icg_core.storage import ObjectStore
 
 TITLES = ["Nebula Orbit", "Harbor Wave", "Pine Grove", "Chess Puzzle", "Marathon Goal"]

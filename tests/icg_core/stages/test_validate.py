@@ -5,8 +5,8 @@ import datetime as dt
 import pyarrow as pa
 
 from icg_core import layout
-from icg_core.extract import extract_day
-from icg_core.validation import format_failures, validate_day
+from icg_core.stages.extract import extract_day
+from icg_core.stages.validate import format_failures, validate_day
 from tests.icg_core.conftest import RUN_DS, RawDay, png_bytes, png_declaring, utc
 
 

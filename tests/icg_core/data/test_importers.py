@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from icg_core.importers import ImportSummary, import_movielens, import_pixelrec
+from icg_core.data.importers import ImportSummary, import_movielens, import_pixelrec
 from icg_core.storage import ObjectStore
 
 DAY1 = int(dt.datetime(2020, 3, 1, tzinfo=dt.UTC).timestamp())
@@ -137,7 +137,7 @@ def test_movielens_reports_skipped_items_and_dropped_ratings(
     movielens: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = ObjectStore(str(tmp_path / "store"))
-    with caplog.at_level(logging.WARNING, logger="icg_core.importers"):
+    with caplog.at_level(logging.WARNING, logger="icg_core.data.importers"):
         summary = import_movielens(movielens, store)
 
     assert summary.source == "movielens"

@@ -23,10 +23,13 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from icg_core.config import ValidationConfig
@@ -41,6 +44,7 @@ STATUSES = frozenset(
     {"ok", "too_large_bytes", "too_many_pixels", "too_small", "not_an_image", "corrupt", "unreadable"}
 )
 _DEFAULT_LIMITS = ValidationConfig()
+_READ_THREADS = 8  # image reads in flight (I/O bound)
 
 
 @dataclass(frozen=True)
@@ -206,3 +210,61 @@ def check_image_uris(
     bad = sum(not c.ok for c in checks.values())
     log.info("image checks: %d distinct images, %d rejected", len(checks), bad)
     return checks
+
+
+# ----------------------------------------------------------------------------- batches of pixels
+def as_image_batch(images: Any, size: int | None = None) -> np.ndarray:
+    """Bring a batch of covers to ``uint8 [B, S, S, 3]`` (or ``[B, H, W, 3]`` when ``size`` is None).
+
+    Accepts a uint8 or float ([0, 1]) array ``[B, H, W, 3]`` / ``[H, W, 3]``, a torch tensor in the
+    same layouts or channels-first ``[B, 3, H, W]`` (the ddpo convention, floats in [0, 1]), or a
+    sequence of PIL images / arrays. Images of another size are resized (bicubic).
+    """
+    if isinstance(images, torch.Tensor):
+        tensor = images.detach().to("cpu", torch.float32 if images.is_floating_point() else images.dtype)
+        if tensor.ndim == 4 and tensor.shape[1] == 3 and tensor.shape[-1] != 3:
+            tensor = tensor.permute(0, 2, 3, 1)
+        images = tensor.numpy()
+    if isinstance(images, np.ndarray):
+        batch = images[None] if images.ndim == 3 else images
+        batch = _to_uint8(batch)
+        if size is None or batch.shape[1:3] == (size, size):
+            return np.ascontiguousarray(batch)
+        return np.stack([_resize(image, size) for image in batch])
+    arrays = [
+        _to_uint8(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
+        for image in images
+    ]
+    if size is None:
+        if len({a.shape for a in arrays}) > 1:
+            raise ValueError("images of different sizes need a target size")
+        return np.stack(arrays) if arrays else np.zeros((0, 1, 1, 3), np.uint8)
+    return np.stack([_resize(a, size) for a in arrays]) if arrays else np.zeros((0, size, size, 3), np.uint8)
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    return (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def read_images(store: ObjectStore, uris: Sequence[str], size: int | None = None) -> np.ndarray:
+    """Read and decode image objects by URI: ``uint8 [N, S, S, 3]`` in the order given.
+
+    Each distinct URI is read once (objects in threads, I/O bound); decoding goes through
+    :func:`icg_core.data.images.decode_image`, the project's one safe decoder.
+    """
+    unique = list(dict.fromkeys(uris))
+
+    def load(uri: str) -> np.ndarray:
+        return np.asarray(decode_image(store.read_uri(uri)))
+
+    with ThreadPoolExecutor(_READ_THREADS) as pool:
+        decoded = dict(zip(unique, pool.map(load, unique), strict=True))
+    return as_image_batch([decoded[uri] for uri in uris], size)

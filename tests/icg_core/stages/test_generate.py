@@ -16,7 +16,7 @@ import pytest
 
 from icg_core import layout
 from icg_core.config import ICGConfig
-from icg_core.covers import (
+from icg_core.stages.generate import (
     GenerateInputError,
     Sampling,
     cover_fingerprint,
@@ -90,8 +90,8 @@ def test_fingerprint_changes_with_every_input() -> None:
 
 @pytest.mark.slow
 def test_covers_once_per_item_segment_then_reused_and_only_changed_items_regenerated(world) -> None:
-    from icg_core.features import compute_item_features  # the features stage's core, without Ray
     from icg_core.models.bundle import load_bundle
+    from icg_core.serving.features import compute_item_features  # the features stage's core, without Ray
 
     store, cfg, ds = world
     first = generate_covers(store, cfg, ds)

@@ -45,8 +45,7 @@ from PIL import Image, ImageDraw
 
 from icg_core import layout
 from icg_core.config import ICGConfig, ModelsConfig
-from icg_core.features import compute_item_features, load_features
-from icg_core.images import decode_image
+from icg_core.data.images import decode_image
 from icg_core.models.bundle import (
     BASE_SD,
     BASE_VLM,
@@ -60,6 +59,8 @@ from icg_core.models.bundle import (
 from icg_core.models.checkpoint import checkpoint_exists, load_module_checkpoint, save_module_checkpoint
 from icg_core.models.generator import seed_for
 from icg_core.models.tiny import build_tiny_sd, build_tiny_vlm
+from icg_core.runtime import torch_threads
+from icg_core.serving.features import compute_item_features, load_features
 from icg_core.storage import ObjectStore
 from icg_core.training.base import train_vae, warm_up_vlm, warmup_set
 from icg_core.training.data import (
@@ -234,23 +235,6 @@ def _save_trained(store: ObjectStore, cfg: ICGConfig, bundle: ICGBundle, version
     save_bundle(store, bundle, cfg.models.generator_name, version, extra)
 
 
-@contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run with ``count`` torch intra-op threads (None = unchanged), restoring the previous count.
-
-    The tiny embedded models are thousands of small ops: with several threads each op pays a
-    thread synchronization, which on a machine shared with other processes costs more than the
-    op itself (measured: 10-50x slower steps at 2 threads under load than at 1).
-    """
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def bootstrap(
     store: ObjectStore, cfg: ICGConfig, *, ds: str | None = None, stop_after: int | None = None
 ) -> BootstrapSummary:
@@ -275,7 +259,6 @@ def _bootstrap(
     timer = _PhaseTimer()
     ds = ds or latest_validated_ds(store)
     models, stage1 = cfg.models, cfg.stage1
-    reused: list[str] = []
     with timer.phase("data"):
         catalog = read_catalog(store, ds)
         train_ids, held_ids = split_items(catalog.column("item_id").to_pylist(), stage1.holdout_fraction)
@@ -287,57 +270,20 @@ def _bootstrap(
         fingerprint = data_fingerprint(train)
     vlm_ref = {"path": models.vlm_path} if models.vlm_path else embedded_vlm_ref(cfg, train)
     version = "s1-" + _digest(_recipe(cfg), vlm_ref, models.sd_path, fingerprint)
-    vlm_summary: dict[str, Any] = {}
-    vae_summary: dict[str, Any] = {}
-    stage1_summary: dict[str, Any] = {}
-    complete = True
     if checkpoint_exists(store, models.generator_name, version):
-        bundle = load_bundle(store, models, version)
-        reused += ["vlm", "vae", "stage1"]
+        trained = _Trained(
+            load_bundle(store, models, version), complete=True, reused=["vlm", "vae", "stage1"]
+        )
     else:
-        with tempfile.TemporaryDirectory(prefix="icg-sd-init-") as tmp:
-            sd_path = models.sd_path or str(_build_embedded_sd(Path(tmp) / "sd", cfg, image_size))
-
-            def vlm_phase() -> dict[str, Any]:
-                with timer.phase("vlm"):
-                    return (
-                        ensure_embedded_vlm(store, cfg, vlm_ref, train, held_out)
-                        if not models.vlm_path
-                        else {}
-                    )
-
-            def vae_phase() -> tuple | None:
-                with timer.phase("vae"):
-                    return (
-                        trained_vae(store, cfg, sd_path, train.covers, fingerprint)
-                        if stage1.train_vae
-                        else None
-                    )
-
-            # One after the other, not in two threads: model loading pushes torch's *process-wide*
-            # device mode ("meta"), so a model built in another thread meanwhile gets no weights.
-            vlm_summary, vae_result = vlm_phase(), vae_phase()
-            bundle = build_bundle(store, {"vlm": vlm_ref, "sd": {"path": sd_path}}, models, seed=stage1.seed)
-            if vae_result is not None:
-                vae_state, scaling_factor, vae_summary = vae_result
-                bundle.covers.vae.load_state_dict(vae_state)
-                bundle.covers.vae.register_to_config(scaling_factor=scaling_factor)
-            ran = (("vlm", not models.vlm_path, vlm_summary), ("vae", stage1.train_vae, vae_summary))
-            reused += [name for name, needed, summary in ran if needed and not summary]
-            with timer.phase("stage1"):
-                data = make_stage1_data(
-                    bundle, train.titles, train.references, train.covers, train.cover_item
+        trained = _train_generator(
+            store, cfg, version, vlm_ref, train, held_out, image_size, timer, stop_after
+        )
+        if trained.complete:
+            with timer.phase("save"):
+                _save_trained(
+                    store, cfg, trained.bundle, version, {"ds": ds, "data_fingerprint": fingerprint}
                 )
-                state_name = models.generator_name + STATE_SUFFIX
-                trainer = Stage1Trainer(
-                    bundle, data, stage1, store=store, version=version, state_name=state_name
-                )
-                result = trainer.run(stop_after=stop_after)
-                stage1_summary = asdict(result)
-                complete = result.complete
-            if complete:
-                with timer.phase("save"):
-                    _save_trained(store, cfg, bundle, version, {"ds": ds, "data_fingerprint": fingerprint})
+    bundle, complete = trained.bundle, trained.complete
     features: dict[str, Any] = {}
     sheet = ""
     if complete:
@@ -357,10 +303,10 @@ def _bootstrap(
         base=bundle.base,
         items={"train": len(train), "held_out": len(held_out), "train_covers": int(len(train.covers))},
         seconds=timer.total(),
-        reused=reused,
-        vlm_warmup=vlm_summary,
-        vae=vae_summary,
-        stage1=stage1_summary,
+        reused=trained.reused,
+        vlm_warmup=trained.vlm,
+        vae=trained.vae,
+        stage1=trained.stage1,
         features=features,
         contact_sheet=sheet,
     )
@@ -369,6 +315,58 @@ def _bootstrap(
         "stage=bootstrap ds=%s version=%s complete=%s seconds=%s", ds, version, complete, summary.seconds
     )
     return summary
+
+
+@dataclass
+class _Trained:
+    """The stage-1 generator a bootstrap run ends with, and what each training phase reported."""
+
+    bundle: ICGBundle
+    complete: bool
+    reused: list[str] = field(default_factory=list)  # phases found done (not run again)
+    vlm: dict[str, Any] = field(default_factory=dict)
+    vae: dict[str, Any] = field(default_factory=dict)
+    stage1: dict[str, Any] = field(default_factory=dict)
+
+
+def _train_generator(
+    store: ObjectStore,
+    cfg: ICGConfig,
+    version: str,
+    vlm_ref: dict[str, Any],
+    train: CatalogCovers,
+    held_out: CatalogCovers,
+    fingerprint: str,
+    image_size: int,
+    timer: _PhaseTimer,
+    stop_after: int | None,
+) -> _Trained:
+    """VLM warm-up, VAE and stage 1 (each resumable or reused), from the embedded or given base models."""
+    models, stage1 = cfg.models, cfg.stage1
+    with tempfile.TemporaryDirectory(prefix="icg-sd-init-") as tmp:
+        sd_path = models.sd_path or str(_build_embedded_sd(Path(tmp) / "sd", cfg, image_size))
+        # One after the other, not in two threads: model loading pushes torch's *process-wide*
+        # device mode ("meta"), so a model built in another thread meanwhile gets no weights.
+        with timer.phase("vlm"):
+            vlm = ensure_embedded_vlm(store, cfg, vlm_ref, train, held_out) if not models.vlm_path else {}
+        with timer.phase("vae"):
+            vae_result = (
+                trained_vae(store, cfg, sd_path, train.covers, fingerprint) if stage1.train_vae else None
+            )
+        bundle = build_bundle(store, {"vlm": vlm_ref, "sd": {"path": sd_path}}, models, seed=stage1.seed)
+        vae: dict[str, Any] = {}
+        if vae_result is not None:
+            vae_state, scaling_factor, vae = vae_result
+            bundle.covers.vae.load_state_dict(vae_state)
+            bundle.covers.vae.register_to_config(scaling_factor=scaling_factor)
+        ran = (("vlm", not models.vlm_path, vlm), ("vae", stage1.train_vae, vae))
+        reused = [name for name, needed, summary in ran if needed and not summary]
+        with timer.phase("stage1"):
+            data = make_stage1_data(bundle, train.titles, train.references, train.covers, train.cover_item)
+            state_name = models.generator_name + STATE_SUFFIX
+            trainer = Stage1Trainer(bundle, data, stage1, store=store, version=version, state_name=state_name)
+            result = trainer.run(stop_after=stop_after)
+    return _Trained(bundle, result.complete, reused, vlm, vae, asdict(result))
 
 
 def _checkpoint_image_size(models: ModelsConfig) -> int:

@@ -7,7 +7,7 @@ day leaves ``validated/`` untouched, including the tables that passed on their o
 
 A table that cannot be read against its contract (a column missing or of another type) is a failure
 of that table, reported with the column and expected type, not a crash. Image columns are checked
-through :mod:`icg_core.images` (each distinct URI once) into a per-row verdict column, so a failure
+through :mod:`icg_core.data.images` (each distinct URI once) into a per-row verdict column, so a failure
 names the rows and the reason, e.g. ``reference_image_check='corrupt: ...'``.
 """
 
@@ -35,9 +35,9 @@ from great_expectations.data_context.types.base import (  # noqa: E402
 
 from icg_core import layout  # noqa: E402
 from icg_core.config import ICGConfig, ValidationConfig  # noqa: E402
-from icg_core.extract import CATALOG, IMPRESSIONS, ExtractWindow, extraction_window  # noqa: E402
-from icg_core.images import ImageCheck, check_image_uris  # noqa: E402
-from icg_core.schemas import SchemaError  # noqa: E402
+from icg_core.data.images import ImageCheck, check_image_uris  # noqa: E402
+from icg_core.data.schemas import SchemaError  # noqa: E402
+from icg_core.stages.extract import CATALOG, IMPRESSIONS, ExtractWindow, extraction_window  # noqa: E402
 from icg_core.storage import ObjectStore, StorageError  # noqa: E402
 
 log = logging.getLogger(__name__)

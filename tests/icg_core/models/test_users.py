@@ -8,8 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from icg_core.storage import ObjectStore
-from icg_core.users import (
+from icg_core.models.users import (
     ATTRIBUTE_NAMES,
     Segments,
     UserEmbeddings,
@@ -22,11 +21,12 @@ from icg_core.users import (
     load_user_embeddings,
     match_segment_ids,
     pixel_attributes,
-    run_users,
     train_bpr,
     train_user_embeddings,
     visual_preferences,
 )
+from icg_core.stages.users import run_users
+from icg_core.storage import ObjectStore
 from tests.icg_core.rewards.synthetic import planted_logs
 
 SMALL = UsersConfig(embedding_dim=8, bpr_epochs=5, n_segments=2, kmeans_restarts=3)

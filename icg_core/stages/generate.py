@@ -13,7 +13,7 @@ generating, a writer looks for a sidecar with the same fingerprint: today's (a r
 rerun after a crash: the cover is kept) or the previous day's (a nightly run: the PNG is copied,
 not regenerated). The sidecar is written after its PNG, so a sidecar always names a complete cover.
 
-The VLM does not run here: covers read the per-item feature cache (:mod:`icg_core.features`),
+The VLM does not run here: covers read the per-item feature cache (:mod:`icg_core.serving.features`),
 so the encoder's cost grows with items, and only diffusion with items x segments.
 """
 
@@ -36,7 +36,7 @@ from PIL import Image
 
 from icg_core import layout
 from icg_core.config import ICGConfig, ModelsConfig, RewardWeights
-from icg_core.features import load_features
+from icg_core.data.schemas import TABLES
 from icg_core.models.checkpoint import (
     checkpoint_config,
     checkpoint_exists,
@@ -44,7 +44,7 @@ from icg_core.models.checkpoint import (
 )
 from icg_core.models.generator import seed_for
 from icg_core.rewards.common import model_name
-from icg_core.schemas import TABLES
+from icg_core.serving.features import load_features
 from icg_core.serving.policy import (
     REWARD_KINDS,
     CoverPolicy,
@@ -516,8 +516,8 @@ def generate_covers(
         force: regenerate covers even when a matching one exists.
         plan: a plan already made by :func:`plan_generation` (else made here).
     """
-    from icg_core.bootstrap import torch_threads
     from icg_core.models.bundle import load_bundle
+    from icg_core.runtime import torch_threads
 
     started = time.perf_counter()
     plan = plan or plan_generation(store, cfg, ds, items_limit=items_limit)

@@ -23,13 +23,14 @@ import torch
 
 from icg_core import layout
 from icg_core.config import ICGConfig
-from icg_core.features import compute_item_features, load_features
 from icg_core.models.bundle import ICGBundle, load_bundle, save_bundle
 from icg_core.models.checkpoint import (
     checkpoint_config,
     checkpoint_exists,
     resolve_version,
 )
+from icg_core.models.users import load_segments
+from icg_core.serving.features import compute_item_features, load_features
 from icg_core.storage import ObjectStore
 from icg_core.training.data import load_catalog_covers, read_catalog, split_items
 from icg_core.training.stage1 import encode_latents
@@ -43,7 +44,6 @@ from icg_core.training.stage2 import (
     Stage2Trainer,
     load_rewards,
 )
-from icg_core.users import load_segments
 
 log = logging.getLogger(__name__)
 
@@ -174,52 +174,33 @@ def run_finetune(
         RelevanceCollapse: the guard stopped training (report written, no generator saved).
     """
     started = time.perf_counter()
+    # 1. Name the run: the version is a hash of the recipe and of every input's version.
     name = cfg.models.generator_name
     base_version = stage1_version(store, name)
     reward_versions = {n: resolve_version(store, f"reward_{n}", ds) for n in REWARD_NAMES}
     users_version = str(layout.USER_EMBEDDINGS.read(store, ds).column("model_version")[0])
     version = generator_version(cfg, base_version, ds, reward_versions, users_version)
-    summary = FinetuneSummary(
-        ds=ds,
-        generator_version=version,
-        base_version=base_version,
-        reused=False,
-        latest_moved=False,
-        reward_versions=reward_versions,
-        users_version=users_version,
-        items={},
-        seconds={},
-    )
-    if checkpoint_exists(store, name, version):  # only ever saved after a successful run
+    summary = FinetuneSummary(ds=ds, generator_version=version, base_version=base_version, reused=False,
+                              latest_moved=False, reward_versions=reward_versions, users_version=users_version,
+                              items={}, seconds={})  # fmt: skip
+    # 2. Done before (only ever saved after a successful run): point production at it again.
+    if checkpoint_exists(store, name, version):
         layout.set_latest(store, name, version)
         summary.reused, summary.latest_moved = True, True
         summary.seconds = {"total": round(time.perf_counter() - started, 2)}
         log.info("stage=finetune ds=%s version=%s exists: reused", ds, version)
         return summary
+    # 3. Load the stage-1 generator, the day's training data and the reward fns.
     bundle = load_bundle(store, cfg.models, base_version)
-    data, summary.items = load_stage2_data(
-        store,
-        bundle,
-        ds,
-        cfg.stage1.holdout_fraction,
-        cfg.finetune.guard_items,
-        with_logged=cfg.finetune.logged_pairs_per_step > 0,
-    )
+    data, summary.items = load_stage2_data(store, bundle, ds, cfg.stage1.holdout_fraction, cfg.finetune.guard_items,
+                                           with_logged=cfg.finetune.logged_pairs_per_step > 0)  # fmt: skip
     load_seconds = round(time.perf_counter() - started, 2)
     centroids = {int(s): c.numpy() for s, c in zip(data.segment_ids, data.centroids, strict=True)}
     reward_fns = rewards(centroids) if rewards is not None else load_rewards(store, ds, centroids)
-    trainer = Stage2Trainer(
-        bundle,
-        data,
-        reward_fns,
-        cfg.finetune,
-        cfg.rewards.weights,
-        guidance_scale=cfg.models.guidance_scale,
-        scheduler=cfg.models.scheduler,
-        store=store,
-        version=version,
-        state_name=name + STATE_SUFFIX,
-    )
+    # 4. Train (resumable); a relevance collapse is reported and re-raised, nothing saved.
+    trainer = Stage2Trainer(bundle, data, reward_fns, cfg.finetune, cfg.rewards.weights,
+                            guidance_scale=cfg.models.guidance_scale, scheduler=cfg.models.scheduler,
+                            store=store, version=version, state_name=name + STATE_SUFFIX)  # fmt: skip
     try:
         result = trainer.run(stop_after=stop_after)
     except RelevanceCollapse as collapse:
@@ -228,26 +209,16 @@ def run_finetune(
         summary.seconds = {"load": load_seconds, "total": round(time.perf_counter() - started, 2)}
         summary.report = _write_report(store, summary)
         raise
+    # 5. Save the generator (production moves to it) and the run's report.
     summary.result = asdict(result)
     if result.complete:
-        extra = {
-            "stage2": {
-                "base_version": base_version,
-                "ds": ds,
-                "reward_versions": reward_versions,
-                "users_version": users_version,
-                "weights": cfg.rewards.weights.model_dump(),
-                "finetune": cfg.finetune.model_dump(),
-                "guard": result.guard,
-            }
-        }
-        save_bundle(store, bundle, name, version, extra)  # moves _latest
+        lineage = {"base_version": base_version, "ds": ds, "reward_versions": reward_versions,
+                   "users_version": users_version, "weights": cfg.rewards.weights.model_dump(),
+                   "finetune": cfg.finetune.model_dump(), "guard": result.guard}  # fmt: skip
+        save_bundle(store, bundle, name, version, {"stage2": lineage})  # moves _latest
         summary.latest_moved = True
-    summary.seconds = {
-        "load": load_seconds,
-        **{f"train_{k}": v for k, v in result.seconds.items()},
-        "total": round(time.perf_counter() - started, 2),
-    }
+    summary.seconds = {"load": load_seconds, **{f"train_{k}": v for k, v in result.seconds.items()},
+                       "total": round(time.perf_counter() - started, 2)}  # fmt: skip
     summary.report = _write_report(store, summary)
     log.info(
         "stage=finetune ds=%s version=%s complete=%s seconds=%s",

@@ -30,9 +30,8 @@ rotated onto the previous day's (orthogonal Procrustes over the users both days 
 reuses a generator and reward models trained on an earlier day's embeddings (``skip_training``).
 The visual block is not rotated: its columns mean the same attribute every day.
 
-Outputs, area ``users`` (their own area: they are derived data, not a validated copy of the input):
-``user_embeddings`` (user_id, embedding, model_version), ``user_segments`` (user_id, segment_id) and
-``segment_centroids`` (segment_id, centroid), partition ``ds``. Embeddings may instead be imported
+The users stage (:mod:`icg_core.stages.users`) writes ``user_embeddings``, ``user_segments`` and
+``segment_centroids`` for each day. Embeddings may instead be imported
 from a platform's Parquet table (user_id, embedding) with ``UsersConfig.import_uri``. Nothing here
 reads the embedded world's hidden truth.
 """
@@ -40,12 +39,9 @@ reads the embedded world's hidden truth.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -58,8 +54,7 @@ from sklearn.cluster import KMeans
 
 from icg_core import layout
 from icg_core.config import USER_VISUAL_ATTRIBUTES, UsersConfig
-from icg_core.models.checkpoint import save_module_checkpoint
-from icg_core.rewards.common import read_images
+from icg_core.data.images import read_images
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -151,7 +146,7 @@ class UserEmbeddings:
         return np.maximum(rows, 0), rows >= 0
 
 
-def _model_version(ds: str, cfg: UsersConfig) -> str:
+def model_version(ds: str, cfg: UsersConfig) -> str:
     digest = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:8]
     return f"{ds}-{digest}"
 
@@ -510,115 +505,3 @@ def previous_segments(store: ObjectStore, ds: str) -> tuple[str | None, Segments
     earlier = [d for d in layout.SEGMENT_CENTROIDS.days(store) if d < ds]
     earlier = [d for d in earlier if layout.USER_SEGMENTS.exists(store, d)]
     return (earlier[-1], load_segments(store, earlier[-1])) if earlier else (None, None)
-
-
-# ----------------------------------------------------------------------------- the stage
-@dataclass
-class UsersSummary:
-    """What :func:`run_users` learned and wrote."""
-
-    ds: str
-    model_version: str
-    source: str  # "learned" or "imported"
-    n_users: int
-    embedding_dim: int
-    n_impressions: int
-    n_segments: int
-    segment_sizes: dict[int, int]
-    matched_to_ds: str | None  # previous day whose ids were kept
-    matched_by: str
-    alignment: dict[str, Any]  # the collaborative block's rotation onto the previous day (Alignment)
-    bpr_losses: list[float]
-    seconds: float
-
-
-def _vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    """Rows of ``[N, D]`` as a fixed-size list<float32> column."""
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel(), pa.float32()), matrix.shape[1])
-
-
-def run_users(store: ObjectStore, ds: str, cfg: UsersConfig) -> UsersSummary:
-    """The users stage for ``ds``: embeddings from the validated window, segments, tables in area ``users``.
-
-    Args:
-        store: the object store with ``validated/impressions/ds=<ds>``.
-        ds: the run's date.
-        cfg: the users config.
-
-    Returns:
-        A :class:`UsersSummary`; reruns of the same ds with the same inputs write identical tables.
-    """
-    started = time.perf_counter()
-    version = _model_version(ds, cfg)
-    impressions = layout.IMPRESSIONS.read(store, ds)
-    if cfg.import_uri:
-        embeddings = import_user_embeddings(store, cfg.import_uri)
-    else:
-        attributes = cover_attributes(store, impressions.column("cover_uri").to_pylist())
-        embeddings = train_user_embeddings(impressions, attributes, cfg, version)
-    prev_ds, previous = previous_segments(store, ds)
-    alignment = Alignment(to_ds=None)
-    if embeddings.source == "learned" and prev_ds is not None:
-        embeddings, alignment = align_to_previous(
-            embeddings, load_user_embeddings(store, prev_ds), cfg.collab_dim, prev_ds
-        )
-    segments = assign_segments(embeddings, cfg, previous)
-
-    n_users = len(embeddings.user_ids)
-    user_column = pa.array(embeddings.user_ids.tolist(), pa.string())
-    version_column = pa.array([embeddings.model_version] * n_users, pa.string())
-    ids, centroids = segments.centroid_matrix()
-    tables = {
-        layout.USER_EMBEDDINGS: {
-            "user_id": user_column,
-            "embedding": _vectors(embeddings.embeddings),
-            "model_version": version_column,
-        },
-        layout.USER_SEGMENTS: {
-            "user_id": user_column,
-            "segment_id": pa.array(segments.segment_ids, pa.int32()),
-        },
-        layout.SEGMENT_CENTROIDS: {"segment_id": pa.array(ids, pa.int32()), "centroid": _vectors(centroids)},
-    }
-    for table, columns in tables.items():
-        table.write(store, pa.table(columns), ds)
-    if embeddings.source == "learned":
-        card = cfg.model_dump() | {
-            "ds": ds,
-            "attribute_names": list(ATTRIBUTE_NAMES),
-            "attribute_mean": embeddings.attribute_mean.tolist(),
-            "attribute_std": embeddings.attribute_std.tolist(),
-            "item_ids": embeddings.item_ids.tolist(),
-            "bpr_losses": embeddings.bpr_losses,
-        }
-        save_module_checkpoint(
-            store,
-            MODEL_NAME,
-            version,
-            {"bpr": {"item_factors": torch.from_numpy(embeddings.item_factors)}},
-            card,
-        )
-    sizes = {
-        int(s): int(n) for s, n in zip(*np.unique(segments.segment_ids, return_counts=True), strict=True)
-    }
-    summary = UsersSummary(
-        ds=ds,
-        model_version=embeddings.model_version,
-        source=embeddings.source,
-        n_users=n_users,
-        embedding_dim=embeddings.dim,
-        n_impressions=impressions.num_rows,
-        n_segments=len(ids),
-        segment_sizes=sizes,
-        matched_to_ds=prev_ds if segments.matched_by != "none" else None,
-        matched_by=segments.matched_by,
-        alignment=asdict(alignment),
-        bpr_losses=embeddings.bpr_losses,
-        seconds=time.perf_counter() - started,
-    )
-    log.info(
-        "stage=users ds=%s done %s",
-        ds,
-        json.dumps({k: v for k, v in summary.__dict__.items() if k != "bpr_losses"}),
-    )
-    return summary

@@ -6,7 +6,7 @@ import time
 import pytest
 from PIL import Image, ImageFile
 
-from icg_core.images import (
+from icg_core.data.images import (
     ImageRejected,
     check_image_bytes,
     check_image_uris,

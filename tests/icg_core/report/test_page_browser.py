@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from icg_core.report import build_report
+from icg_core.stages.report import build_report
 from icg_core.storage import ObjectStore
-from tests.icg_core.test_report import DS, write_fixture_run
+from tests.icg_core.report.test_page import DS, write_fixture_run
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from icg_core import layout
-from icg_core.images import decode_image
+from icg_core.data.images import decode_image
 from icg_core.models.encoder import MetaTokenEncoder, content_hash
 from icg_core.storage import ObjectStore
 

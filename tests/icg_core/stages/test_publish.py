@@ -9,12 +9,12 @@ import pyarrow as pa
 import pytest
 
 from icg_core import layout
-from icg_core.publish import (
+from icg_core.data.schemas import TABLES
+from icg_core.stages.publish import (
     PublishError,
     publish_day,
     read_published,
 )
-from icg_core.schemas import TABLES
 from icg_core.storage import ObjectStore, StorageError
 from tests.icg_core.conftest import png_bytes
 

@@ -40,8 +40,7 @@ from typing import Any
 import numpy as np
 
 from icg_core import layout
-from icg_core.config import ICGConfig
-from icg_core.covers import encode_png
+from icg_core.config import EvaluateConfig, ICGConfig
 from icg_core.evaluation.ablations import ABLATIONS, run_ablation
 from icg_core.evaluation.ceiling import oracle_best_covers
 from icg_core.evaluation.curve import finetune_curve
@@ -72,14 +71,17 @@ from icg_core.evaluation.variants import (
 )
 from icg_core.models.bundle import load_bundle
 from icg_core.models.checkpoint import checkpoint_config, resolve_version
+from icg_core.models.users import load_segments
 from icg_core.rewards.common import model_name
 from icg_core.rewards.preference import PreferenceModel
 from icg_core.serving.policy import BASE, REWARD_KINDS, CoverRewards, Sampling, load_cover_rewards
+from icg_core.stages.generate import encode_png
 from icg_core.storage import ObjectStore
-from icg_core.users import load_segments
 from icg_core.world.oracle import Oracle
 
 log = logging.getLogger(__name__)
+
+HEADLINE_KEYS = ("oracle_ctr", "relevance", "aesthetic_heldout", "preference", "diversity")  # in the summary
 
 NIGHTLY_VARIANTS = ("reference", "selection", "base", "icg", "icg_unguided", "oracle_best")
 SHEET_VARIANTS = ("reference", "selection", "base", "icg", "oracle_best")
@@ -315,69 +317,124 @@ def run_evaluation(
         (the summary, the gate result). The metrics file is written whether or not the gates pass.
     """
     clock = _Clock()
-    ecfg = cfg.evaluate
-    setup = load_setup(store, cfg, ds, ecfg.items)
-    oracle, segments, judges, rewards = setup.oracle, setup.segments, setup.judges, setup.rewards
-    reward_versions, preference = setup.reward_versions, setup.preference
-    icg_version, base_version, icg_bundle = setup.icg_version, setup.base_version, setup.bundle
-    items, seeds = setup.items, setup.seeds
-    log.info("stage=evaluate ds=%s items=%d segments=%d icg=%s base=%s oracle=%s",
-             ds, len(items), len(segments), icg_version, base_version, oracle is not None)  # fmt: skip
+    # 1. Load the held-out items, segments, judges and generators.
+    setup = load_setup(store, cfg, ds, cfg.evaluate.items)
+    log.info("stage=evaluate ds=%s items=%d segments=%d icg=%s base=%s oracle=%s", ds, len(setup.items),
+             len(setup.segments), setup.icg_version, setup.base_version, setup.oracle is not None)  # fmt: skip
     clock.lap("load")
+    versions = {"generator": setup.icg_version, "base": setup.base_version} | {
+        f"reward_{k}": v for k, v in setup.reward_versions.items()
+    }
+    # 2. Every variant's covers on the same items, segments and seeds; the fine-tuning curve.
+    covers, curve = _variant_covers(store, cfg, ds, setup, clock)
+    failed = _ablation_covers(store, cfg, ds, setup, covers, versions, clock) if ablations else {}
+    # 3. Measure them, with bootstrap intervals over items and uplifts over the baselines.
+    variants = _measure(covers, setup, cfg.evaluate)
+    variants |= {name: _failed_variant(message) for name, message in failed.items()}
+    clock.lap("measure")
+    # 4. The preference model and the downstream recommender, on held-out logs.
+    window = load_click_window(store, ds, cfg)
+    preference_report = preference_model_report(store, window, cfg, setup.preference.metrics, setup.oracle)
+    downstream = _downstream(store, ds, setup, covers["icg"], window, cfg.evaluate.seed)
+    clock.lap("downstream")
+    samples = _write_samples(store, ds, setup.items, setup.segments, covers, cfg.evaluate.sheet_items)
+    clock.lap("samples")
+    # 5. Merge into the day's metrics (ablations run later add their variants), gate, write.
+    metrics: dict[str, Any] = store.get_json(layout.metrics(ds)) if store.exists(layout.metrics(ds)) else {}
+    metrics |= {
+        "ds": ds,
+        "variants": metrics.get("variants", {}) | variants,
+        "preference_model": preference_report,
+        "segments": _segments_report(setup.segments, setup.oracle),
+        "downstream": downstream,
+        "finetune_curve": curve,
+        "samples": samples,
+    }
+    baseline_ds, baseline = published_baseline(store, ds)
+    gate = check_gates(metrics, baseline, baseline_ds, cfg.evaluate)
+    seconds = clock.total()
+    metrics["gate"] = gate.to_dict()
+    metrics["run"] = _run_section(store, cfg, ds, setup, metrics, versions, seconds)
+    uri = store.put_json(layout.metrics(ds), metrics)
+    log.info("stage=evaluate ds=%s metrics=%s gate=%s seconds=%s", ds, uri, gate.passed, seconds)
+    headline = {name: {k: variants[name].get(k) for k in HEADLINE_KEYS} for name in variants}
+    return EvaluationSummary(ds, uri, headline, gate.to_dict(), seconds), gate
 
+
+def _variant_covers(
+    store: ObjectStore, cfg: ICGConfig, ds: str, setup: EvalSetup, clock: _Clock
+) -> tuple[dict[str, VariantCovers], list[dict[str, Any]]]:
+    """Covers of the baselines, ICG (as published, and unguided), the base generator and the ceiling."""
+    items, segments, seeds, batch = setup.items, setup.segments, setup.seeds, cfg.evaluate.batch_size
     covers: dict[str, VariantCovers] = {
         "reference": reference_covers(items, len(segments)),
-        "selection": select_covers(items, segments, judges.preference),
+        "selection": select_covers(items, segments, setup.judges.preference),
     }
     clock.lap("selection")
-    covers["icg"] = _icg_covers(store, cfg, ds, icg_bundle, items, segments, seeds, rewards)
+    covers["icg"] = _icg_covers(store, cfg, ds, setup.bundle, items, segments, seeds, setup.rewards)
     clock.lap("icg")
     sampling = Sampling.from_config(cfg)
     plain = Sampling(sampling.steps, sampling.guidance_scale, sampling.scheduler)
     covers["icg_unguided"] = generate_covers(
-        icg_bundle, items, segments, seeds, plain, personalized=True, batch_size=ecfg.batch_size
+        setup.bundle, items, segments, seeds, plain, personalized=True, batch_size=batch
     )
     clock.lap("icg_unguided")
-    base_bundle = icg_bundle if base_version == icg_version else load_bundle(store, cfg.models, base_version)
+    same = setup.base_version == setup.icg_version
+    base_bundle = setup.bundle if same else load_bundle(store, cfg.models, setup.base_version)
     covers["base"] = generate_covers(
-        base_bundle, items, segments, seeds, plain, personalized=False, batch_size=ecfg.batch_size
+        base_bundle, items, segments, seeds, plain, personalized=False, batch_size=batch
     )
     del base_bundle
     clock.lap("base")
-    n_curve = min(ecfg.curve_items, len(items)) * len(segments)
-    curve = finetune_curve(store, cfg.models.generator_name, icg_bundle, items.head(ecfg.curve_items), segments,
-                           judges, seeds[:n_curve], plain, covers["base"].images[:n_curve],
-                           batch_size=ecfg.batch_size)  # fmt: skip
+    curve_items = items.head(cfg.evaluate.curve_items)
+    n_curve = len(curve_items) * len(segments)
+    curve = finetune_curve(store, cfg.models.generator_name, setup.bundle, curve_items, segments, setup.judges,
+                           seeds[:n_curve], plain, covers["base"].images[:n_curve], batch_size=batch)  # fmt: skip
     clock.lap("finetune_curve")
-    if oracle is not None:
-        covers["oracle_best"] = oracle_best_covers(items, segments, oracle, seed=ecfg.seed)
+    if setup.oracle is not None:
+        covers["oracle_best"] = oracle_best_covers(items, segments, setup.oracle, seed=cfg.evaluate.seed)
         clock.lap("oracle_best")
-    versions = {"generator": icg_version, "base": base_version} | {
-        f"reward_{k}": v for k, v in reward_versions.items()
-    }
+    return covers, curve
+
+
+def _ablation_covers(
+    store: ObjectStore,
+    cfg: ICGConfig,
+    ds: str,
+    setup: EvalSetup,
+    covers: dict[str, VariantCovers],
+    versions: dict[str, str],
+    clock: _Clock,
+) -> dict[str, str]:
+    """Fine-tune and generate each ablation into ``covers``; returns the variants that failed, with why."""
+    from icg_core.training.stage2 import RelevanceCollapse
+
     failed: dict[str, str] = {}
-    if ablations:
-        from icg_core.training.stage2 import RelevanceCollapse
-
-        for variant in ABLATIONS:
-            try:
-                ablated_cfg, summary = run_ablation(store, cfg, ds, variant, base_version)
-            except RelevanceCollapse as exc:
-                failed[variant] = str(exc)
-                clock.lap(f"{variant}_finetune")
-                continue
+    for variant in ABLATIONS:
+        try:
+            ablated_cfg, summary = run_ablation(store, cfg, ds, variant, setup.base_version)
+        except RelevanceCollapse as exc:
+            failed[variant] = str(exc)
             clock.lap(f"{variant}_finetune")
-            bundle = load_bundle(store, ablated_cfg.models, summary.generator_version)
-            ablated_rewards = rewards.with_weights(ablated_cfg.rewards.weights)
-            covers[variant] = generate_covers(bundle, items, segments, seeds, sampling, personalized=True,
-                                              batch_size=ecfg.batch_size, rewards=ablated_rewards)  # fmt: skip
-            versions[f"generator_{variant}"] = summary.generator_version
-            clock.lap(variant)
+            continue
+        clock.lap(f"{variant}_finetune")
+        bundle = load_bundle(store, ablated_cfg.models, summary.generator_version)
+        covers[variant] = generate_covers(
+            bundle, setup.items, setup.segments, setup.seeds, Sampling.from_config(cfg), personalized=True,
+            batch_size=cfg.evaluate.batch_size, rewards=setup.rewards.with_weights(ablated_cfg.rewards.weights),
+        )  # fmt: skip
+        versions[f"generator_{variant}"] = summary.generator_version
+        clock.lap(variant)
+    return failed
 
+
+def _measure(covers: dict[str, VariantCovers], setup: EvalSetup, ecfg: EvaluateConfig) -> dict[str, Any]:
+    """Each variant's metrics with intervals (same resampled items for all) and uplifts over the baselines."""
+    items, segments = setup.items, setup.segments
     indices = resample_indices(len(items), ecfg.bootstrap_samples, ecfg.seed)
     per_item, variants = {}, {}
     for name, variant_covers in covers.items():
-        measures = measure_covers(variant_covers.images, items, segments, judges)
+        measures = measure_covers(variant_covers.images, items, segments, setup.judges)
         per_item[name] = per_item_measures(measures, variant_covers.images, len(items), segments.sizes)
         variants[name] = variant_metrics(
             per_item[name], variant_covers, indices, by_segment(measures, segments, len(items))
@@ -386,57 +443,44 @@ def run_evaluation(
         for baseline in ("reference", "base"):
             if name != baseline:
                 variants[name][f"uplift_vs_{baseline}"] = uplift(per_item[name], per_item[baseline], indices)
-    variants |= {name: _failed_variant(message) for name, message in failed.items()}
-    clock.lap("measure")
+    return variants
 
-    window = load_click_window(store, ds, cfg)
-    preference_report = preference_model_report(store, window, cfg, preference.metrics, oracle)
+
+def _downstream(
+    store: ObjectStore, ds: str, setup: EvalSetup, icg: VariantCovers, window: Any, seed: int
+) -> dict[str, Any]:
+    """The downstream recommender's held-out AUC with and without the published covers' features."""
+    segments = setup.segments
     segment_of_user = {u: int(s) for s in segments.segment_ids.tolist() for u in segments.user_ids[int(s)]}
     in_memory = {
-        (item, int(s)): covers["icg"].images[i * len(segments) + j]
-        for i, item in enumerate(items.item_ids)
+        (item, int(s)): icg.images[i * len(segments) + j]
+        for i, item in enumerate(setup.items.item_ids)
         for j, s in enumerate(segments.segment_ids.tolist())
     }
-    downstream = downstream_auc(
-        store, window, seed=ecfg.seed, oracle=oracle, segment_of_user=segment_of_user,
-        cover_uris=staged_segment_covers(store, ds, icg_version), covers=in_memory,
+    return downstream_auc(
+        store, window, seed=seed, oracle=setup.oracle, segment_of_user=segment_of_user,
+        cover_uris=staged_segment_covers(store, ds, setup.icg_version), covers=in_memory,
     )  # fmt: skip
-    clock.lap("downstream")
-    samples = _write_samples(store, ds, items, segments, covers, ecfg.sheet_items)
-    clock.lap("samples")
 
+
+def _run_section(
+    store: ObjectStore,
+    cfg: ICGConfig,
+    ds: str,
+    setup: EvalSetup,
+    metrics: dict[str, Any],
+    versions: dict[str, str],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """What was evaluated: the data interval, items, models and timings."""
     start = dt.date.fromisoformat(ds) - dt.timedelta(days=cfg.extract.lookback_days)
-    metrics: dict[str, Any] = store.get_json(layout.metrics(ds)) if store.exists(layout.metrics(ds)) else {}
-    metrics |= {
-        "ds": ds,
-        "variants": metrics.get("variants", {}) | variants,
-        "preference_model": preference_report,
-        "segments": _segments_report(segments, oracle),
-        "downstream": downstream,
-        "finetune_curve": curve,
-        "samples": samples,
-    }
-    baseline_ds, baseline = published_baseline(store, ds)
-    gate = check_gates(metrics, baseline, baseline_ds, ecfg)
-    seconds = clock.total()
-    metrics["gate"] = gate.to_dict()
-    metrics["run"] = {
+    return {
         "data_interval": {"start": start.isoformat(), "end": ds},
-        "items": len(items),
-        "item_ids": items.item_ids,
-        "bootstrap_samples": ecfg.bootstrap_samples,
+        "items": len(setup.items),
+        "item_ids": setup.items.item_ids,
+        "bootstrap_samples": cfg.evaluate.bootstrap_samples,
         "model_versions": metrics.get("run", {}).get("model_versions", {}) | versions,
         "timings": seconds,
         "stage_seconds": _stage_seconds(store, ds, versions) | {"evaluate": seconds["total"]},
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
     }
-    uri = store.put_json(layout.metrics(ds), metrics)
-    log.info("stage=evaluate ds=%s metrics=%s gate=%s seconds=%s", ds, uri, gate.passed, seconds)
-    headline = {
-        name: {
-            k: variants[name].get(k)
-            for k in ("oracle_ctr", "relevance", "aesthetic_heldout", "preference", "diversity")
-        }
-        for name in variants
-    }
-    return EvaluationSummary(ds, uri, headline, gate.to_dict(), seconds), gate

@@ -31,12 +31,12 @@ import pyarrow.parquet as pq
 
 from icg_core import layout
 from icg_core.config import ExtractConfig
-from icg_core.schemas import OPTIONAL_COLUMNS, TABLES, SchemaError, conform
+from icg_core.data.schemas import OPTIONAL_COLUMNS, TABLES, SchemaError, conform
 from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 CATALOG = "catalog_items"
 IMPRESSIONS = "impressions"
 SQL_FILES = {CATALOG: "extract_catalog", IMPRESSIONS: "extract_impressions"}  # table -> sql/<name>.sql

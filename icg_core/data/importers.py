@@ -29,7 +29,7 @@ import pyarrow as pa
 from PIL import Image
 
 from icg_core import layout
-from icg_core.schemas import TIMESTAMP
+from icg_core.data.schemas import TIMESTAMP
 from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -285,23 +285,9 @@ def _write_raw(
         images_dir: folder of ``<item_id>.<ext>`` reference images.
         items_file: the file ``items`` came from, for error messages.
     """
-    items = items.loc[items["item_id"].notna()]
-    duplicated = items["item_id"].duplicated()
-    if duplicated.any():
-        log.warning(
-            "import[%s]: %d duplicate item ids in %s; keeping the first of each",
-            source,
-            int(duplicated.sum()),
-            items_file,
-        )
-        items = items.loc[~duplicated]
-    unsafe = ~items["item_id"].str.fullmatch(_SAFE_ITEM_ID.pattern)
-    if unsafe.any():
-        raise ValueError(
-            f"{items_file}: item ids must be letters, digits, '_', '.', '-' (they become object keys); "
-            f"bad: {items.loc[unsafe, 'item_id'].head(SAMPLE_IDS).tolist()}"
-        )
-
+    # 1. Items: one row per safe id.
+    items = _unique_safe_items(source, items, items_file)
+    # 2. Images: each copied under the root if it decodes; items without one are skipped, named.
     image_files = _index_images(images_dir)
     has_file = items["item_id"].isin(list(image_files))
     no_image_ids = items.loc[~has_file, "item_id"].tolist()
@@ -312,74 +298,56 @@ def _write_raw(
     bad_image_ids = [i for i in candidates["item_id"] if uris[i] is None]
     catalog = candidates.loc[candidates["item_id"].map(uris).notna()].copy()
     catalog["reference_image_uri"] = catalog["item_id"].map(uris)
-    if no_image_ids:
-        log.warning(
-            "import[%s]: %d items have no image in %s, skipped (e.g. %s)",
-            source,
-            len(no_image_ids),
-            images_dir,
-            no_image_ids[:SAMPLE_IDS],
-        )
-    if bad_image_ids:
-        log.warning(
-            "import[%s]: %d items have an undecodable image in %s, skipped (e.g. %s)",
-            source,
-            len(bad_image_ids),
-            images_dir,
-            bad_image_ids[:SAMPLE_IDS],
-        )
+    for ids, why in ((no_image_ids, "have no image"), (bad_image_ids, "have an undecodable image")):
+        if ids:
+            log.warning("import[%s]: %d items %s in %s, skipped (e.g. %s)",
+                        source, len(ids), why, images_dir, ids[:SAMPLE_IDS])  # fmt: skip
     if catalog.empty:
         raise ValueError(f"{source}: no item of {items_file} has a decodable image in {images_dir}")
-
+    # 3. Impressions of imported items only, each showing the item's reference image.
     kept = interactions["item_id"].isin(catalog["item_id"]) & interactions["user_id"].notna()
     unknown = int((~interactions["item_id"].isin(items["item_id"])).sum())
     dropped = int((~kept).sum())
     if dropped:
-        log.warning(
-            "import[%s]: dropped %d interactions (%d of items not in %s, the rest of skipped items "
-            "or without a user id)",
-            source,
-            dropped,
-            unknown,
-            items_file,
-        )
+        log.warning("import[%s]: dropped %d interactions (%d of items not in %s, the rest of skipped items "
+                    "or without a user id)", source, dropped, unknown, items_file)  # fmt: skip
     impressions = interactions.loc[kept].sort_values("ts", kind="stable")
     if impressions.empty:
         raise ValueError(f"{source}: no interaction refers to an imported item; nothing to write")
     impressions = impressions.assign(
         cover_uri=impressions["item_id"].map(catalog.set_index("item_id")["reference_image_uri"])
     )
-
+    # 4. Daily impression partitions, then the catalog as of the first day (its partition marks the import done).
     days = _write_impressions(store, impressions)
-    catalog_ds = days[0]
     first_day_start = int(impressions["ts"].iloc[0]) // SECONDS_PER_DAY * SECONDS_PER_DAY
-    _write_catalog(store, catalog, catalog_ds, updated_at_seconds=first_day_start)
-
+    _write_catalog(store, catalog, days[0], updated_at_seconds=first_day_start)
     summary = ImportSummary(
-        source=source,
-        items_imported=len(catalog),
-        items_skipped_no_image=len(no_image_ids),
-        items_skipped_bad_image=len(bad_image_ids),
-        sample_no_image_ids=no_image_ids[:SAMPLE_IDS],
-        sample_bad_image_ids=bad_image_ids[:SAMPLE_IDS],
-        impressions=len(impressions),
-        clicks=int(impressions["clicked"].sum()),
-        interactions_dropped=dropped,
-        catalog_ds=catalog_ds,
-        days=days,
-    )
-    log.info(
-        "import[%s]: items=%d impressions=%d clicks=%d days=%d (%s..%s) into %s",
-        source,
-        summary.items_imported,
-        summary.impressions,
-        summary.clicks,
-        len(days),
-        days[0],
-        days[-1],
-        store.root,
-    )
+        source=source, items_imported=len(catalog), items_skipped_no_image=len(no_image_ids),
+        items_skipped_bad_image=len(bad_image_ids), sample_no_image_ids=no_image_ids[:SAMPLE_IDS],
+        sample_bad_image_ids=bad_image_ids[:SAMPLE_IDS], impressions=len(impressions),
+        clicks=int(impressions["clicked"].sum()), interactions_dropped=dropped, catalog_ds=days[0], days=days,
+    )  # fmt: skip
+    log.info("import[%s]: items=%d impressions=%d clicks=%d days=%d (%s..%s) into %s", source,
+             summary.items_imported, summary.impressions, summary.clicks, len(days), days[0], days[-1],
+             store.root)  # fmt: skip
     return summary
+
+
+def _unique_safe_items(source: str, items: pd.DataFrame, items_file: Path) -> pd.DataFrame:
+    """Items with an id, the first row of each id; ids that cannot be object keys are an error, named."""
+    items = items.loc[items["item_id"].notna()]
+    duplicated = items["item_id"].duplicated()
+    if duplicated.any():
+        log.warning("import[%s]: %d duplicate item ids in %s; keeping the first of each",
+                    source, int(duplicated.sum()), items_file)  # fmt: skip
+        items = items.loc[~duplicated]
+    unsafe = ~items["item_id"].str.fullmatch(_SAFE_ITEM_ID.pattern)
+    if unsafe.any():
+        raise ValueError(
+            f"{items_file}: item ids must be letters, digits, '_', '.', '-' (they become object keys); "
+            f"bad: {items.loc[unsafe, 'item_id'].head(SAMPLE_IDS).tolist()}"
+        )
+    return items
 
 
 def _write_impressions(store: ObjectStore, impressions: pd.DataFrame) -> list[str]:

@@ -16,12 +16,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
 from icg_core import layout
 from icg_core.config import ICGConfig, ValidationConfig
-from icg_core.images import check_image_uris
+from icg_core.data.images import check_image_uris
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -109,51 +110,46 @@ def manifest_problems(
         manifest: rows of the ``covers`` contract.
         expected_item_ids: the day's validated catalog items.
         expected_segment_ids: the day's user segments.
-        max_image_bytes, max_image_pixels, min_image_side: image limits (see :mod:`icg_core.images`).
+        max_image_bytes, max_image_pixels, min_image_side: image limits (see :mod:`icg_core.data.images`).
 
     Returns:
         (problems, number of distinct images checked). No problems means publishable.
     """
     items = set(expected_item_ids)
     segments = {int(s) for s in expected_segment_ids}
+    rows = manifest.select(list(_REQUIRED)).to_pylist()
+    keyed = [r for r in rows if r["item_id"] is not None and r["segment_id"] is not None]
+    problems = _row_problems(ds, rows, keyed, items, segments)
+    with_uri = [r for r in keyed if r["cover_uri"] is not None]
+    image_problems, checked = _image_problems(
+        store, with_uri, max_bytes=max_image_bytes, max_pixels=max_image_pixels, min_side=min_image_side
+    )
+    return problems + image_problems, checked
+
+
+def _row_problems(
+    ds: str, rows: list[dict[str, Any]], keyed: list[dict[str, Any]], items: set[str], segments: set[int]
+) -> list[ManifestProblem]:
+    """Nulls, duplicates, unknown or missing (item, segment) rows."""
     problems: list[ManifestProblem] = []
     if not items:
         problems.append(ManifestProblem("empty_catalog", f"the validated catalog of {ds} has no items", 0))
     if not segments:
         problems.append(ManifestProblem("no_segments", f"the segment table of {ds} has no segments", 0))
-    rows = manifest.select(list(_REQUIRED)).to_pylist()
-
     nulls = [r for r in rows if any(r[c] is None for c in _REQUIRED)]
-    _add(
-        problems,
-        "null_value",
-        f"{', '.join(_REQUIRED)} must be set",
-        [_row(r["item_id"], r["segment_id"], r["cover_uri"]) for r in nulls],
-    )
-    keyed = [r for r in rows if r["item_id"] is not None and r["segment_id"] is not None]
+    _add(problems, "null_value", f"{', '.join(_REQUIRED)} must be set",
+         [_row(r["item_id"], r["segment_id"], r["cover_uri"]) for r in nulls])  # fmt: skip
     counts = Counter((r["item_id"], int(r["segment_id"])) for r in keyed)
     duplicates = sorted(key for key, n in counts.items() if n > 1)
-    _add(
-        problems,
-        "duplicate",
-        "more than one row for the same (item, segment)",
-        [f"{_row(*key)} x{counts[key]}" for key in duplicates],
-    )
+    _add(problems, "duplicate", "more than one row for the same (item, segment)",
+         [f"{_row(*key)} x{counts[key]}" for key in duplicates])  # fmt: skip
     if items and segments:
         unknown_items = sorted(key for key in counts if key[0] not in items)
-        _add(
-            problems,
-            "unexpected_item",
-            f"item not in the validated catalog of {ds}",
-            [_row(*key) for key in unknown_items],
-        )
+        _add(problems, "unexpected_item", f"item not in the validated catalog of {ds}",
+             [_row(*key) for key in unknown_items])  # fmt: skip
         unknown_segments = sorted(key for key in counts if key[0] in items and key[1] not in segments)
-        _add(
-            problems,
-            "unexpected_segment",
-            f"segment not in the segment table of {ds}",
-            [_row(*key) for key in unknown_segments],
-        )
+        _add(problems, "unexpected_segment", f"segment not in the segment table of {ds}",
+             [_row(*key) for key in unknown_segments])  # fmt: skip
         missing = sorted((i, s) for i in items for s in segments if (i, s) not in counts)
         _add(
             problems,
@@ -161,32 +157,31 @@ def manifest_problems(
             "expected (item, segment) without a cover",
             [_row(*key) for key in missing],
         )
+    return problems
 
-    with_uri = [r for r in keyed if r["cover_uri"] is not None]
+
+def _image_problems(
+    store: ObjectStore, with_uri: list[dict[str, Any]], *, max_bytes: int, max_pixels: int, min_side: int
+) -> tuple[list[ManifestProblem], int]:
+    """Shared or misplaced covers, and images that fail to decode or differ from what the row declares."""
+    problems: list[ManifestProblem] = []
     owners: dict[str, set[tuple[str, int]]] = {}
     for r in with_uri:
         owners.setdefault(r["cover_uri"], set()).add((r["item_id"], int(r["segment_id"])))
     shared = sorted(uri for uri, keys in owners.items() if len(keys) > 1)
-    _add(
-        problems,
-        "shared_cover",
-        "one cover_uri for several (item, segment)",
-        [f"{uri}: {' and '.join(_row(*k) for k in sorted(owners[uri]))}" for uri in shared],
-    )
-    placed = [r for r in with_uri if _under_covers(store, r["cover_uri"])]
+    _add(problems, "shared_cover", "one cover_uri for several (item, segment)",
+         [f"{uri}: {' and '.join(_row(*k) for k in sorted(owners[uri]))}" for uri in shared])  # fmt: skip
+    under = [_under_covers(store, r["cover_uri"]) for r in with_uri]
+    placed = [r for r, ok in zip(with_uri, under, strict=True) if ok]
     misplaced = [
         _row(r["item_id"], r["segment_id"], r["cover_uri"])
-        for r in with_uri
-        if not _under_covers(store, r["cover_uri"])
+        for r, ok in zip(with_uri, under, strict=True)
+        if not ok
     ]
     _add(problems, "bad_uri", f"cover_uri must be under {store.uri(layout.covers_root())}", misplaced)
 
     checks = check_image_uris(
-        store,
-        (r["cover_uri"] for r in placed),
-        max_bytes=max_image_bytes,
-        max_pixels=max_image_pixels,
-        min_side=min_image_side,
+        store, (r["cover_uri"] for r in placed), max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side
     )
     failed: dict[str, list[str]] = {}
     size_mismatch, format_mismatch = [], []
@@ -257,23 +252,12 @@ def publish_day(
         )
         raise PublishError(ds, [problem], _readers_keep(previous))
     manifest = layout.STAGED_COVERS.read(store, ds)
-    log.info(
-        "stage=publish ds=%s staged rows=%d expected items=%d segments=%d",
-        ds,
-        manifest.num_rows,
-        len(items),
-        len(segments),
-    )
+    log.info("stage=publish ds=%s staged rows=%d expected items=%d segments=%d",
+             ds, manifest.num_rows, len(items), len(segments))  # fmt: skip
     problems, images_checked = manifest_problems(
-        store,
-        ds,
-        manifest,
-        expected_item_ids=items,
-        expected_segment_ids=segments,
-        max_image_bytes=max_image_bytes,
-        max_image_pixels=max_image_pixels,
-        min_image_side=min_image_side,
-    )
+        store, ds, manifest, expected_item_ids=items, expected_segment_ids=segments,
+        max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels, min_image_side=min_image_side,
+    )  # fmt: skip
     if problems:
         expected = len(items) * len(segments)
         context = f"; staged rows={manifest.num_rows}, expected {len(items)} items x {len(segments)} segments = {expected}{_readers_keep(previous)}"

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from icg_core import layout
-from icg_core.report import MetricsMissing, build_report, fmt
+from icg_core.report.page import fmt
+from icg_core.stages.report import MetricsMissing, build_report
 from icg_core.storage import ObjectStore
 
 DS = "2026-11-15"
