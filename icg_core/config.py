@@ -14,6 +14,8 @@ Nothing here names a bucket, host or secret: S3 credentials come from the enviro
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -386,3 +388,8 @@ def load_config(
     if root is not None:
         data = _merge(data, {"storage": {"root": root}})
     return ICGConfig.model_validate(data)
+
+
+def recipe_digest(*parts: Any, length: int) -> str:
+    """A short stable digest of JSON-able parts (configs, input versions): how versions name what made them."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]

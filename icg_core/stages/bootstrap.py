@@ -25,9 +25,7 @@ they are downloaded once into ``models.cache_dir`` to be loaded (see :mod:`icg_c
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import tempfile
 import time
@@ -44,7 +42,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from icg_core import layout
-from icg_core.config import ICGConfig, ModelsConfig
+from icg_core.config import ICGConfig, ModelsConfig, recipe_digest
 from icg_core.data.images import decode_image
 from icg_core.models.bundle import (
     BASE_SD,
@@ -135,10 +133,6 @@ class _PhaseTimer:
         return {**self.seconds, "total": round(time.perf_counter() - self.started, 2)}
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _recipe(cfg: ICGConfig) -> dict[str, Any]:
     return {section: getattr(cfg, section).model_dump(exclude=skip) for section, skip in _NOT_RECIPE.items()}
 
@@ -148,7 +142,10 @@ def embedded_vlm_ref(cfg: ICGConfig, train: CatalogCovers) -> dict[str, str]:
     """The store reference of the warmed tiny VLM for this recipe and training data."""
     warmup = {k: v for k, v in cfg.stage1.model_dump().items() if k.startswith("vlm_warmup") or k == "seed"}
     tiny = {k: v for k, v in cfg.models.model_dump().items() if k.startswith("tiny_vlm")}
-    return {"name": BASE_VLM, "version": "tiny-" + _digest(tiny, warmup, data_fingerprint(train))}
+    return {
+        "name": BASE_VLM,
+        "version": "tiny-" + recipe_digest(tiny, warmup, data_fingerprint(train), length=16),
+    }
 
 
 def ensure_embedded_vlm(
@@ -209,7 +206,7 @@ def trained_vae(
     vae = AutoencoderKL.from_pretrained(sd_path, subfolder="vae", local_files_only=True)
     recipe = {k: v for k, v in cfg.stage1.model_dump().items() if k.startswith("vae_") or k == "seed"}
     architecture = {k: v for k, v in vae.config.items() if not k.startswith("_")}
-    version = "vae-" + _digest(recipe, architecture, fingerprint)
+    version = "vae-" + recipe_digest(recipe, architecture, fingerprint, length=16)
     if checkpoint_exists(store, name, version):
         states, config = load_module_checkpoint(store, name, version)
         return states["vae"], float(config["scaling_factor"]), {}
@@ -269,7 +266,7 @@ def _bootstrap(
         held_out = load_catalog_covers(store, ds, image_size, item_ids=held_ids, with_variants=False)
         fingerprint = data_fingerprint(train)
     vlm_ref = {"path": models.vlm_path} if models.vlm_path else embedded_vlm_ref(cfg, train)
-    version = "s1-" + _digest(_recipe(cfg), vlm_ref, models.sd_path, fingerprint)
+    version = "s1-" + recipe_digest(_recipe(cfg), vlm_ref, models.sd_path, fingerprint, length=16)
     if checkpoint_exists(store, models.generator_name, version):
         trained = _Trained(
             load_bundle(store, models, version), complete=True, reused=["vlm", "vae", "stage1"]

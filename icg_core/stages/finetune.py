@@ -10,8 +10,6 @@ w_p = 0 ablation; a version that exists is reused, not retrained. Summary and re
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +20,7 @@ import numpy as np
 import torch
 
 from icg_core import layout
-from icg_core.config import ICGConfig
+from icg_core.config import ICGConfig, recipe_digest
 from icg_core.models.bundle import ICGBundle, load_bundle, save_bundle
 from icg_core.models.checkpoint import (
     checkpoint_config,
@@ -71,10 +69,6 @@ class FinetuneSummary:
         return asdict(self)
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def stage1_version(store: ObjectStore, generator_name: str) -> str:
     """The stage-1 generator stage 2 starts from: ``_latest``, or the base a stage-2 ``_latest`` names."""
     version = resolve_version(store, generator_name)
@@ -93,7 +87,7 @@ def generator_version(
         "sampling": {"guidance_scale": cfg.models.guidance_scale, "scheduler": cfg.models.scheduler},
         "holdout_fraction": cfg.stage1.holdout_fraction,
     }
-    digest = _digest(recipe, base_version, ds, reward_versions, users_version)
+    digest = recipe_digest(recipe, base_version, ds, reward_versions, users_version, length=12)
     return f"s2-a{w.aesthetic:g}-r{w.relevance:g}-p{w.preference:g}-{digest}"
 
 

@@ -111,9 +111,8 @@ class Denoiser:
             None if user_mask is None else user_mask.to(device),
         )
         kwargs = cond.to(dtype=dtype).unet_kwargs()
-        return self.unet(noisy.to(device, dtype), timesteps.to(device), return_dict=False, **kwargs)[
-            0
-        ].float()
+        output = self.unet(noisy.to(device, dtype), timesteps.to(device), return_dict=False, **kwargs)
+        return output[0].float()
 
     def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self.prediction_type == "epsilon":
@@ -142,12 +141,13 @@ class Denoiser:
         mean: torch.Tensor,
         std: torch.Tensor,
         *,
+        groups: torch.Tensor | None = None,
         detail_rows: torch.Tensor | None = None,
         detail_pool: int = 1,
     ) -> torch.Tensor:
         """Per-row denoising loss ``[B]``, min-SNR weighted; on ``detail_rows`` only the error's detail."""
         device = self.bundle.covers.device
-        latents, noise, timesteps = self.draw(mean, std)
+        latents, noise, timesteps = self.draw(mean, std, groups)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         prediction = self.predict(features, users, user_mask, noisy, timesteps)
         error = prediction - self.target(latents, noise, timesteps).to(device)

@@ -34,6 +34,7 @@ from icg_core.models.checkpoint import checkpoint_exists, load_module_checkpoint
 from icg_core.models.generator import CoverGenerator
 from icg_core.storage import ObjectStore
 from icg_core.training.base import images_to_tensor, lr_factor
+from icg_core.training.diffusion import Denoiser, flatten_optimizer, unflatten_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -110,23 +111,6 @@ class Stage1Result:
     curve: list[dict[str, float]] = field(default_factory=list)  # {"step", "loss", "lr", "seconds"}
 
 
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Optimizer state dict -> (tensors keyed ``<param>.<name>``, JSON param groups)."""
-    tensors = {}
-    for param, values in state["state"].items():
-        for name, value in values.items():
-            tensors[f"{param}.{name}"] = torch.as_tensor(value)
-    return tensors, state["param_groups"]
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        param, name = key.split(".", 1)
-        state.setdefault(int(param), {})[name] = value
-    return {"state": state, "param_groups": groups}
-
-
 class Stage1Trainer:
     """The stage-1 loop over a bundle and its data, resumable through the object store.
 
@@ -153,14 +137,12 @@ class Stage1Trainer:
         self.bundle, self.data, self.cfg = bundle, data, cfg
         self.store, self.version, self.state_name = store, version, state_name
         self.unet = bundle.covers.unet
-        self.scheduler = bundle.covers.make_scheduler("ddim")
-        self.prediction_type = self.scheduler.config.prediction_type
-        self.alphas = self.scheduler.alphas_cumprod.to(torch.float32)
         groups = [{"params": self._conditioning_params(), "lr": cfg.lr, "base_lr": cfg.lr}]
         if cfg.train_unet:
             groups.append({"params": list(self.unet.parameters()), "lr": cfg.unet_lr, "base_lr": cfg.unet_lr})
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.denoiser = Denoiser(bundle, self.generator, cfg.min_snr_gamma)
         self.step = 0
         self.curve: list[dict[str, float]] = []
         self._window: list[float] = []
@@ -184,7 +166,7 @@ class Stage1Trainer:
         """Write the resumable state (weights, optimizer, step, generator, curve)."""
         if self.store is None:
             return
-        tensors, groups = _flatten_optimizer(self.optimizer.state_dict())
+        tensors, groups = flatten_optimizer(self.optimizer.state_dict())
         modules = {
             **self._modules(),
             "optimizer": tensors,
@@ -208,7 +190,7 @@ class Stage1Trainer:
         self.bundle.adapter.load_state_dict(states["adapter"])
         if self.cfg.train_unet:
             self.unet.load_state_dict(states["unet"])
-        self.optimizer.load_state_dict(_unflatten_optimizer(states["optimizer"], config["param_groups"]))
+        self.optimizer.load_state_dict(unflatten_optimizer(states["optimizer"], config["param_groups"]))
         self.generator.set_state(states["rng"]["generator"])
         self.step = int(config["step"])
         self.curve = list(config["curve"])
@@ -236,34 +218,20 @@ class Stage1Trainer:
         drop = torch.rand(size, generator=g) < cfg.cond_dropout
         cond = self.bundle.conditioning(features, users.to(device), user_mask.to(device))
         cond = self.bundle.adapter.drop_to_null(cond, drop.to(device))
-        mean, std = self.data.latent_mean[rows], self.data.latent_std[rows]
-        latents = mean + std * torch.randn(mean.shape, generator=g)
-        noise = torch.randn(mean.shape, generator=g)
-        timesteps = torch.randint(0, len(self.alphas), (size,), generator=g)
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        dtype = self.bundle.covers.dtype
-        prediction = self.unet(
-            noisy.to(device, dtype),
-            timesteps.to(device),
-            return_dict=False,
-            **cond.to(dtype=dtype).unet_kwargs(),
-        )[0].float()
-        target = (
-            noise
-            if self.prediction_type == "epsilon"
-            else self.scheduler.get_velocity(latents, noise, timesteps)
+        # Condition dropout (the null path guidance needs) is stage 1's own: the conditioning is built
+        # here, and the shared denoiser draws the example and weights the error.
+        latents, noise, timesteps = self.denoiser.draw(
+            self.data.latent_mean[rows], self.data.latent_std[rows]
         )
+        noisy = self.denoiser.scheduler.add_noise(latents, noise, timesteps)
+        dtype = self.bundle.covers.dtype
+        kwargs = cond.to(dtype=dtype).unet_kwargs()
+        prediction = self.unet(noisy.to(device, dtype), timesteps.to(device), return_dict=False, **kwargs)[
+            0
+        ].float()
+        target = self.denoiser.target(latents, noise, timesteps)
         per_row = (prediction - target.to(device)).pow(2).mean(dim=(1, 2, 3))
-        return (per_row * self._snr_weight(timesteps).to(device)).mean()
-
-    def _snr_weight(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """min-SNR-gamma weights (Hang et al. 2023): no timestep dominates; 1 when disabled."""
-        if self.cfg.min_snr_gamma <= 0:
-            return torch.ones(len(timesteps))
-        alpha = self.alphas[timesteps]
-        snr = alpha / (1 - alpha)
-        clipped = torch.clamp(snr, max=self.cfg.min_snr_gamma)
-        return clipped / snr if self.prediction_type == "epsilon" else clipped / (snr + 1)
+        return (per_row * self.denoiser.snr_weight(timesteps).to(device)).mean()
 
     def train_step(self) -> float:
         """One optimizer step on a uniformly drawn batch of covers. Returns its loss."""

@@ -10,9 +10,9 @@ Per step:
    minus the mean over all segments for the same cover (a look everyone likes pulls no segment);
 4. weight the denoising loss on each candidate (its VAE latents, re-noised) by ``softmax(R / beta)``
    within its pair -- the model moves toward its own best candidates (RWR);
-   ``weighting="centered"`` subtracts the mean weight (``Stage2Trainer.candidate_weights``), and
+   ``weighting="centered"`` subtracts the mean weight (:func:`candidate_weights`), and
    ``reward_x0_from`` measures this term as the clean-latent error at high-noise timesteps, where a
-   cover's global look is decided (``Stage2Trainer.denoising_loss``);
+   cover's global look is decided (:meth:`icg_core.training.diffusion.Denoiser.clean_latent_loss`);
    With ``logged_pairs_per_step``, more pairs take their candidates from the item's logged covers
    (its reference and the variants shown in impressions) instead of fresh samples: off-policy RWR
    with the same R, precomputed once. Logged covers span the looks users actually reacted to, a
@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,7 +64,8 @@ from icg_core.rewards.preference import load_preference_reward_fn
 from icg_core.rewards.relevance import load_relevance_reward_fn
 from icg_core.storage import ObjectStore
 from icg_core.training.base import lr_factor
-from icg_core.training.stage1 import _flatten_optimizer, _unflatten_optimizer, encode_latents
+from icg_core.training.diffusion import Denoiser, flatten_optimizer, unflatten_optimizer
+from icg_core.training.stage1 import encode_latents
 
 log = logging.getLogger(__name__)
 
@@ -141,25 +142,38 @@ def pair_weights(rewards: torch.Tensor, beta: float) -> torch.Tensor:
     return torch.softmax(rewards.float() / beta, dim=1)
 
 
-def detail_of(latents: torch.Tensor, pool: int) -> torch.Tensor:
-    """``latents`` ``[B, C, h, w]`` minus their means over ``pool`` x ``pool`` blocks: the detail, not the look.
+def candidate_weights(rewards: np.ndarray, beta: float, weighting: str) -> torch.Tensor:
+    """Loss weights ``[P*K]`` of candidates with combined rewards ``[P, K]``.
 
-    A pool larger than the latents is the whole latent (only the global mean is removed).
+    ``softmax(R / beta)`` within each pair. ``weighting="centered"`` subtracts 1/K (the weights then
+    sum to 0 per pair): the loss pulls toward the pair's better candidates and away from its worse
+    ones, and no longer toward the model's own average sample. With plain softmax weights that
+    average pull is most of the gradient, and self-training on unguided candidates drifts every
+    segment the same way.
     """
-    h, w = latents.shape[-2:]
-    pool = min(pool, h, w)
-    if h % pool or w % pool:
-        raise ValueError(f"finetune.reg_detail_pool={pool} must divide the latent size {h}x{w}")
-    coarse = torch.nn.functional.avg_pool2d(latents, pool)
-    return latents - torch.nn.functional.interpolate(coarse, size=latents.shape[-2:], mode="nearest")
+    weights = pair_weights(torch.from_numpy(rewards), beta)
+    if weighting == "centered":
+        weights = weights - 1.0 / rewards.shape[1]
+    return weights.reshape(-1)
 
 
-def min_snr_weight(alphas: torch.Tensor, timesteps: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """min-SNR-gamma weights of ``timesteps`` ``[B]`` (Hang et al. 2023), as in stage 1."""
-    alpha = alphas[timesteps]
-    snr = alpha / (1 - alpha)
-    clipped = torch.clamp(snr, max=MIN_SNR_GAMMA)
-    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
+def preference_matrix(
+    preference: RewardFn, images: np.ndarray, titles: Sequence[str], segment_ids: np.ndarray, advantage: str
+) -> np.ndarray:
+    """Standardized preference of every segment for every image: ``[S, B]``.
+
+    ``advantage="segment_relative"`` subtracts, per image, the mean over all segments: what is left
+    is how much more a segment likes the cover than segments do on average. A look every segment
+    likes (or that the click model over-rates for everyone) then pulls no segment, and the weights
+    move each segment in its own direction instead of all in one shared one.
+    """
+    n_segments, n_images = len(segment_ids), len(images)
+    metadata = [{"segment_id": int(s)} for s in segment_ids for _ in range(n_images)]
+    every, _ = preference(np.concatenate([images] * n_segments), list(titles) * n_segments, metadata)
+    every = np.asarray(every, np.float32).reshape(n_segments, n_images)
+    if advantage == "segment_relative":
+        every = every - every.mean(axis=0)
+    return every
 
 
 # ----------------------------------------------------------------------------- data
@@ -220,6 +234,89 @@ class Stage2Result:
     guard: list[dict[str, float]] = field(default_factory=list)  # held-out checks
 
 
+class HeldoutGuard:
+    """The reward-hacking guard: held-out items x every segment, generated with fixed seeds and scored.
+
+    Args:
+        data: the guard items (``guard_*``) and the segments.
+        rewards: the standardized reward fns.
+        max_relevance_drop: the relative fall of held-out relevance from the first check that stops training.
+    """
+
+    def __init__(self, data: Stage2Data, rewards: Rewards, max_relevance_drop: float) -> None:
+        self.data, self.rewards, self.max_drop = data, rewards, max_relevance_drop
+        n_items, n_segments = len(data.guard_titles), len(data.segment_ids)
+        self.items = torch.arange(n_items).repeat_interleave(n_segments)
+        self.segments = torch.arange(n_segments).repeat(n_items)
+        self.seeds = [
+            seed_for(data.guard_item_ids[i], int(data.segment_ids[s]), GUARD_SEED_KEY)
+            for i, s in zip(self.items.tolist(), self.segments.tolist(), strict=True)
+        ]
+
+    @torch.no_grad()
+    def check(
+        self, step: int, generate: Callable[[torch.Tensor, torch.Tensor, list[int]], np.ndarray]
+    ) -> dict:
+        """Generate the guard covers with ``generate(features, users, seeds)`` and score them."""
+        data = self.data
+        images = generate(data.guard_features[self.items], data.centroids[self.segments], self.seeds)
+        titles = [data.guard_titles[i] for i in self.items.tolist()]
+        scores = self.rewards.score(images, titles, data.segment_ids[self.segments.numpy()])
+        point = {"step": step, "composition": float(composition_score(images).mean())}
+        point |= {f"{n}_raw": float(scores[n]["raw"].mean()) for n in REWARD_NAMES}
+        point |= {f"{n}_z": float(scores[n]["standardized"].mean()) for n in REWARD_NAMES}
+        return point
+
+    def collapse(self, first: dict[str, float], point: dict[str, float]) -> RelevanceCollapse | None:
+        """The collapse ``point`` shows against the ``first`` check (its drop is recorded in ``point``), if any."""
+        baseline = first["relevance_raw"]
+        drop = (baseline - point["relevance_raw"]) / max(abs(baseline), 1e-8)
+        point["relevance_drop"] = round(drop, 5)
+        if drop <= self.max_drop:
+            return None
+        return RelevanceCollapse(int(point["step"]), baseline, point["relevance_raw"], self.max_drop)
+
+
+def score_logged_covers(
+    rewards: Rewards, data: Stage2Data, weights: RewardWeights, advantage: str
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Combined R of every logged cover for every segment ``[C, S]`` (they never change: scored once),
+    and each item's cover rows."""
+    logged = data.logged
+    assert logged is not None
+    titles = [data.titles[i] for i in logged.item.tolist()]
+    scores = rewards.score(logged.images, titles, np.full(len(titles), data.segment_ids[0]))
+    preference = preference_matrix(rewards.preference, logged.images, titles, data.segment_ids, advantage)
+    per_segment = [
+        combine_rewards(
+            {
+                "aesthetic": scores["aesthetic"]["standardized"],
+                "relevance": scores["relevance"]["standardized"],
+                "preference": preference[s],
+            },
+            weights,
+        )
+        for s in range(len(data.segment_ids))
+    ]
+    covers_of = [np.flatnonzero(logged.item.numpy() == i) for i in range(len(data.titles))]
+    return np.stack(per_segment, axis=1), covers_of
+
+
+@dataclass
+class Candidates:
+    """One step's on-policy candidates: ``pairs`` x K sampled covers, their latents and loss weights."""
+
+    items: torch.Tensor  # [P*K] training item of each candidate
+    segments: torch.Tensor  # [P*K] segment index of each candidate
+    mean: torch.Tensor  # [P*K, 4, h, w] VAE posterior of each cover
+    std: torch.Tensor
+    scores: dict[str, dict[str, np.ndarray]]  # Rewards.score of the covers
+    standardized: dict[str, np.ndarray]  # what R combines ([P*K] each; preference as the weighting sees it)
+    rewards: np.ndarray  # [P, K] combined R
+    weights: torch.Tensor  # [P*K] loss weights
+    pair: torch.Tensor | None  # [P*K] pair of each candidate when pairs share noise (centered weights)
+
+
 class Stage2Trainer:
     """The stage-2 loop over a bundle, its data and rewards; resumable through the object store.
 
@@ -252,10 +349,6 @@ class Stage2Trainer:
         self.bundle, self.data, self.rewards, self.cfg, self.weights = bundle, data, rewards, cfg, weights
         self.guidance_scale, self.sampler = guidance_scale, scheduler
         self.store, self.version, self.state_name = store, version, state_name
-        self.unet = bundle.covers.unet
-        self.noise_scheduler = bundle.covers.make_scheduler("ddim")
-        self.prediction_type = self.noise_scheduler.config.prediction_type
-        self.alphas = self.noise_scheduler.alphas_cumprod.to(torch.float32)
         groups = [{"params": list(bundle.refiner.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
         if cfg.train_adapter:
             groups.append(
@@ -263,12 +356,19 @@ class Stage2Trainer:
             )
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.denoiser = Denoiser(bundle, self.generator, MIN_SNR_GAMMA)
+        self.guard_check = HeldoutGuard(data, rewards, cfg.max_relevance_drop)
         self.step = 0
         self.curve: list[dict[str, float]] = []
         self.guard: list[dict[str, float]] = []
         self.timing = {"sample": 0.0, "score": 0.0, "update": 0.0, "guard": 0.0}
         self._window: list[dict[str, float]] = []
-        self.logged_rewards, self.logged_covers_of = self._score_logged_covers()
+        self.logged_rewards: np.ndarray | None = None
+        self.logged_covers_of: list[np.ndarray] = []
+        if data.logged is not None and cfg.logged_pairs_per_step > 0:
+            self.logged_rewards, self.logged_covers_of = score_logged_covers(
+                rewards, data, weights, cfg.preference_advantage
+            )
         # Items with enough logged covers to fill a pair (the only ones the logged term draws).
         self.logged_items = [
             i for i, rows in enumerate(self.logged_covers_of) if len(rows) >= cfg.logged_candidates
@@ -283,7 +383,7 @@ class Stage2Trainer:
         """Write the resumable state (weights, optimizer, step, generator, curves) and a weights snapshot."""
         if self.store is None:
             return
-        tensors, groups = _flatten_optimizer(self.optimizer.state_dict())
+        tensors, groups = flatten_optimizer(self.optimizer.state_dict())
         modules = {
             "refiner": self.bundle.refiner,
             "adapter": self.bundle.adapter,
@@ -308,7 +408,7 @@ class Stage2Trainer:
         states, config = load_module_checkpoint(self.store, self.state_name, self.version)
         self.bundle.refiner.load_state_dict(states["refiner"])
         self.bundle.adapter.load_state_dict(states["adapter"])
-        self.optimizer.load_state_dict(_unflatten_optimizer(states["optimizer"], config["param_groups"]))
+        self.optimizer.load_state_dict(unflatten_optimizer(states["optimizer"], config["param_groups"]))
         self.generator.set_state(states["rng"]["generator"])
         self.step, self.curve, self.guard = int(config["step"]), list(config["curve"]), list(config["guard"])
         log.info("stage=finetune resumed version=%s step=%d", self.version, self.step)
@@ -318,7 +418,7 @@ class Stage2Trainer:
     def _train_mode(self, training: bool) -> None:
         self.bundle.refiner.train(training)
         self.bundle.adapter.train(training and self.cfg.train_adapter)
-        self.unet.requires_grad_(False)
+        self.bundle.covers.unet.requires_grad_(False)
         self.bundle.adapter.requires_grad_(self.cfg.train_adapter)
 
     def _generate(
@@ -329,104 +429,37 @@ class Stage2Trainer:
         self.bundle.adapter.eval()
         try:
             return self.bundle.generate(
-                features,
-                list(seeds),
-                users=users,
-                steps=self.cfg.sample_steps,
-                guidance_scale=guidance_scale,
-                scheduler=self.sampler,
-                batch_size=64,
-            )
+                features, list(seeds), users=users, steps=self.cfg.sample_steps,
+                guidance_scale=guidance_scale, scheduler=self.sampler, batch_size=64,
+            )  # fmt: skip
         finally:
             self._train_mode(was_training)
 
-    def denoising_loss(
+    def reward_loss(
         self,
         features: torch.Tensor,
-        users: torch.Tensor | None,
-        user_mask: torch.Tensor | None,
+        users: torch.Tensor,
         mean: torch.Tensor,
         std: torch.Tensor,
-        groups: torch.Tensor | None = None,
-        x0_from: int | None = None,
-        detail_rows: torch.Tensor | None = None,
+        pair: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Per-row denoising loss ``[B]`` of latents drawn from posteriors (mean, std) ``[B, 4, h, w]``.
-
-        Default: the stage-1 loss (uniform timesteps, min-SNR weighted). ``x0_from``: timesteps drawn
-        from ``[x0_from, T)`` and the error measured on the predicted clean latents instead. At high
-        noise the model's clean-latent prediction is its mean cover for the conditioning -- where the
-        global look (warmth, brightness, saturation, contrast) the preference reward scores is
-        decided -- while the min-SNR epsilon loss weights those timesteps' clean-latent error by SNR,
-        i.e. almost not at all.
-
-        ``groups`` ``[B]`` (ids 0..G-1): rows of one group share their noise and timestep, so their
-        losses differ only through their latents and conditioning (a low-variance comparison).
-
-        ``detail_rows`` ``[B]`` (bool): on these rows only the error's detail counts (:func:`detail_of`
-        with ``reg_detail_pool``). At a fixed timestep the clean-latent error is a multiple of the
-        prediction error, so this is the detail of the clean-latent error.
-        """
-        g, device, dtype = self.generator, self.bundle.covers.device, self.bundle.covers.dtype
-        latents = mean + std * torch.randn(mean.shape, generator=g)
-        low = 0 if x0_from is None else x0_from
-        if groups is None:
-            noise = torch.randn(mean.shape, generator=g)
-            timesteps = torch.randint(low, len(self.alphas), (len(mean),), generator=g)
-        else:
-            n_groups = int(groups.max()) + 1
-            noise = torch.randn((n_groups, *mean.shape[1:]), generator=g)[groups]
-            timesteps = torch.randint(low, len(self.alphas), (n_groups,), generator=g)[groups]
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        cond = self.bundle.conditioning(
-            features.to(device),
-            None if users is None else users.to(device),
-            None if user_mask is None else user_mask.to(device),
+        """Per-candidate loss ``[B]`` the reward weights apply to: the clean-latent error at high noise
+        (``reward_x0_from``, where a cover's look is decided), or the min-SNR denoising loss."""
+        cfg = self.cfg
+        if cfg.reward_x0_from is None:
+            return self.denoiser.loss(features, users, None, mean, std, groups=pair)
+        return self.denoiser.clean_latent_loss(
+            features, users, mean, std, x0_from=cfg.reward_x0_from, pool=cfg.reward_x0_pool, groups=pair
         )
-        prediction = self.unet(
-            noisy.to(device, dtype),
-            timesteps.to(device),
-            return_dict=False,
-            **cond.to(dtype=dtype).unet_kwargs(),
-        )[0].float()
-        if self.prediction_type == "epsilon":
-            target = noise
-        else:
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        if x0_from is not None:
-            predicted = self._clean_latents(noisy.to(device), prediction, timesteps)
-            pool = self.cfg.reward_x0_pool  # compare coarse latents only: the look, not the motif's detail
-            error = (
-                torch.nn.functional.avg_pool2d(predicted - latents.to(device), pool)
-                if pool > 1
-                else predicted - latents.to(device)
-            )
-            return error.pow(2).mean(dim=(1, 2, 3))
-        error = prediction - target.to(device)
-        if detail_rows is not None and self.cfg.reg_detail_pool > 1:
-            detail = detail_of(error, self.cfg.reg_detail_pool)
-            error = torch.where(detail_rows.to(device).view(-1, 1, 1, 1), detail, error)
-        per_row = error.pow(2).mean(dim=(1, 2, 3))
-        return per_row * min_snr_weight(self.alphas, timesteps, self.prediction_type).to(device)
-
-    def _clean_latents(
-        self, noisy: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
-        """The clean latents ``[B, 4, h, w]`` a prediction implies (epsilon or v parameterization)."""
-        alpha = self.alphas[timesteps].to(noisy.device).view(-1, 1, 1, 1)
-        if self.prediction_type == "epsilon":
-            return (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
-        return alpha.sqrt() * noisy - (1 - alpha).sqrt() * prediction
 
     def regularization_loss(self) -> torch.Tensor:
         """The stage-1 term: reference covers of training items with the null user, a segment centroid
         or a random user. Centroid rows matter most: the segments' path is the one the rewards move, and
         without them it drifts to a degenerate conditioning that guidance turns into the same
-        saturated texture for every item (measured, with any reward weights). Rows with a user pin only
-        the cover's detail (``reg_detail_pool``): the motif stays the item's, while its global look is
-        left to the rewards -- with the whole latent pinned, this term and the preference reward pull
-        the same coarse latents in opposite directions (measured: the segments either stayed alike or,
-        at a lower weight, lost their content)."""
+        saturated texture for every item. Rows with a user pin only the cover's detail
+        (``reg_detail_pool``): the motif stays the item's, while its global look is left to the
+        rewards -- with the whole latent pinned, this term and the preference reward pull the same
+        coarse latents in opposite directions."""
         g, data, cfg = self.generator, self.data, self.cfg
         rows = torch.randint(0, len(data.titles), (cfg.reg_batch_size,), generator=g)
         users = torch.randn(len(rows), data.centroids.shape[1], generator=g)
@@ -435,82 +468,10 @@ class Stage2Trainer:
         picked = torch.randint(0, len(data.segment_ids), (len(rows),), generator=g)
         users[centroid_rows] = data.centroids[picked[centroid_rows]]
         mask = kind < cfg.reg_segment_fraction + cfg.reg_random_user_fraction
-        return self.denoising_loss(
-            data.features[rows], users, mask, data.ref_mean[rows], data.ref_std[rows], detail_rows=mask
-        ).mean()
-
-    def preference_matrix(self, images: np.ndarray, titles: Sequence[str]) -> np.ndarray:
-        """Standardized preference of every segment for every image: ``[S, B]``.
-
-        ``segment_relative`` subtracts, per image, the mean over all segments: what is left is how much
-        more a segment likes the cover than segments do on average. A look every segment likes
-        (or that the click model over-rates for everyone) then pulls no segment, and the weights
-        move each segment in its own direction instead of all in one shared one.
-        """
-        n_segments, n_images = len(self.data.segment_ids), len(images)
-        metadata = [{"segment_id": int(s)} for s in self.data.segment_ids for _ in range(n_images)]
-        every, _ = self.rewards.preference(
-            np.concatenate([images] * n_segments), list(titles) * n_segments, metadata
-        )
-        every = np.asarray(every, np.float32).reshape(n_segments, n_images)
-        if self.cfg.preference_advantage == "segment_relative":
-            every = every - every.mean(axis=0)
-        return every
-
-    def preference_scores(
-        self, images: np.ndarray, titles: Sequence[str], segments: np.ndarray
-    ) -> np.ndarray:
-        """Preference of each image's own segment (indices ``segments`` ``[B]``) for it: ``[B]``."""
-        return self.preference_matrix(images, titles)[segments, np.arange(len(images))]
-
-    def _score_logged_covers(self) -> tuple[np.ndarray | None, list[np.ndarray]]:
-        """Combined R of every logged cover for every segment ``[C, S]`` (they never change: scored once),
-        and each item's cover rows (only items with at least ``logged_candidates`` covers can be drawn)."""
-        logged, cfg = self.data.logged, self.cfg
-        if logged is None or cfg.logged_pairs_per_step <= 0:
-            return None, []
-        titles = [self.data.titles[i] for i in logged.item.tolist()]
-        scores = self.rewards.score(logged.images, titles, np.full(len(titles), self.data.segment_ids[0]))
-        preference = self.preference_matrix(logged.images, titles)  # [S, C]
-        rewards = np.stack(
-            [
-                combine_rewards(
-                    {
-                        "aesthetic": scores["aesthetic"]["standardized"],
-                        "relevance": scores["relevance"]["standardized"],
-                        "preference": preference[s],
-                    },
-                    self.weights,
-                )
-                for s in range(len(self.data.segment_ids))
-            ],
-            axis=1,
-        )
-        covers_of = [np.flatnonzero(logged.item.numpy() == i) for i in range(len(self.data.titles))]
-        return rewards, covers_of
-
-    def candidate_weights(self, scores: dict[str, np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
-        """Loss weights of the candidates ``[P*K]`` from their standardized rewards (``[P*K]`` each).
-
-        ``softmax(R / beta)`` within each pair. ``weighting="centered"`` subtracts 1/K (the weights
-        then sum to 0 per pair): the loss pulls toward the pair's better candidates and away from its
-        worse ones, and no longer toward the model's own average sample. With plain softmax weights
-        that average pull is most of the gradient, and self-training on unguided candidates drifts
-        every segment the same way (measured: warmth, saturation or contrast fell for all eight
-        segments alike, whatever their taste).
-
-        Returns:
-            weights ``[P*K]`` and the combined rewards ``[P, K]``.
-        """
-        rewards = combine_rewards(scores, self.weights).reshape(-1, self.cfg.candidates)
-        return self.weights_of(rewards), rewards
-
-    def weights_of(self, rewards: np.ndarray) -> torch.Tensor:
-        """Loss weights ``[P*K]`` of candidates with combined rewards ``[P, K]`` (see :meth:`candidate_weights`)."""
-        weights = pair_weights(torch.from_numpy(rewards), self.cfg.beta)
-        if self.cfg.weighting == "centered":
-            weights = weights - 1.0 / rewards.shape[1]
-        return weights.reshape(-1)
+        return self.denoiser.loss(
+            data.features[rows], users, mask, data.ref_mean[rows], data.ref_std[rows],
+            detail_rows=mask, detail_pool=cfg.reg_detail_pool,
+        ).mean()  # fmt: skip
 
     def logged_loss(self) -> torch.Tensor:
         """The off-policy RWR term: pairs whose K candidates are the item's logged covers."""
@@ -521,30 +482,24 @@ class Stage2Trainer:
         pairs, k = cfg.logged_pairs_per_step, cfg.logged_candidates
         items = torch.tensor(eligible)[torch.randint(0, len(eligible), (pairs,), generator=g)]
         segments = torch.randint(0, len(data.segment_ids), (pairs,), generator=g)
-        covers = torch.from_numpy(
-            np.concatenate(
-                [
-                    self.logged_covers_of[i][
-                        torch.randperm(len(self.logged_covers_of[i]), generator=g)[:k].numpy()
-                    ]
-                    for i in items.tolist()
-                ]
-            )
-        )
+        picks = [
+            self.logged_covers_of[i][torch.randperm(len(self.logged_covers_of[i]), generator=g)[:k].numpy()]
+            for i in items.tolist()
+        ]
+        covers = torch.from_numpy(np.concatenate(picks))
         segments = segments.repeat_interleave(k)
-        weights = self.weights_of(self.logged_rewards[covers.numpy(), segments.numpy()].reshape(pairs, k))
+        rewards = self.logged_rewards[covers.numpy(), segments.numpy()].reshape(pairs, k)
+        weights = candidate_weights(rewards, cfg.beta, cfg.weighting)
         pair = torch.arange(pairs).repeat_interleave(k) if cfg.weighting == "centered" else None
-        per_row = self.denoising_loss(
-            data.features[items.repeat_interleave(k)], data.centroids[segments], None,
-            logged.mean[covers], logged.std[covers], groups=pair, x0_from=cfg.reward_x0_from,
+        per_row = self.reward_loss(
+            data.features[items.repeat_interleave(k)], data.centroids[segments], logged.mean[covers],
+            logged.std[covers], pair,
         )  # fmt: skip
         return (weights.to(per_row.device) * per_row).sum() / pairs
 
-    def train_step(self) -> dict[str, float]:
-        """One step: sample, score, weight, update. Returns the step's reward means and losses."""
+    def sample_candidates(self) -> Candidates:
+        """Draw (item, segment) pairs, sample K covers each from the current model, score and weight them."""
         cfg, g, data = self.cfg, self.generator, self.data
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr_factor(self.step, cfg.steps, cfg.warmup_steps)
         pairs, k = cfg.pairs_per_step, cfg.candidates
         items = torch.randint(0, len(data.titles), (pairs,), generator=g).repeat_interleave(k)
         segments = torch.randint(0, len(data.segment_ids), (pairs,), generator=g).repeat_interleave(k)
@@ -552,7 +507,7 @@ class Stage2Trainer:
         started = time.perf_counter()
         # Candidates come from the conditional model itself (guidance off by default): training the
         # conditional branch on guided samples and sampling them with guidance again compounds the
-        # guidance every step (measured: every cover turns into one saturated texture within 20 steps).
+        # guidance every step (every cover turns into one saturated texture within 20 steps).
         images = self._generate(
             data.features[items], data.centroids[segments], seeds, cfg.candidate_guidance_scale
         )
@@ -561,22 +516,35 @@ class Stage2Trainer:
         titles = [data.titles[i] for i in items.tolist()]
         scores = self.rewards.score(images, titles, data.segment_ids[segments.numpy()])
         standardized = {n: s["standardized"] for n, s in scores.items()}
-        standardized["preference"] = self.preference_scores(images, titles, segments.numpy())
-        weights, rewards = self.candidate_weights(standardized)
+        preference = preference_matrix(
+            self.rewards.preference, images, titles, data.segment_ids, cfg.preference_advantage
+        )
+        standardized["preference"] = preference[segments.numpy(), np.arange(len(images))]
+        rewards = combine_rewards(standardized, self.weights).reshape(-1, k)
+        weights = candidate_weights(rewards, cfg.beta, cfg.weighting)
         # Rows of one pair share noise and timestep when the weights are centered: their weighted sum
         # is then a comparison of the candidates, not mostly noise.
         pair = torch.arange(pairs).repeat_interleave(k) if cfg.weighting == "centered" else None
-        scored = time.perf_counter()
+        self.timing["sample"] += sampled - started
+        self.timing["score"] += time.perf_counter() - sampled
+        return Candidates(items, segments, mean, std, scores, standardized, rewards, weights, pair)
+
+    def train_step(self) -> dict[str, float]:
+        """One step: sample, score, weight, then a few updates. Returns the step's reward means and losses."""
+        cfg, data = self.cfg, self.data
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(self.step, cfg.steps, cfg.warmup_steps)
+        c = self.sample_candidates()
+        started = time.perf_counter()
         losses = []
         for _ in range(cfg.updates_per_batch):  # sampling dominates the cost: each batch serves a few updates
             reward_loss = torch.zeros(())
             for _ in range(cfg.noise_draws):
-                per_row = self.denoising_loss(
-                    data.features[items], data.centroids[segments], None, mean, std,
-                    groups=pair, x0_from=cfg.reward_x0_from,
-                )  # fmt: skip
-                reward_loss = reward_loss + (weights.to(per_row.device) * per_row).sum() / (
-                    pairs * cfg.noise_draws
+                per_row = self.reward_loss(
+                    data.features[c.items], data.centroids[c.segments], c.mean, c.std, c.pair
+                )
+                reward_loss = reward_loss + (c.weights.to(per_row.device) * per_row).sum() / (
+                    cfg.pairs_per_step * cfg.noise_draws
                 )
             logged_loss = self.logged_loss()
             reg_loss = self.regularization_loss() if cfg.reg_weight > 0 else torch.zeros(())
@@ -587,54 +555,39 @@ class Stage2Trainer:
             self.optimizer.step()
             losses.append((reward_loss.item(), logged_loss.item(), reg_loss.item()))
         self.step += 1
-        self.timing["sample"] += sampled - started
-        self.timing["score"] += scored - sampled
-        self.timing["update"] += time.perf_counter() - scored
-        softmax = pair_weights(torch.from_numpy(rewards), cfg.beta)
+        self.timing["update"] += time.perf_counter() - started
+        return self._step_point(c, np.asarray(losses))
+
+    def _step_point(self, c: Candidates, losses: np.ndarray) -> dict[str, float]:
+        """The step's curve point: reward means, their spread within pairs, losses, weight entropy."""
+        pairs, k = c.rewards.shape
+        softmax = pair_weights(torch.from_numpy(c.rewards), self.cfg.beta)
         entropy = -(softmax * softmax.clamp_min(1e-12).log()).sum(1).mean()
-        point = {f"{n}_raw": float(scores[n]["raw"].mean()) for n in REWARD_NAMES}
-        point |= {f"{n}_z": float(scores[n]["standardized"].mean()) for n in REWARD_NAMES}
+        point = {f"{n}_raw": float(c.scores[n]["raw"].mean()) for n in REWARD_NAMES}
+        point |= {f"{n}_z": float(c.scores[n]["standardized"].mean()) for n in REWARD_NAMES}
         # How much each reward varies among a pair's candidates: what actually steers the weights.
-        point |= {f"{n}_spread": float(standardized[n].reshape(pairs, k).std(1).mean()) for n in REWARD_NAMES}
+        point |= {
+            f"{n}_spread": float(c.standardized[n].reshape(pairs, k).std(1).mean()) for n in REWARD_NAMES
+        }
         # How far the segments' path has opened: the refiner's output map starts at 0.
         point["refiner_out"] = float(self.bundle.refiner.out.weight.detach().abs().mean())
+        reward_loss, logged_loss, reg_loss = losses.mean(axis=0)
         return point | {
-            "reward": float(rewards.mean()),
-            "reward_loss": float(np.mean([r for r, _, _ in losses])),
-            "logged_loss": float(np.mean([r for _, r, _ in losses])),
-            "reg_loss": float(np.mean([r for _, _, r in losses])),
+            "reward": float(c.rewards.mean()),
+            "reward_loss": float(reward_loss),
+            "logged_loss": float(logged_loss),
+            "reg_loss": float(reg_loss),
             "weight_entropy": float(entropy) / float(np.log(k)) if k > 1 else 1.0,
         }
 
-    @torch.no_grad()
     def check_heldout(self) -> dict[str, float]:
         """Score held-out items x every segment with fixed seeds (the guard's measurements)."""
         started = time.perf_counter()
-        data = self.data
-        n_items, n_segments = len(data.guard_titles), len(data.segment_ids)
-        items = torch.arange(n_items).repeat_interleave(n_segments)
-        segments = torch.arange(n_segments).repeat(n_items)
-        seeds = [
-            seed_for(data.guard_item_ids[i], int(data.segment_ids[s]), GUARD_SEED_KEY)
-            for i, s in zip(items.tolist(), segments.tolist(), strict=True)
-        ]
-        images = self._generate(
-            data.guard_features[items], data.centroids[segments], seeds, self.guidance_scale
+        point = self.guard_check.check(
+            self.step, lambda f, u, seeds: self._generate(f, u, seeds, self.guidance_scale)
         )
-        scores = self.rewards.score(
-            images, [data.guard_titles[i] for i in items.tolist()], data.segment_ids[segments.numpy()]
-        )
-        point = {"step": self.step, "composition": float(composition_score(images).mean())}
-        point |= {f"{n}_raw": float(scores[n]["raw"].mean()) for n in REWARD_NAMES}
-        point |= {f"{n}_z": float(scores[n]["standardized"].mean()) for n in REWARD_NAMES}
         self.timing["guard"] += time.perf_counter() - started
         return point
-
-    def _relevance_collapsed(self, point: dict[str, float]) -> bool:
-        baseline = self.guard[0]["relevance_raw"]
-        drop = (baseline - point["relevance_raw"]) / max(abs(baseline), 1e-8)
-        point["relevance_drop"] = round(drop, 5)
-        return drop > self.cfg.max_relevance_drop
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop_after: int | None = None) -> Stage2Result:
@@ -654,7 +607,7 @@ class Stage2Trainer:
         self._train_mode(True)
         try:
             with tqdm(total=target, initial=self.step, desc="stage 2", unit="step", disable=None) as bar:
-                while self.step < target:
+                while self.step < target and collapse is None:
                     self._window.append(self.train_step())
                     bar.update(1)
                     if self.step % self.cfg.log_every == 0 or self.step == target:
@@ -662,40 +615,22 @@ class Stage2Trainer:
                         bar.set_postfix(reward=f"{self.curve[-1]['reward']:.3f}")
                     if self.step % self.cfg.guard_every == 0 or self.step == self.cfg.steps:
                         point = self.check_heldout()
-                        collapsed = self._relevance_collapsed(point)
+                        collapse = self.guard_check.collapse(self.guard[0], point)
                         self.guard.append(point)
                         log.info("stage=finetune step=%d held-out %s", self.step, json.dumps(point))
-                        if collapsed:
-                            collapse = RelevanceCollapse(
-                                self.step,
-                                self.guard[0]["relevance_raw"],
-                                point["relevance_raw"],
-                                self.cfg.max_relevance_drop,
-                            )
-                            break
-                    if self.step % self.cfg.checkpoint_every == 0 and self.step < target:
+                    if collapse is None and self.step % self.cfg.checkpoint_every == 0 and self.step < target:
                         self.save_state()
         finally:
             self._train_mode(False)
         self.save_state()
-        seconds = {k: round(v, 2) for k, v in self.timing.items()}
-        seconds["total"] = round(time.perf_counter() - started, 2)
-        result = Stage2Result(
-            steps=self.step,
-            resumed_from=resumed_from,
-            seconds=seconds,
-            complete=collapse is None and self.step >= self.cfg.steps,
-            collapsed=collapse is not None,
-            curve=list(self.curve),
-            guard=list(self.guard),
-        )
-        log.info(
-            "stage=finetune version=%s steps=%d (from %d) seconds=%s",
-            self.version,
-            self.step,
-            resumed_from,
-            seconds,
-        )
+        seconds = {k: round(v, 2) for k, v in self.timing.items()} | {
+            "total": round(time.perf_counter() - started, 2)
+        }
+        complete = collapse is None and self.step >= self.cfg.steps
+        result = Stage2Result(self.step, resumed_from, seconds, complete, collapse is not None,
+                              list(self.curve), list(self.guard))  # fmt: skip
+        log.info("stage=finetune version=%s steps=%d (from %d) seconds=%s",
+                 self.version, self.step, resumed_from, seconds)  # fmt: skip
         if collapse is not None:
             collapse.result = result
             raise collapse

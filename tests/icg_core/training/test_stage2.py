@@ -25,9 +25,10 @@ from icg_core.training.stage2 import (
     Rewards,
     Stage2Data,
     Stage2Trainer,
+    candidate_weights,
     combine_rewards,
-    detail_of,
     pair_weights,
+    preference_matrix,
 )
 
 SIZE = 32
@@ -164,14 +165,14 @@ def test_reward_set_returns_standardized_and_raw_scores() -> None:
 def test_one_step_updates_refiner_and_adapter_but_not_the_unet(base_dirs) -> None:
     trainer = trainer_for(base_dirs, finetune_config(steps=1, train_adapter=True))
     before = {name: state(getattr(trainer.bundle, name)) for name in ("refiner", "adapter")}
-    unet_before = state(trainer.unet)
+    unet_before = state(trainer.bundle.covers.unet)
     result = trainer.run()
     assert result.complete and result.steps == 1 and len(result.guard) == 2  # step 0 and the end
     for name in ("refiner", "adapter"):
         after = state(getattr(trainer.bundle, name))
         assert not all(torch.equal(before[name][k], after[k]) for k in after), name
-    assert all(torch.equal(unet_before[k], v) for k, v in trainer.unet.state_dict().items())
-    assert not any(p.requires_grad for p in trainer.unet.parameters())
+    assert all(torch.equal(unet_before[k], v) for k, v in trainer.bundle.covers.unet.state_dict().items())
+    assert not any(p.requires_grad for p in trainer.bundle.covers.unet.parameters())
     point = result.curve[0]
     assert {
         "aesthetic_raw",
@@ -256,37 +257,29 @@ def segment_preference(images: Any, prompts: Sequence[str], metadata: Sequence[M
     return finish(raw, None, {})
 
 
-def test_segment_relative_preference_removes_what_every_segment_shares(base_dirs) -> None:
+def test_segment_relative_preference_removes_what_every_segment_shares() -> None:
     images = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (40, 120, 220)])
     images[..., 0] = 250  # red: liked by both segments alike
-    trainer = trainer_for(base_dirs, finetune_config(preference_advantage="absolute"))
-    trainer.rewards = Rewards(aesthetic_reward_fn(), brightness_reward(), segment_preference)
-    titles = ["a", "b", "c"]
-    by_segment = [np.zeros(3, np.int64), np.ones(3, np.int64)]  # indices into segment ids [0, 3]
-    absolute = np.stack([trainer.preference_scores(images, titles, s) for s in by_segment])
-    assert (absolute > 0).all()  # the shared red term dominates
-    trainer.cfg = finetune_config(preference_advantage="segment_relative")
-    relative = np.stack([trainer.preference_scores(images, titles, s) for s in by_segment])
+    titles, segment_ids = ["a", "b", "c"], np.array([0, 3])
+    absolute = preference_matrix(segment_preference, images, titles, segment_ids, "absolute")
+    assert absolute.shape == (2, 3) and (absolute > 0).all()  # the shared red term dominates
+    relative = preference_matrix(segment_preference, images, titles, segment_ids, "segment_relative")
     np.testing.assert_allclose(relative, absolute - absolute.mean(axis=0), atol=1e-6)
     assert relative[0, 2] > relative[0, 0] and relative[1, 0] > relative[1, 2]  # opposite directions
-    mixed = trainer.preference_scores(images, titles, np.array([0, 1, 0]))  # each image its own segment
-    np.testing.assert_allclose(mixed, [relative[0, 0], relative[1, 1], relative[0, 2]], atol=1e-6)
 
 
-def test_softmax_weights_are_the_combined_rewards_within_each_pair(base_dirs) -> None:
-    trainer = trainer_for(base_dirs, finetune_config(pairs_per_step=2, candidates=3, weighting="softmax"))
+def test_softmax_weights_are_the_combined_rewards_within_each_pair() -> None:
     rng = np.random.default_rng(0)
     scores = {n: rng.normal(size=6).astype(np.float32) for n in ("aesthetic", "relevance", "preference")}
-    weights, rewards = trainer.candidate_weights(scores)
-    np.testing.assert_allclose(rewards.reshape(-1), combine_rewards(scores, RewardWeights()), rtol=1e-6)
+    rewards = combine_rewards(scores, RewardWeights()).reshape(2, 3)
+    weights = candidate_weights(rewards, 1.0, "softmax")
     torch.testing.assert_close(weights, pair_weights(torch.from_numpy(rewards), 1.0).view(-1))
 
 
-def test_centered_weights_sum_to_zero_and_rank_like_softmax(base_dirs) -> None:
-    trainer = trainer_for(base_dirs, finetune_config(pairs_per_step=2, candidates=3, weighting="centered"))
+def test_centered_weights_sum_to_zero_and_rank_like_softmax() -> None:
     scores = {n: np.zeros(6, np.float32) for n in ("aesthetic", "relevance")}
     scores["preference"] = np.array([0.0, 0.3, -0.3, 0.0, 0.0, 0.0], np.float32)
-    weights, _ = trainer.candidate_weights(scores)
+    weights = candidate_weights(combine_rewards(scores, RewardWeights()).reshape(2, 3), 1.0, "centered")
     torch.testing.assert_close(weights.view(2, 3).sum(1), torch.zeros(2))
     assert weights[1] > 0 > weights[2]  # toward the better candidate, away from the worse
     torch.testing.assert_close(weights[3:], torch.zeros(3))  # a pair of equal candidates: no pull at all
@@ -298,20 +291,8 @@ def test_rows_of_one_group_share_noise_and_timestep(base_dirs) -> None:
     mean, std = data.ref_mean[[0, 0, 1, 1]], torch.zeros_like(data.ref_mean[[0, 0, 1, 1]])
     features = data.features[[0, 0, 1, 1]]
     with torch.no_grad():
-        loss = trainer.denoising_loss(features, None, None, mean, std, groups=torch.tensor([0, 0, 1, 1]))
+        loss = trainer.denoiser.loss(features, None, None, mean, std, groups=torch.tensor([0, 0, 1, 1]))
     assert loss[0] == loss[1] and loss[2] == loss[3] and loss[0] != loss[2]
-
-
-def test_detail_of_drops_the_block_means_and_keeps_the_pattern() -> None:
-    g = torch.Generator().manual_seed(0)
-    look = torch.randn(2, 4, 2, 2, generator=g).repeat_interleave(4, -1).repeat_interleave(4, -2)
-    pattern = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 4).expand(2, 4, 8, 8)  # zero mean per block
-    torch.testing.assert_close(detail_of(look, 4), torch.zeros_like(look))
-    torch.testing.assert_close(detail_of(look + pattern, 4), pattern)
-    whole = detail_of(look, 16)  # larger than the latents: only the global mean goes
-    torch.testing.assert_close(whole, look - look.mean(dim=(2, 3), keepdim=True))
-    with pytest.raises(ValueError, match="reg_detail_pool"):
-        detail_of(look, 3)
 
 
 def test_user_rows_of_the_regularization_pin_only_the_detail(base_dirs) -> None:
@@ -323,13 +304,14 @@ def test_user_rows_of_the_regularization_pin_only_the_detail(base_dirs) -> None:
     def loss(detail_rows: torch.Tensor | None) -> torch.Tensor:
         trainer.generator.manual_seed(7)  # the same latents, noise and timesteps for every call
         with torch.no_grad():
-            return trainer.denoising_loss(
+            return trainer.denoiser.loss(
                 data.features[rows],
                 users,
                 None,
                 data.ref_mean[rows],
                 data.ref_std[rows],
                 detail_rows=detail_rows,
+                detail_pool=trainer.cfg.reg_detail_pool,
             )
 
     whole, detail = loss(None), loss(torch.ones(4, dtype=torch.bool))
@@ -343,8 +325,10 @@ def test_clean_latents_invert_the_forward_noising(base_dirs) -> None:
     g = torch.Generator().manual_seed(1)
     latents, noise = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 4, 4, 4, generator=g)
     timesteps = torch.tensor([10, 500, 990])
-    noisy = trainer.noise_scheduler.add_noise(latents, noise, timesteps)
-    torch.testing.assert_close(trainer._clean_latents(noisy, noise, timesteps), latents, rtol=1e-3, atol=1e-3)
+    noisy = trainer.denoiser.scheduler.add_noise(latents, noise, timesteps)
+    torch.testing.assert_close(
+        trainer.denoiser.clean_latents(noisy, noise, timesteps), latents, rtol=1e-3, atol=1e-3
+    )
 
 
 def test_high_noise_clean_latent_loss_trains(base_dirs) -> None:
