@@ -1,6 +1,6 @@
 # The two commands (both install what they need first):
 #   make run    - the nightly pipeline on the embedded default, ending with where the outputs are
-#   make test   - lint and format checks, then the whole test suite (CI runs exactly this)
+#   make test   - lint, format and type checks, then the whole test suite (CI runs exactly this)
 # Extras: make test-quick (skips @slow end-to-end tests), make lint, make clean.
 
 PYTHON ?= python3
@@ -37,10 +37,12 @@ test: install browser lint
 test-quick: install
 	$(VENV)/bin/pytest -m "not slow"
 
-# Lint and format check of every Python tree (part of make test, so CI runs it before the tests).
+# Lint, format and type checks (part of make test, so CI runs them before the tests). mypy's
+# settings and the files it checks (icg_core, pipelines) are in pyproject.toml.
 lint: install
 	$(VENV)/bin/ruff check icg_core pipelines dags tests benchmarks scripts
 	$(VENV)/bin/ruff format --check icg_core pipelines dags tests benchmarks scripts
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf data .airflow .pytest_cache

@@ -17,6 +17,7 @@ names its newest published ``ds``; it moves only after that partition is committ
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import io
 import json
@@ -267,7 +268,7 @@ class ObjectStore:
         log.info("committed %s rows=%d ds=%s", prefix, data.num_rows, ds)
         return PartitionCommit(table_name, ds, area, (f"{prefix}/{name}",), data.num_rows)
 
-    def committed_files(self, table_name: str, *, ds: str, area: str) -> list[str]:
+    def committed_files(self, table_name: str, *, ds: str, area: str) -> builtins.list[str]:
         """Keys of the files of a committed partition; raises if the partition was never committed."""
         prefix = self.partition_prefix(area, table_name, ds)
         if not self.exists(f"{prefix}/{SUCCESS}"):
@@ -277,7 +278,7 @@ class ObjectStore:
     def has_partition(self, table_name: str, *, ds: str, area: str) -> bool:
         return self.exists(f"{self.partition_prefix(area, table_name, ds)}/{SUCCESS}")
 
-    def partitions(self, table_name: str, *, area: str) -> list[str]:
+    def partitions(self, table_name: str, *, area: str) -> builtins.list[str]:
         """Committed ``ds`` values of a table, sorted."""
         found = set()
         for key in self.list(f"{area}/{table_name}"):
@@ -294,7 +295,7 @@ class ObjectStore:
         ]
         return conform(table_name, pa.concat_tables(tables) if tables else pa.table({}))
 
-    def read_tables(self, table_name: str, *, dss: list[str], area: str) -> pa.Table:
+    def read_tables(self, table_name: str, *, dss: builtins.list[str], area: str) -> pa.Table:
         """Read several committed partitions into one table with a ``ds`` column appended."""
         parts = []
         for ds in dss:

@@ -136,7 +136,7 @@ def per_item_measures(
     measures: Mapping[str, np.ndarray | None],
     covers: np.ndarray,
     n_items: int,
-    segment_sizes: Sequence[float],
+    segment_sizes: Sequence[float] | np.ndarray,
 ) -> dict[str, np.ndarray | None]:
     """Per-item values ``[I]`` of every headline metric (None where the measure is None)."""
     out: dict[str, np.ndarray | None] = {}
@@ -173,8 +173,10 @@ def variant_metrics(
         mean, interval = mean_ci(values, indices)
         out[name], out[f"{name}_ci"] = rounded(mean), [rounded(v) for v in interval]
     for name in ("oracle_ctr", "preference"):
-        values = (per_segment or {}).get(name)
-        out[f"{name}_by_segment"] = {str(s): rounded(v) for s, v in values.items()} if values else None
+        by_segment = (per_segment or {}).get(name)
+        out[f"{name}_by_segment"] = (
+            {str(s): rounded(v) for s, v in by_segment.items()} if by_segment else None
+        )
     out["seconds_per_cover"] = rounded(covers.seconds_per_cover, 6)
     out["n_covers"] = int(covers.n_covers)
     out["generator_version"] = covers.version

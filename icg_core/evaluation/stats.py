@@ -51,7 +51,9 @@ def relative_change_ci(
     return float(new.mean() / old.mean() - 1.0), _percentiles(ratio - 1.0)
 
 
-def per_item_means(values: np.ndarray, n_items: int, weights: Sequence[float] | None = None) -> np.ndarray:
+def per_item_means(
+    values: np.ndarray, n_items: int, weights: Sequence[float] | np.ndarray | None = None
+) -> np.ndarray:
     """Per-item means of item-major (item, segment) values ``[I * S]`` -> ``[I]``.
 
     Args:

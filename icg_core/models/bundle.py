@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,8 +141,7 @@ class ICGBundle:
         guidance_scale: float = 3.0,
         scheduler: str = "ddim",
         batch_size: int = 32,
-        output_type: str = "uint8",
-    ) -> np.ndarray | torch.Tensor:
+    ) -> np.ndarray:
         """Covers for B rows of features: uint8 ``[B, H, W, 3]``, row i from ``seeds[i]``.
 
         Args:
@@ -152,8 +151,40 @@ class ICGBundle:
             user_mask: ``[B]`` bool, False = null user for that row.
             steps, guidance_scale, scheduler: sampling settings.
             batch_size: rows sampled at once.
-            output_type: ``"uint8"`` covers, or ``"latent"`` final latents ``[B, 4, h, w]``.
         """
+        out = self._sample(
+            features, seeds, users, user_mask, steps, guidance_scale, scheduler, batch_size, "uint8"
+        )
+        return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+    def generate_latents(
+        self,
+        features: torch.Tensor,
+        seeds: Sequence[int],
+        *,
+        users: torch.Tensor | None = None,
+        steps: int = 20,
+        guidance_scale: float = 3.0,
+        scheduler: str = "ddim",
+        batch_size: int = 32,
+    ) -> torch.Tensor:
+        """The final latents ``[B, 4, h, w]`` of :meth:`generate`'s covers (to refine before decoding)."""
+        return torch.cat(
+            self._sample(features, seeds, users, None, steps, guidance_scale, scheduler, batch_size, "latent")
+        )
+
+    def _sample(
+        self,
+        features: torch.Tensor,
+        seeds: Sequence[int],
+        users: torch.Tensor | None,
+        user_mask: torch.Tensor | None,
+        steps: int,
+        guidance_scale: float,
+        scheduler: str,
+        batch_size: int,
+        output_type: str,
+    ) -> list[Any]:
         device = self.covers.device
         out = []
         for start in range(0, len(features), batch_size):
@@ -172,9 +203,7 @@ class ICGBundle:
                     output_type=output_type,  # type: ignore[arg-type]
                 )
             )
-        if output_type == "latent":
-            return torch.cat(out)
-        return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+        return out
 
     def eval(self) -> ICGBundle:
         for module in (self.encoder, self.refiner, self.adapter):
@@ -252,7 +281,7 @@ def save_bundle(
     store: ObjectStore, bundle: ICGBundle, name: str, version: str, extra: dict[str, Any] | None = None
 ) -> str:
     """Save meta tokens, refiner and adapter as ``models/<name>/<version>/`` (base checkpoints by reference)."""
-    modules = {
+    modules: dict[str, torch.nn.Module | Mapping[str, torch.Tensor]] = {
         "meta_tokens": bundle.encoder.trainable_state_dict(),
         "refiner": bundle.refiner,
         "adapter": bundle.adapter,

@@ -78,12 +78,12 @@ class Conditioning:
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
         """Rows of several conditionings stacked (all of one kind)."""
-        pooled = [p.pooled_embeds for p in parts]
-        time_ids = [p.time_ids for p in parts]
+        pooled = [p.pooled_embeds for p in parts if p.pooled_embeds is not None]
+        time_ids = [p.time_ids for p in parts if p.time_ids is not None]
         return Conditioning(
             torch.cat([p.encoder_hidden_states for p in parts]),
-            None if pooled[0] is None else torch.cat(pooled),
-            None if time_ids[0] is None else torch.cat(time_ids),
+            torch.cat(pooled) if pooled else None,
+            torch.cat(time_ids) if time_ids else None,
         )
 
     def unet_kwargs(self) -> dict:
@@ -232,8 +232,10 @@ class ConditionAdapter(nn.Module):
                 return real
             return torch.where(mask.view(-1, *([1] * (real.dim() - 1))), empty.to(real.dtype), real)
 
+        hidden = pick(cond.encoder_hidden_states, null.encoder_hidden_states)
+        assert hidden is not None  # every conditioning has hidden states
         return Conditioning(
-            pick(cond.encoder_hidden_states, null.encoder_hidden_states),
+            hidden,
             pick(cond.pooled_embeds, null.pooled_embeds),
             cond.time_ids,
         )

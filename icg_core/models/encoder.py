@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -139,7 +139,7 @@ class MetaTokenEncoder(nn.Module):
         )
         self.backbone.requires_grad_(False)
         self.backbone.eval()
-        embeddings = self.backbone.get_input_embeddings().weight
+        embeddings = cast(torch.Tensor, self.backbone.get_input_embeddings().weight)
         self.feature_dim = int(embeddings.shape[1])
         # Start the meta tokens at the scale of real token embeddings so the backbone sees in-range input.
         generator = torch.Generator().manual_seed(seed)

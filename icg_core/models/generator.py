@@ -162,7 +162,11 @@ class CoverGenerator:
         if use_cfg and null_cond is None:
             raise ValueError("guidance_scale > 1 needs null_cond (the adapter's null_conditioning)")
         cond = cond.to(self.device, self.dtype)
-        unet_cond = Conditioning.cat([null_cond.to(self.device, self.dtype), cond]) if use_cfg else cond
+        unet_cond = (
+            Conditioning.cat([null_cond.to(self.device, self.dtype), cond])
+            if null_cond is not None and use_cfg
+            else cond
+        )
         noise_scheduler = self.make_scheduler(scheduler)
         noise_scheduler.set_timesteps(steps, device=self.device)
         latents = self.initial_latents(seeds) * noise_scheduler.init_noise_sigma

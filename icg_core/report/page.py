@@ -75,10 +75,10 @@ def _png(fig: Figure) -> bytes:
 def _series(points: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for i, point in enumerate(points):
-        value = point.get(key)
-        if _number(value) is not None:
+        value = _number(point.get(key))
+        if value is not None:
             xs.append(float(point.get("step", i)))
-            ys.append(float(value))
+            ys.append(value)
     return xs, ys
 
 
@@ -358,8 +358,8 @@ def _verdict(variants: Mapping[str, Mapping[str, Any]]) -> str:
     metric = "oracle_ctr" if _number(icg.get("oracle_ctr")) is not None else "preference"
     if _number(icg.get(metric)) is None:
         return ""
-    scored = {b: _number((variants.get(b) or {}).get(metric)) for b in BASELINES}
-    scored = {b: v for b, v in scored.items() if v is not None}
+    numbers = {b: _number((variants.get(b) or {}).get(metric)) for b in BASELINES}
+    scored = {b: v for b, v in numbers.items() if v is not None}
     if not scored:
         return ""
     best = max(scored, key=lambda b: scored[b])
@@ -515,8 +515,8 @@ def _contact_sheets(
         for item, title in items[segment].items():
             cells = []
             for column in columns:
-                sample = per_segment[segment].get((item, column)) or shared.get((item, column))
-                cells.append(f"<td>{_cover(sample, images)}</td>")
+                cover = per_segment[segment].get((item, column)) or shared.get((item, column))
+                cells.append(f"<td>{_cover(cover, images)}</td>")
             rows.append(
                 f'<tr><th class="title">{esc(title)}<span class="key">{esc(item)}</span></th>{"".join(cells)}</tr>'
             )

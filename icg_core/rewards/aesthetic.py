@@ -101,8 +101,16 @@ def proxy_components_tensor(images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def aesthetic_proxy(images: Any) -> np.ndarray:
     """The embedded aesthetic proxy, ``float32 [B]`` in [0, 1]: weighted sum of :func:`proxy_components`."""
-    components = proxy_components(images)
-    return sum(PROXY_WEIGHTS[name] * components[name] for name in PROXY_WEIGHTS).astype(np.float32)
+    return weighted_proxy(proxy_components(images)).astype(np.float32)
+
+
+def weighted_proxy(components: Mapping[str, Any]) -> Any:
+    """``sum(PROXY_WEIGHTS[name] * components[name])``: the proxy from its components (arrays or tensors)."""
+    names = list(PROXY_WEIGHTS)
+    total = PROXY_WEIGHTS[names[0]] * components[names[0]]
+    for name in names[1:]:
+        total = total + PROXY_WEIGHTS[name] * components[name]
+    return total
 
 
 def composition_score(images: Any) -> np.ndarray:
@@ -208,7 +216,7 @@ def aesthetic_reward_fn(
             raw = scorer.score(images)
             return finish(raw, stats, {"laion_aesthetic": raw})
         components = proxy_components(images)
-        raw = sum(PROXY_WEIGHTS[name] * components[name] for name in PROXY_WEIGHTS)
+        raw = weighted_proxy(components)
         return finish(raw, stats, {"aesthetic_proxy": np.asarray(raw, np.float32), **components})
 
     return reward

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from icg_core.config import RewardWeights
-from icg_core.rewards.aesthetic import ANALYSIS_SIZE, PROXY_WEIGHTS, proxy_components_tensor
+from icg_core.rewards.aesthetic import ANALYSIS_SIZE, proxy_components_tensor, weighted_proxy
 from icg_core.rewards.common import RewardStats
 from icg_core.rewards.preference import PreferenceModel
 from icg_core.rewards.relevance import RelevanceModel
@@ -80,6 +80,6 @@ class GuidanceReward:
                     images, size=(ANALYSIS_SIZE, ANALYSIS_SIZE), mode="bilinear", antialias=True
                 )
             components = proxy_components_tensor(analysed)
-            proxy = sum(PROXY_WEIGHTS[name] * components[name] for name in PROXY_WEIGHTS)
+            proxy = weighted_proxy(components)
             out["aesthetic"] = (proxy - self.aesthetic_stats.mean) / self.aesthetic_stats.std
         return out

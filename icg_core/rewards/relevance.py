@@ -85,6 +85,7 @@ class DualEncoder(nn.Module):
 
     def __init__(self, text_dim: int, embed_dim: int) -> None:
         super().__init__()
+        self.text_dim, self.embed_dim = text_dim, embed_dim
         self.text_head = nn.Sequential(nn.Linear(text_dim, 256), nn.GELU(), nn.Linear(256, embed_dim))
         self.image_tower = nn.Sequential(
             _conv(3, 32),
@@ -169,9 +170,7 @@ class RelevanceModel:
             .numpy()
             for s in range(0, len(batch), self.batch_size)
         ]
-        return (
-            np.concatenate(out) if out else np.zeros((0, self.module.text_head[-1].out_features), np.float32)
-        )
+        return np.concatenate(out) if out else np.zeros((0, self.module.embed_dim), np.float32)
 
     @torch.no_grad()
     def text_embeddings(self, titles: Sequence[str]) -> np.ndarray:
@@ -375,7 +374,7 @@ def build_relevance_model(
     )
     model.settings = cfg.model_dump() | {
         "text_encoder": cfg.text_encoder_path or TEXT_ENCODER_NAME,
-        "text_dim": int(model.module.text_head[0].in_features),
+        "text_dim": model.module.text_dim,
     }
     log.info(
         "stage=rewards relevance items=%d heldout_top1=%.3f top5=%.3f same_category=%.3f seconds=%.1f",
@@ -527,6 +526,7 @@ def build_relevance_reward(
         return {"version": version, "uri": uri, "stats": stats.to_dict(), "metrics": {}}
     impressions = layout.IMPRESSIONS.read(store, ds)
     model = build_relevance_model(store, catalog, impressions, cfg, encode_titles)
+    assert model.stats is not None  # a built model is standardized over the catalog
     return {
         "version": version,
         "uri": model.save(store, version),

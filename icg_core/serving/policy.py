@@ -277,11 +277,13 @@ class CoverPolicy:
             raise ValueError("reward guidance needs rewards loaded with guidance=True")
 
     def _sample(
-        self, features: torch.Tensor, users: torch.Tensor | None, seeds: Sequence[int], **kw: Any
-    ) -> Any:
+        self, features: torch.Tensor, users: torch.Tensor | None, seeds: Sequence[int]
+    ) -> torch.Tensor:
+        """Final latents of the rows (decoded after steering)."""
         s = self.sampling
-        return self.bundle.generate(features, list(seeds), users=users, steps=s.steps, guidance_scale=s.guidance_scale,
-                                    scheduler=s.scheduler, batch_size=max(len(seeds), 1), **kw)  # fmt: skip
+        return self.bundle.generate_latents(features, list(seeds), users=users, steps=s.steps,
+                                            guidance_scale=s.guidance_scale, scheduler=s.scheduler,
+                                            batch_size=max(len(seeds), 1))  # fmt: skip
 
     def __call__(
         self,
@@ -308,13 +310,12 @@ class CoverPolicy:
         # 1. Sample the personalized candidates (candidate-major: rows k*B .. k*B + B - 1).
         k = max(s.candidates, 1)
         candidate_seeds = [(int(seed) + c) % 2**63 for c in range(k) for seed in seeds]
-        latents = self._sample(
-            features.repeat(k, 1, 1), users.repeat(k, 1), candidate_seeds, output_type="latent"
-        )
+        latents = self._sample(features.repeat(k, 1, 1), users.repeat(k, 1), candidate_seeds)
         covers = self.bundle.covers
         # 2. Steer them by the rewards.
-        if s.reward_steps > 0:
-            guide = self.rewards.guide  # type: ignore[union-attr]
+        guide = None if self.rewards is None else self.rewards.guide
+        # The guide is present whenever reward_steps > 0 (checked in __init__).
+        if s.reward_steps > 0 and guide is not None:
             embeddings = guide.title_embeddings(list(titles) * k)
             users_k = users.repeat(k, 1).to(covers.device)
             latents = steer_latents(
@@ -334,14 +335,13 @@ class CoverPolicy:
             base_seeds = list(seeds) if base_seeds is None else [int(b) for b in base_seeds]
             first = {seed: row for row, seed in reversed(list(enumerate(base_seeds)))}
             distinct = list(first)
-            base = self._sample(features[[first[b] for b in distinct]], None, distinct)
+            with torch.no_grad():
+                base = covers.decode(self._sample(features[[first[b] for b in distinct]], None, distinct))
             images = np.concatenate([images, base[[distinct.index(b) for b in base_seeds]]])
         # 4. Keep the best by R.
         n = len(images) // rows
-        rewards = self.rewards.score(  # type: ignore[union-attr]
-            images, list(titles) * n, list(segment_ids) * n, list(categories) * n
-        )
-        best = self.rewards.total(rewards).reshape(n, rows).argmax(axis=0)  # type: ignore[union-attr]
+        rewards = self.rewards.score(images, list(titles) * n, list(segment_ids) * n, list(categories) * n)
+        best = self.rewards.total(rewards).reshape(n, rows).argmax(axis=0)
         pick = best * rows + np.arange(rows)
         return PolicyCovers(
             images[pick],

@@ -273,13 +273,8 @@ def _bootstrap(
         )
     else:
         trained = _train_generator(
-            store, cfg, version, vlm_ref, train, held_out, image_size, timer, stop_after
+            store, cfg, version, vlm_ref, train, held_out, fingerprint, image_size, timer, stop_after, ds
         )
-        if trained.complete:
-            with timer.phase("save"):
-                _save_trained(
-                    store, cfg, trained.bundle, version, {"ds": ds, "data_fingerprint": fingerprint}
-                )
     bundle, complete = trained.bundle, trained.complete
     features: dict[str, Any] = {}
     sheet = ""
@@ -337,8 +332,10 @@ def _train_generator(
     image_size: int,
     timer: _PhaseTimer,
     stop_after: int | None,
+    ds: str,
 ) -> _Trained:
-    """VLM warm-up, VAE and stage 1 (each resumable or reused), from the embedded or given base models."""
+    """VLM warm-up, VAE and stage 1 (each resumable or reused), from the embedded or given base models;
+    a completed generator is saved (as ``version``, trained on ``ds``)."""
     models, stage1 = cfg.models, cfg.stage1
     with tempfile.TemporaryDirectory(prefix="icg-sd-init-") as tmp:
         sd_path = models.sd_path or str(_build_embedded_sd(Path(tmp) / "sd", cfg, image_size))
@@ -363,6 +360,9 @@ def _train_generator(
             state_name = models.generator_name + STATE_SUFFIX
             trainer = Stage1Trainer(bundle, data, stage1, store=store, version=version, state_name=state_name)
             result = trainer.run(stop_after=stop_after)
+        if result.complete:  # inside the temporary folder: the saved diffusers folder copies from it
+            with timer.phase("save"):
+                _save_trained(store, cfg, bundle, version, {"ds": ds, "data_fingerprint": fingerprint})
     return _Trained(bundle, result.complete, reused, vlm, vae, asdict(result))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def open_raw_dataset(
 
 
 def run_extract_query(
-    connection: duckdb.DuckDBPyConnection, name: str, params: dict[str, object]
+    connection: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, object]
 ) -> pa.Table:
     """Run ``sql/<name>.sql`` with ``params`` bound by name (``$name`` placeholders); result as Arrow."""
     return connection.sql(load_sql(name), params=params).to_arrow_table()
@@ -177,7 +178,7 @@ def _extract_table(
     connection: duckdb.DuckDBPyConnection,
     table_name: str,
     window: ExtractWindow,
-    params: dict[str, object],
+    params: Mapping[str, object],
 ) -> tuple[pa.Table, list[str], list[str]]:
     partitions = raw_partitions_for(store, table_name, window)
     dataset, keys, optional_present = open_raw_dataset(store, table_name, partitions)

@@ -145,6 +145,8 @@ def _save_model_card(
     store: ObjectStore, ds: str, cfg: UsersConfig, version: str, embeddings: UserEmbeddings
 ) -> None:
     """The learned BPR item factors and the card that says how the embeddings were made."""
+    assert embeddings.attribute_mean is not None and embeddings.attribute_std is not None
+    assert embeddings.item_ids is not None and embeddings.item_factors is not None  # learned embeddings
     card = cfg.model_dump() | {
         "ds": ds,
         "attribute_names": list(ATTRIBUTE_NAMES),

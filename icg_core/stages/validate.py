@@ -126,7 +126,7 @@ def catalog_expectations(cfg: ValidationConfig, window: ExtractWindow) -> list[g
 
 def impression_expectations(window: ExtractWindow, check_catalog: bool) -> list[gxe.Expectation]:
     """The impressions suite: non-empty, complete rows, inside the window, known items, usable covers."""
-    expectations = [
+    expectations: list[gxe.Expectation] = [
         gxe.ExpectTableRowCountToBeBetween(
             min_value=1, description="the impressions window must not be empty"
         ),
@@ -163,7 +163,7 @@ def impression_expectations(window: ExtractWindow, check_catalog: bool) -> list[
 
 # ----------------------------------------------------------------------------- frames
 def _image_labels(uris: pd.Series, checks: dict[str, ImageCheck]) -> list[str | None]:
-    labels = []
+    labels: list[str | None] = []
     for uri in uris:
         if uri is None or (isinstance(uri, float) and math.isnan(uri)):
             labels.append(None)  # a missing URI is the not-null expectation's finding

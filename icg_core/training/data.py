@@ -40,7 +40,8 @@ def is_held_out(item_id: str, fraction: float) -> bool:
 
 def split_items(item_ids: Iterable[str], fraction: float) -> tuple[list[str], list[str]]:
     """(training item ids, held-out item ids), each in the given order."""
-    train, held_out = [], []
+    train: list[str] = []
+    held_out: list[str] = []
     for item_id in item_ids:
         (held_out if is_held_out(item_id, fraction) else train).append(item_id)
     return train, held_out

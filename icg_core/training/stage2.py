@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,7 +107,7 @@ class Rewards:
     preference: RewardFn
 
     def score(
-        self, images: np.ndarray, titles: Sequence[str], segment_ids: Sequence[int]
+        self, images: np.ndarray, titles: Sequence[str], segment_ids: Sequence[int] | np.ndarray
     ) -> dict[str, dict[str, np.ndarray]]:
         """Each reward of covers ``[B, H, W, 3]``: {name: {"standardized": [B], "raw": [B]}}."""
         metadata = [{"segment_id": int(s)} for s in segment_ids]
@@ -129,9 +129,9 @@ def load_rewards(store: ObjectStore, version: str, centroids: dict[int, np.ndarr
 
 def combine_rewards(standardized: dict[str, np.ndarray], weights: RewardWeights) -> np.ndarray:
     """``R = w_a*aesthetic + w_r*relevance + w_p*preference`` over standardized rewards ``[B]`` each."""
-    total = np.zeros_like(standardized[REWARD_NAMES[0]], dtype=np.float32)
+    total: np.ndarray = np.zeros_like(standardized[REWARD_NAMES[0]], dtype=np.float32)
     for name in REWARD_NAMES:
-        total = total + float(getattr(weights, name)) * standardized[name]
+        total = total + np.float32(getattr(weights, name)) * standardized[name]
     return total
 
 
@@ -384,7 +384,7 @@ class Stage2Trainer:
         if self.store is None:
             return
         tensors, groups = flatten_optimizer(self.optimizer.state_dict())
-        modules = {
+        modules: dict[str, torch.nn.Module | Mapping[str, torch.Tensor]] = {
             "refiner": self.bundle.refiner,
             "adapter": self.bundle.adapter,
             "optimizer": tensors,

@@ -413,9 +413,8 @@ class Oracle:
             + np.einsum("bc,bc->b", self.affinity[user_index], category_scores)
             + self.taste_strength * np.einsum("ba,ba->b", self.taste[user_index], standardized_attributes)
         )
-        return (1.0 - self.click_noise) * _sigmoid(logit) + self.click_noise * _sigmoid(
-            np.float64(self.base_click_logit)
-        )
+        floor = self.click_noise * float(_sigmoid(np.asarray(self.base_click_logit, np.float64)))
+        return (1.0 - self.click_noise) * _sigmoid(logit) + floor
 
     def click_probability(self, user_ids: Sequence[str], images: Any) -> np.ndarray:
         """Click probability ``[B]`` of ``user_ids[i]`` shown ``images[i]``.
