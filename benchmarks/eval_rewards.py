@@ -158,14 +158,14 @@ def main() -> None:
         },
         "relevance": {
             "seconds": relevance_seconds,
-            "heldout": {k: round(v, 4) for k, v in relevance["metrics"]["heldout"].items()},
-            "train": {k: round(v, 4) for k, v in relevance["metrics"]["train"].items()},
-            "final_loss": round(relevance["metrics"]["losses"][-1], 4),
+            "heldout": {k: round(v, 4) for k, v in relevance.metrics["heldout"].items()},
+            "train": {k: round(v, 4) for k, v in relevance.metrics["train"].items()},
+            "final_loss": round(relevance.metrics["losses"][-1], 4),
         },
         "aesthetic": {
             "seconds": aesthetic_seconds,
-            "stats": aesthetic["stats"],
-            "correlation_with_heldout_measure": round(aesthetic["metrics"]["correlation_with_heldout"], 4),
+            "stats": aesthetic.stats.to_dict(),
+            "correlation_with_heldout_measure": round(aesthetic.metrics["correlation_with_heldout"], 4),
         },
     }
     text = json.dumps(result, indent=2)

@@ -231,12 +231,12 @@ class FinetuneConfig(_Section):
     logged_pairs_per_step: int = 8
     logged_candidates: int = 8  # logged covers drawn per such pair (items with fewer are not drawn)
     # the preference term of R: the segment's own score, or that minus the mean over segments (see
-    # stage2.Stage2Trainer.preference_scores); relative measured better (no shared drift)
+    # training.stage2.preference_matrix); relative: no drift shared by every segment
     preference_advantage: Literal["absolute", "segment_relative"] = "segment_relative"
     sample_steps: int = 10  # denoising steps of each candidate (models.sample_steps is for final covers)
     candidate_guidance_scale: float = 1.0  # guidance of candidates; > 1 compounds guidance step after step
     beta: float = 1.0  # softmax temperature over R within a pair (small = winner takes all)
-    weighting: Literal["softmax", "centered"] = "centered"  # see stage2.Stage2Trainer.candidate_weights
+    weighting: Literal["softmax", "centered"] = "centered"  # see training.stage2.candidate_weights
     reward_x0_from: int | None = 400  # reward term: clean-latent error at timesteps >= this; None = min-SNR
     reward_x0_pool: int = 4  # that error on latents average-pooled by this factor (1 = full resolution)
     lr: float = 1e-2  # refiner learning rate (its output map starts at 0: it must move from there)

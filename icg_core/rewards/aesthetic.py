@@ -41,7 +41,14 @@ from torch import nn
 from icg_core import layout
 from icg_core.config import AestheticConfig
 from icg_core.data.images import as_image_batch, read_images
-from icg_core.rewards.common import RewardFn, RewardStats, finish, load_reward_model, save_reward_model
+from icg_core.rewards.common import (
+    BuiltReward,
+    RewardFn,
+    RewardStats,
+    finish,
+    load_reward_model,
+    save_reward_model,
+)
 from icg_core.rewards.relevance import ClipScorer
 from icg_core.storage import ObjectStore
 
@@ -243,14 +250,11 @@ def _scorer(cfg: AestheticConfig) -> LaionAestheticScorer | None:
 
 def build_aesthetic_reward(
     store: ObjectStore, ds: str, cfg: AestheticConfig, version: str | None = None, max_images: int = 4000
-) -> dict[str, Any]:
+) -> BuiltReward:
     """The aesthetic part of the rewards stage: statistics over the catalog's covers, saved as ``version``.
 
     The reference set is every catalog reference cover plus the covers shown in the window (at most
     ``max_images`` in all, the references first). Also records the held-out measure's statistics.
-
-    Returns:
-        ``{"version", "uri", "stats", "metrics"}``.
     """
     version = version or ds
     catalog = layout.CATALOG.read(store, ds)
@@ -295,7 +299,7 @@ def build_aesthetic_reward(
         stats.mean,
         stats.std,
     )
-    return {"version": version, "uri": uri, "stats": stats.to_dict(), "metrics": metrics}
+    return BuiltReward(KIND, version, uri, stats, metrics, scorer)
 
 
 def load_aesthetic_reward_fn(

@@ -123,6 +123,27 @@ def save_reward_model(
 
 
 @dataclass
+class BuiltReward:
+    """What building a reward model for a day produced (every reward builder returns one).
+
+    Attributes:
+        kind: ``"aesthetic"``, ``"relevance"`` or ``"preference"``.
+        version: the saved checkpoint's version (the run's ds, usually).
+        uri: where it was saved.
+        stats: the raw reward's standardization statistics.
+        metrics: how it was judged (held-out numbers), as saved with it.
+        model: the fitted model, for callers that go on using it (None for a statistics-only reward).
+    """
+
+    kind: str
+    version: str
+    uri: str
+    stats: RewardStats
+    metrics: dict[str, Any]
+    model: Any = None
+
+
+@dataclass
 class LoadedReward:
     """A reward checkpoint as read back: tensors per module, settings, statistics, metrics."""
 

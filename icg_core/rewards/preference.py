@@ -51,7 +51,14 @@ from icg_core.models.users import (
     pixel_attributes_tensor,
     train_user_embeddings,
 )
-from icg_core.rewards.common import RewardFn, RewardStats, finish, load_reward_model, save_reward_model
+from icg_core.rewards.common import (
+    BuiltReward,
+    RewardFn,
+    RewardStats,
+    finish,
+    load_reward_model,
+    save_reward_model,
+)
 from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -465,7 +472,7 @@ def build_preference_reward(
     users_cfg: UsersConfig,
     embeddings: UserEmbeddings | None = None,
     version: str | None = None,
-) -> PreferenceModel:
+) -> BuiltReward:
     """The preference part of the rewards stage: gate, fit, save as ``version`` (default ``ds``).
 
     Args:
@@ -487,8 +494,9 @@ def build_preference_reward(
     embeddings = embeddings or load_user_embeddings(store, ds)
     attributes = cover_attributes(store, impressions.column("cover_uri").to_pylist())
     model = train_preference_model(impressions, embeddings, attributes, category_by_item, cfg, users_cfg)
-    model.save(store, version or ds)
-    return model
+    uri = model.save(store, version or ds)
+    assert model.stats is not None  # save() refuses a model without them
+    return BuiltReward(KIND, version or ds, uri, model.stats, model.metrics, model)
 
 
 def load_preference_reward_fn(

@@ -7,7 +7,7 @@ covers of ``ds`` are read when they come from the same generator version), ``icg
 same generator sampled plainly: what fine-tuning alone gives), ``oracle_best`` (in the embedded
 world: the evaluation-only ceiling, :mod:`icg_core.evaluation.ceiling`) and, with ``ablations``,
 ``icg_no_preference`` and ``icg_no_aesthetic`` (real fine-tuning runs, made by the same policy,
-:mod:`icg_core.evaluation.ablations`). Held-out items are the stage-1 split
+:mod:`icg_core.stages.ablations`). Held-out items are the stage-1 split
 (``stage1.holdout_fraction``): all of them, or the first ``evaluate.items`` by item_id.
 
 metrics.json keys::
@@ -41,7 +41,6 @@ import numpy as np
 
 from icg_core import layout
 from icg_core.config import EvaluateConfig, ICGConfig
-from icg_core.evaluation.ablations import ABLATIONS, run_ablation
 from icg_core.evaluation.ceiling import oracle_best_covers
 from icg_core.evaluation.curve import finetune_curve
 from icg_core.evaluation.downstream import downstream_auc, load_click_window, preference_model_report
@@ -75,6 +74,7 @@ from icg_core.models.users import load_segments
 from icg_core.rewards.common import model_name
 from icg_core.rewards.preference import PreferenceModel
 from icg_core.serving.policy import BASE, REWARD_KINDS, CoverRewards, Sampling, load_cover_rewards
+from icg_core.stages.ablations import ABLATIONS, run_ablation
 from icg_core.stages.generate import encode_png
 from icg_core.storage import ObjectStore
 from icg_core.world.oracle import Oracle

@@ -35,21 +35,21 @@ def run_rewards(store: ObjectStore, cfg: ICGConfig, ds: str) -> dict[str, Any]:
 
     started = time.perf_counter()
     aesthetic = build_aesthetic_reward(store, ds, rewards.aesthetic)
-    summary["aesthetic"] = {"version": aesthetic["version"], "stats": aesthetic["stats"]}
+    summary["aesthetic"] = {"version": aesthetic.version, "stats": aesthetic.stats.to_dict()}
     summary["seconds"]["aesthetic"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
     relevance = build_relevance_reward(store, ds, rewards.relevance)
     summary["relevance"] = {
-        "version": relevance["version"],
-        "heldout": relevance["metrics"].get("heldout", {}),
+        "version": relevance.version,
+        "heldout": relevance.metrics.get("heldout", {}),
     }
     summary["seconds"]["relevance"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
     preference = build_preference_reward(store, ds, rewards.preference, cfg.users)
     summary["preference"] = {
-        "version": ds,
+        "version": preference.version,
         "heldout_auc": round(preference.metrics["auc"], 4),
         "heldout_log_loss": round(preference.metrics["log_loss"], 4),
         "auc_floor": rewards.preference.auc_floor,

@@ -23,8 +23,8 @@ Per step:
    (rows with a user pin only the cover's detail: its global look is the rewards' to move);
 6. update the refiner and (``train_adapter``) the adapter. The UNet and VAE stay frozen, and so do
    the meta tokens: items are read from the feature cache. LoRA on the UNet is not implemented.
-   The adapter is shared by every segment: what it learns moves all segments alike (measured: it
-   carried a shared drift and no personalization), so the default trains the refiner alone.
+   The adapter is shared by every segment: what it learns moves all segments alike, so the default
+   trains the refiner alone.
 
 Reward hacking guard: at step 0, every ``guard_every`` steps and at the end, a fixed set of held-out
 items x every segment is generated with fixed seeds and scored: the relevance reward's raw cosine,

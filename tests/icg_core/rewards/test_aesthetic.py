@@ -60,14 +60,14 @@ def test_proxy_reward_contract_and_versioned_stats(tmp_path):
     store = ObjectStore(str(tmp_path))
     logs = planted_logs(store, n_items=8, n_users=4, days=1, per_day=40)
     result = build_aesthetic_reward(store, logs.ds, AestheticConfig())
-    assert result["metrics"]["n_images"] > 8 and "heldout_stats" in result["metrics"]
+    assert result.metrics["n_images"] > 8 and "heldout_stats" in result.metrics
     reward = load_aesthetic_reward_fn(store, logs.ds)
     rewards, info = reward(
         torch.from_numpy(_covers()).permute(0, 3, 1, 2).float() / 255, ["a", "b", "c"], [{}] * 3
     )
     assert rewards.shape == (3,) and rewards.dtype == np.float32 and info["standardized"]
-    stats = result["stats"]
-    assert np.allclose(rewards, (info["aesthetic_proxy"] - stats["mean"]) / stats["std"], atol=1e-4)
+    stats = result.stats
+    assert np.allclose(rewards, (info["aesthetic_proxy"] - stats.mean) / stats.std, atol=1e-4)
     raw, raw_info = aesthetic_reward_fn()(_covers(), ["a"] * 3, [{}] * 3)
     assert np.allclose(raw, aesthetic_proxy(_covers())) and not raw_info["standardized"]
 
@@ -114,6 +114,6 @@ def test_laion_backend_is_versioned_with_its_head(tmp_path, tiny_clip):
     assert store.exists(f"models/reward_aesthetic/{logs.ds}/head.safetensors")
     head_path.unlink()  # the saved copy is what loads
     rewards, info = load_aesthetic_reward_fn(store)(_covers(), ["t"] * 3, [{}] * 3)
-    assert rewards.shape == (3,) and info["standardized"] and result["stats"]["count"] > 6
+    assert rewards.shape == (3,) and info["standardized"] and result.stats.count > 6
     with pytest.raises(ValueError, match="clip_path and head_path"):
         build_aesthetic_reward(store, logs.ds, AestheticConfig(backend="laion"))

@@ -78,7 +78,7 @@ def test_trained_reward_saves_loads_and_scores_segments(tmp_path):
     store = ObjectStore(str(tmp_path))
     logs = planted_logs(store, per_day=600, strength=5.0)
     run_users(store, logs.ds, USERS)
-    model = build_preference_reward(store, logs.ds, FAST.model_copy(update={"auc_floor": 0.55}), USERS)
+    model = build_preference_reward(store, logs.ds, FAST.model_copy(update={"auc_floor": 0.55}), USERS).model
     assert model.metrics["auc"] >= 0.55 and model.stats is not None
     loaded = PreferenceModel.load(store, logs.ds)
     assert loaded.stats == model.stats and loaded.metrics["auc"] == model.metrics["auc"]
@@ -118,5 +118,7 @@ def test_imported_embeddings_are_gated_as_they_are(tmp_path):
     )
     imported = USERS.model_copy(update={"import_uri": str(path)})
     run_users(store, logs.ds, imported)
-    model = build_preference_reward(store, logs.ds, FAST.model_copy(update={"auc_floor": 0.6}), imported)
+    model = build_preference_reward(
+        store, logs.ds, FAST.model_copy(update={"auc_floor": 0.6}), imported
+    ).model
     assert model.user_dim == 1 and model.metrics["auc"] > 0.6

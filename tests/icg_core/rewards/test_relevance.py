@@ -83,7 +83,7 @@ def test_saved_dual_encoder_scores_identically(tmp_path):
     result = build_relevance_reward(
         store, logs.ds, FAST.model_copy(update={"epochs": 2}), encode_titles=encoder
     )
-    assert result["version"] == logs.ds and "heldout" in result["metrics"]
+    assert result.version == logs.ds and "heldout" in result.metrics
     images = np.stack([pattern_image(p, np.array([90, 160, 60]), 0.9) for p in ("dots", "checks")])
     titles = ["lima dots", "lima checks"]
     loaded = load_relevance_reward_fn(store, encode_titles=encoder)
@@ -92,7 +92,7 @@ def test_saved_dual_encoder_scores_identically(tmp_path):
         images, titles, [{}, {}]
     )
     assert np.allclose(info["raw"], raw) and rewards.shape == (2,)
-    assert np.allclose(rewards, (raw - result["stats"]["mean"]) / result["stats"]["std"], atol=1e-5)
+    assert np.allclose(rewards, (raw - result.stats.mean) / result.stats.std, atol=1e-5)
 
 
 def test_clip_score_from_a_tiny_local_clip(tmp_path):
@@ -121,7 +121,7 @@ def test_clip_backend_is_calibrated_and_versioned(tmp_path):
     logs = planted_logs(store, n_items=8, n_users=3, days=1, per_day=20)
     cfg = RelevanceConfig(backend="clip", clip_path=build_tiny_clip(tmp_path / "clip"), device="cpu")
     result = build_relevance_reward(store, logs.ds, cfg)
-    assert result["stats"]["count"] == 8
+    assert result.stats.count == 8
     reward = load_relevance_reward_fn(store)
     rewards, info = reward(
         np.stack([pattern_image("dots", np.array([9, 9, 9]), 1.0)] * 2), ["a", "b"], [{}, {}]
