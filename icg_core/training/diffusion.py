@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from icg_core.models.bundle import ICGBundle
+from icg_core.models.conditioning import Conditioning
 
 
 def min_snr_weight(
@@ -104,12 +105,19 @@ class Denoiser:
         timesteps: torch.Tensor,
     ) -> torch.Tensor:
         """The UNet's prediction ``[B, 4, h, w]`` (float32) for noisy latents under the items' conditioning."""
-        device, dtype = self.bundle.covers.device, self.bundle.covers.dtype
+        device = self.bundle.covers.device
         cond = self.bundle.conditioning(
             features.to(device),
             None if users is None else users.to(device),
             None if user_mask is None else user_mask.to(device),
         )
+        return self.unet_prediction(cond, noisy, timesteps)
+
+    def unet_prediction(
+        self, cond: Conditioning, noisy: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """The UNet's prediction ``[B, 4, h, w]`` (float32) under a ready conditioning."""
+        device, dtype = self.bundle.covers.device, self.bundle.covers.dtype
         kwargs = cond.to(dtype=dtype).unet_kwargs()
         output = self.unet(noisy.to(device, dtype), timesteps.to(device), return_dict=False, **kwargs)
         return output[0].float()

@@ -224,11 +224,7 @@ class Stage1Trainer:
             self.data.latent_mean[rows], self.data.latent_std[rows]
         )
         noisy = self.denoiser.scheduler.add_noise(latents, noise, timesteps)
-        dtype = self.bundle.covers.dtype
-        kwargs = cond.to(dtype=dtype).unet_kwargs()
-        prediction = self.unet(noisy.to(device, dtype), timesteps.to(device), return_dict=False, **kwargs)[
-            0
-        ].float()
+        prediction = self.denoiser.unet_prediction(cond, noisy, timesteps)
         target = self.denoiser.target(latents, noise, timesteps)
         per_row = (prediction - target.to(device)).pow(2).mean(dim=(1, 2, 3))
         return (per_row * self.denoiser.snr_weight(timesteps).to(device)).mean()
