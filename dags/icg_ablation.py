@@ -10,9 +10,9 @@ Trigger it for a day the nightly already ran; it reads that day's users, rewards
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import Param, chain, dag
 
-from icg_common import DEFAULT_ARGS, stage_task
+from pipelines.orchestration import ReportOperator, StageOperator, default_args
 
 
 @dag(
@@ -21,7 +21,7 @@ from icg_common import DEFAULT_ARGS, stage_task
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(),
     tags=["icg", "evaluation"],
     doc_md=__doc__,
     params={
@@ -31,13 +31,15 @@ from icg_common import DEFAULT_ARGS, stage_task
     },
 )
 def icg_ablation() -> None:
-    evaluate = stage_task(
-        "evaluate",
-        "Fine-tune and evaluate icg_no_preference and icg_no_aesthetic.",
+    evaluate = StageOperator(
+        stage="evaluate",
+        doc="Fine-tune and evaluate icg_no_preference and icg_no_aesthetic (in the GPU pool).",
         args=lambda _: ["--ablations"],
     )
-    report = stage_task("report", "Rebuild the run's HTML report with the ablation rows.")
-    report(evaluate())
+    report = ReportOperator(
+        doc="Rebuild the run's HTML report with the ablation rows.", upstream_stages=["evaluate"]
+    )
+    chain(evaluate, report)
 
 
 icg_ablation()

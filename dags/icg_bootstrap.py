@@ -8,9 +8,9 @@ base checkpoints (local paths) and only stage 1 trains. Rerunning reuses what is
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import Param, chain, dag
 
-from icg_common import DEFAULT_ARGS, stage_task
+from pipelines.orchestration import StageOperator, default_args
 
 
 @dag(
@@ -19,7 +19,7 @@ from icg_common import DEFAULT_ARGS, stage_task
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(),
     tags=["icg", "bootstrap"],
     doc_md=__doc__,
     params={
@@ -29,10 +29,15 @@ from icg_common import DEFAULT_ARGS, stage_task
     },
 )
 def icg_bootstrap() -> None:
-    extract = stage_task("extract", "Catalog snapshot and impressions window for ds.")
-    validate = stage_task("validate", "great-expectations suites; promotes to validated/ only if all pass.")
-    bootstrap = stage_task("bootstrap", "Base checkpoints (embedded: built and trained here) and stage 1.")
-    bootstrap(validate(extract()))
+    chain(
+        StageOperator(stage="extract", doc="Catalog snapshot and impressions window for ds."),
+        StageOperator(
+            stage="validate", doc="great-expectations suites; promotes to validated/ only if all pass."
+        ),
+        StageOperator(
+            stage="bootstrap", doc="Base checkpoints (embedded: built and trained here) and stage 1."
+        ),
+    )
 
 
 icg_bootstrap()

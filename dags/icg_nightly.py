@@ -9,6 +9,11 @@ held-out AUC floor), finetune (held-out relevance collapse), evaluate (a metric 
 threshold versus the last published run), publish (incomplete or unreadable covers). Any refusal
 stops the run before publish, and yesterday's published covers stay where readers find them.
 
+Operations: every task has a timeout (``operations.stage_timeout_minutes``); the GPU stages share
+the ``operations.gpu_pool`` pool; a task that fails for good, and a run not finished by
+``operations.publish_deadline_utc``, alert on-call (log and webhook); the report runs after a failed
+gate too and opens with the failure. See docs/operations.md.
+
 Backfills: every stage reads only its ``ds`` data interval and rewrites only its ``ds`` partition, so
 ``airflow backfill create --dag-id icg_nightly --from-date ... --to-date ...`` (or the UI's backfill
 form) recomputes past days; publishing an old day never moves ``latest`` backwards.
@@ -17,9 +22,9 @@ form) recomputes past days; publishing an old day never moves ``latest`` backwar
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param, dag
+from airflow.sdk import Asset, Param, chain, dag
 
-from icg_common import DEFAULT_ARGS, stage_task
+from pipelines.orchestration import ReportOperator, StageOperator, default_args, publish_deadline
 
 # Downstream DAGs schedule on this: it is updated when publish commits a day's manifest.
 COVERS_MANIFEST = Asset(name="icg_covers_manifest", uri="icg://manifests/covers")
@@ -44,7 +49,8 @@ def _generate_args(params: dict) -> list[str]:
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(),
+    deadline=publish_deadline(),
     tags=["icg", "nightly"],
     doc_md=__doc__,
     params={
@@ -60,44 +66,55 @@ def _generate_args(params: dict) -> list[str]:
     },
 )  # fmt: skip
 def icg_nightly() -> None:
-    extract = stage_task(
-        "extract", "Catalog snapshot and impressions window for ds, by SQL over the raw tables."
+    stages = [
+        StageOperator(
+            stage="extract", doc="Catalog snapshot and impressions window for ds, by SQL over the raw tables."
+        ),
+        StageOperator(
+            stage="validate",
+            doc="great-expectations suites; promotes to validated/ only if every suite passes.",
+        ),
+        StageOperator(
+            stage="users", doc="User embeddings and segments (ids matched to yesterday's).", env=_overrides
+        ),
+        StageOperator(
+            stage="rewards",
+            doc="Reward models; gate: preference held-out AUC floor.",
+            env=_overrides,
+            skip_when="skip_training",
+        ),
+        StageOperator(
+            stage="features",
+            doc="Meta-token features per item (cached by content hash).",
+            args=_items_limit,
+            trigger_rule="none_failed",
+        ),
+        StageOperator(
+            stage="finetune",
+            doc="Stage-2 reward-weighted fine-tuning; gate: relevance must not collapse.",
+            skip_when="skip_training",
+        ),
+        StageOperator(
+            stage="generate",
+            doc="One cover per (item, segment) on Ray, staged for publish.",
+            args=_generate_args,
+            trigger_rule="none_failed",
+        ),
+        StageOperator(
+            stage="evaluate",
+            doc="Variants, metrics and intervals; gate: no regression versus the last published run.",
+        ),
+        StageOperator(
+            stage="publish",
+            doc="Check the staged manifest, commit it atomically, move the latest pointer.",
+            outlets=[COVERS_MANIFEST],
+        ),
+    ]
+    report = ReportOperator(
+        doc="The run's HTML report (after a failure too, opening with it): ablation table, contact sheets, curves.",
+        upstream_stages=[stage.task_id for stage in stages],
     )
-    validate = stage_task(
-        "validate", "great-expectations suites; promotes to validated/ only if every suite passes."
-    )
-    users = stage_task("users", "User embeddings and segments (ids matched to yesterday's).", env=_overrides)
-    rewards = stage_task(
-        "rewards",
-        "Reward models; gate: preference held-out AUC floor.",
-        env=_overrides,
-        skip_when="skip_training",
-    )
-    features = stage_task(
-        "features",
-        "Meta-token features per item (cached by content hash).",
-        args=_items_limit,
-        trigger_rule="none_failed",
-    )
-    finetune = stage_task(
-        "finetune",
-        "Stage-2 reward-weighted fine-tuning; gate: relevance must not collapse.",
-        skip_when="skip_training",
-    )
-    generate = stage_task(
-        "generate", "One cover per (item, segment) on Ray, staged for publish.", args=_generate_args,
-        trigger_rule="none_failed",
-    )  # fmt: skip
-    evaluate = stage_task(
-        "evaluate", "Variants, metrics and intervals; gate: no regression versus the last published run."
-    )
-    publish = stage_task(
-        "publish",
-        "Check the staged manifest, commit it atomically, move the latest pointer.",
-        outlets=[COVERS_MANIFEST],
-    )
-    report = stage_task("report", "The run's HTML report: ablation table, contact sheets, curves.")
-    report(publish(evaluate(generate(finetune(features(rewards(users(validate(extract())))))))))
+    chain(*stages, report)
 
 
 icg_nightly()

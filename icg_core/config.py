@@ -283,10 +283,11 @@ class GenerateConfig(_Section):
     batch_size: int = 16  # (item, segment) rows per actor call; also the sampling batch
     features_batch_size: int = 32  # items per meta-token encoder call in the features stage
     actors: int | None = None  # actor pool size; None = one per GPU (GPU actors) or per CPU
+    min_actors: int | None = None  # smallest pool; None = same as the largest (a fixed pool)
     cpus_per_actor: float = 1.0  # CPUs Ray reserves for each model actor
     gpus_per_actor: float | Literal["auto"] = "auto"  # "auto": 1 when the cluster has GPUs, else 0
     gpu_dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # model dtype on GPU actors
-    max_actor_restarts: int = 3  # a crashed actor is restarted this often; its batches are retried
+    max_actor_restarts: int = 3  # restarts of a crashed actor (its batch retried); one more fails the stage
     items_limit: int | None = None  # only the first N catalog items (by item_id); None = all
     reuse_previous_days: bool = True  # copy an earlier day's cover whose inputs are unchanged
 
@@ -307,6 +308,53 @@ class EvaluateConfig(_Section):
     max_relevance_drop_vs_base: float = 0.1  # relative drop of icg relevance below base that fails the gate
 
 
+# Stages that hold a GPU on a cluster (models on CUDA): they share the Airflow pool operations.gpu_pool.
+GPU_STAGES: tuple[str, ...] = ("bootstrap", "rewards", "features", "finetune", "generate", "evaluate")
+# Stages that run longer than operations.default_timeout_minutes allows (minutes).
+LONG_STAGE_TIMEOUT_MINUTES: dict[str, int] = {
+    "bootstrap": 240,
+    "finetune": 120,
+    "generate": 180,
+    "evaluate": 120,
+}
+
+
+class OperationsConfig(_Section):
+    """How the DAGs run the stages: timeouts, alerts, the GPU pool, logs (pipelines.orchestration)."""
+
+    # minutes a stage may run before Airflow stops it (and its Ray job) and retries; stages not named
+    # here get default_timeout_minutes
+    stage_timeout_minutes: dict[str, int] = Field(default_factory=lambda: dict(LONG_STAGE_TIMEOUT_MINUTES))
+    default_timeout_minutes: int = 60  # timeout of every stage not in stage_timeout_minutes
+    gpu_pool: str = "icg_gpu"  # Airflow pool of the GPU stages (GPU_STAGES): one slot per GPU job at once
+    gpu_pool_slots: int = 1  # slots the project's scripts give that pool (make run, make ui, the tests)
+    publish_deadline_utc: str | None = (
+        "06:00"  # HH:MM after ds's midnight UTC: alert if not published; None = off
+    )
+    notify_webhook_url: str | None = (
+        None  # POSTed {"text": ...} on a failure or missed deadline (Slack-compatible)
+    )
+    notify_timeout_s: float = 10.0  # the webhook call's timeout; a failing webhook is logged, never raised
+    log_format: Literal["text", "json"] = "text"  # stage logs: text lines, or one JSON object per line
+
+    @field_validator("stage_timeout_minutes")
+    @classmethod
+    def _over_the_defaults(cls, value: dict[str, int]) -> dict[str, int]:
+        # Naming one stage keeps the others' defaults (a mapping would otherwise replace them all).
+        return {**LONG_STAGE_TIMEOUT_MINUTES, **value}
+
+    @field_validator("publish_deadline_utc")
+    @classmethod
+    def _hh_mm(cls, value: str | None) -> str | None:
+        if value is not None:
+            dt.time.fromisoformat(value)  # raises ValueError on anything but HH:MM[:SS]
+        return value
+
+    def timeout_minutes(self, stage: str) -> int:
+        """Minutes ``stage`` may run."""
+        return self.stage_timeout_minutes.get(stage, self.default_timeout_minutes)
+
+
 class ICGConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     world: WorldConfig = Field(default_factory=WorldConfig)
@@ -320,6 +368,7 @@ class ICGConfig(_Section):
     guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    operations: OperationsConfig = Field(default_factory=OperationsConfig)
 
     @model_validator(mode="after")
     def _user_width_matches_refiner(self) -> ICGConfig:
@@ -376,18 +425,66 @@ def load_config(
         root: object root overriding ``storage.root`` (the ``--root`` option of every stage).
         environ: environment to read overrides from (defaults to ``os.environ``).
     """
+    return ICGConfig.model_validate(_merged_layers(_layers(path, root, environ)))
+
+
+def _layers(
+    path: str | Path | None, root: str | None, environ: dict[str, str] | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The configured values by layer, lowest first: (where they come from, nested values)."""
     env = dict(os.environ if environ is None else environ)
     path = path or env.get("ICG_CONFIG") or None
-    data: dict[str, Any] = {}
+    layers: list[tuple[str, dict[str, Any]]] = []
     if path:
-        text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(data, dict):
             raise ValueError(f"config {path}: expected a mapping at top level, got {type(data).__name__}")
-    data = _merge(data, env_overrides(env))
+        layers.append((f"file {path}", data))
+    layers.append(("env", env_overrides(env)))
     if root is not None:
-        data = _merge(data, {"storage": {"root": root}})
-    return ICGConfig.model_validate(data)
+        layers.append(("--root", {"storage": {"root": root}}))
+    return layers
+
+
+def _merged_layers(layers: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for _, values in layers:
+        data = _merge(data, values)
+    return data
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"section.field": value}`` (nested mappings recursed)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out |= flatten(value, f"{dotted}.")
+        else:
+            out[dotted] = value
+    return out
+
+
+def explain_config(
+    path: str | Path | None = None, *, root: str | None = None, environ: dict[str, str] | None = None
+) -> list[tuple[str, Any, str]]:
+    """Every effective field with where its value came from, as ``load_config`` resolves them.
+
+    Returns:
+        ``(section.field, value, source)`` rows in the config's order; source is ``default``,
+        ``file <path>``, ``env ICG__SECTION__FIELD`` or ``--root``.
+    """
+    layers = _layers(path, root, environ)
+    effective = flatten(ICGConfig.model_validate(_merged_layers(layers)).model_dump(mode="json"))
+    sources = dict.fromkeys(effective, "default")
+    for where, values in layers:
+        for dotted in flatten(values):
+            for field in effective:
+                if field == dotted or field.startswith(f"{dotted}."):
+                    sources[field] = (
+                        f"env {ENV_PREFIX}{dotted.upper().replace('.', '__')}" if where == "env" else where
+                    )
+    return [(field, value, sources[field]) for field, value in effective.items()]
 
 
 def recipe_digest(*parts: Any, length: int) -> str:

@@ -18,6 +18,7 @@ from pipelines import (
     publish,
     report,
     rewards,
+    show_config,
     users,
     validate,
     world,
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 app.command("world")(world.world)
 app.add_typer(imports.app, name="import")
+app.add_typer(show_config.app, name="config")
 app.command("extract")(extract.extract)
 app.command("validate")(validate.validate)
 app.command("features")(features.features)

@@ -32,7 +32,7 @@ def _train(store: Any, cfg: Any, ds: str, stop_after: int | None) -> dict[str, A
     from icg_core.stages.finetune import run_finetune
     from icg_core.training.stage2 import RelevanceCollapse
 
-    setup_logging()
+    setup_logging(cfg.operations.log_format)
     with torch_threads(cfg.models.cpu_threads):
         try:
             return run_finetune(store, cfg, ds, stop_after=stop_after).to_dict()

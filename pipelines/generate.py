@@ -11,8 +11,10 @@
 
 Resumable: a cover whose fingerprint (item content hash, generator version, centroid, sampling) is
 already written today is kept, and one written on the previous day is copied; ``--force``
-regenerates. A crashed actor is restarted by Ray (``generate.max_actor_restarts``) and its batch
-retried; covers it finished before crashing are kept, not redone.
+regenerates. A crashed actor is restarted by Ray (at most ``generate.max_actor_restarts`` times, then
+the stage fails) and its batch retried; covers it finished before crashing are kept, not redone.
+The pool has ``generate.actors`` actors (default: as many as the cluster holds), or grows from
+``generate.min_actors`` to that many while work waits. The driver logs "N of M covers, ETA" lines.
 
 Test-only fault injection: with ``ICG_FAULT_EXIT_AFTER_COVERS=N`` in the driver's environment, the
 first actor to write N covers exits (``os._exit``) once per day; a marker object per crash records it
@@ -32,15 +34,19 @@ import pyarrow.compute as pc
 import typer
 
 from icg_core.config import ICGConfig
+from icg_core.progress import PROGRESS_EVERY_S, Progress
 from icg_core.runtime import peak_rss_mb
 from pipelines.features import ItemsLimitOpt, VersionOpt
 from pipelines.ray_runtime import (
-    ACTOR_TASKS_IN_FLIGHT,
     BLOCKS_PER_ACTOR,
+    actor_arguments,
     actor_models,
+    actor_pool,
     collect,
+    open_actor,
+    pool_bounds,
     pool_size,
-    set_actor_threads,
+    restart_ledger,
     split_blocks,
     start_actors_before_work,
 )
@@ -49,29 +55,43 @@ from pipelines.runtime import ConfigOpt, DsOpt, JsonOpt, RootOpt, main, open_sta
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "ICG_FAULT_EXIT_AFTER_COVERS"
+# Columns CoverActor adds to the manifest rows: where and how the work ran (for the summary, not the manifest).
+ACTOR_COLUMNS = ("node_id", "actor_id", "actor_restarts", "encoder_calls", "actor_rss_mb", "actor_ready_at")
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Regenerate covers even when a matching one exists.")]
 
 
 class CoverActor:
-    """Loads the generator and the reward models once; writes the covers of each batch of requests."""
+    """Loads the generator and the reward models once; writes the covers of each batch of requests.
+
+    Built from small plain values (:func:`pipelines.ray_runtime.actor_arguments` and
+    :func:`icg_core.stages.generate.writer_fields`), so that Ray can restart it after a crash.
+    """
 
     def __init__(
-        self, store: Any, cfg: ICGConfig, plan: Any, gpus: float, force: bool, fault_after: int
+        self,
+        store: dict[str, Any],
+        config: dict[str, Any],
+        restart_ledger: str,
+        plan: dict[str, Any],
+        gpus: float,
+        force: bool,
+        fault_after: int,
     ) -> None:
         import ray
 
         from icg_core.models.bundle import load_bundle
-        from icg_core.stages.generate import CoverWriter, load_plan_rewards
+        from icg_core.stages.generate import CoverWriter, load_plan_rewards, writer_plan
 
-        set_actor_threads(cfg)
-        self.store, self.plan, self.fault_after = store, plan, fault_after
-        bundle = load_bundle(store, actor_models(cfg, gpus), plan.generator_version)
-        rewards = load_plan_rewards(store, plan)
+        self.store, cfg, self.restarts = open_actor(store, config, restart_ledger)
+        self.plan, self.fault_after = writer_plan(self.store, plan), fault_after
+        bundle = load_bundle(self.store, actor_models(cfg, gpus), self.plan.generator_version)
+        rewards = load_plan_rewards(self.store, self.plan)
         self.writer = CoverWriter(
-            store, bundle, rewards, plan, force, self._inject_fault if fault_after else None
+            self.store, bundle, rewards, self.plan, force, self._inject_fault if fault_after else None
         )
-        self.node_id = ray.get_runtime_context().get_node_id()
+        context = ray.get_runtime_context()
+        self.node_id, self.actor_id = context.get_node_id(), context.get_actor_id()
         self.ready_at = time.time()  # wall clock: start-up is reported apart from throughput
 
     def _inject_fault(self, generated: int) -> None:
@@ -90,6 +110,8 @@ class CoverActor:
         first = [1] + [0] * (rows - 1)  # batch-level values on the first row only, so sums total them
         return (
             out.append_column("node_id", pa.array([self.node_id] * rows, pa.string()))
+            .append_column("actor_id", pa.array([self.actor_id] * rows, pa.string()))
+            .append_column("actor_restarts", pa.array([self.restarts] * rows, pa.int64()))
             .append_column(
                 "encoder_calls",
                 pa.array([(self.writer.counts.encoder_calls - calls) * f for f in first], pa.int64()),
@@ -114,60 +136,65 @@ def run_generate(
     items_limit: int | None = None,
     version: str | None = None,
     force: bool = False,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> dict[str, Any]:
     """Generate and stage the covers of ``ds`` on Ray; see the module docstring.
 
+    Args:
+        progress_every_s: least seconds between two "N of M covers, ETA" log lines.
+
     Returns:
         The summary: rows, generated / kept / copied counts, encoder calls (expected 0: features are
-        cached per item), actors, nodes used, peak RSS of driver and actors, Ray start-up, throughput.
+        cached per item), actors (largest and smallest pool), actors restarted after a crash, nodes
+        used, peak RSS of driver and actors, Ray start-up, throughput.
 
     Raises:
         GenerateInputError / StorageError: bad inputs, before any worker starts; nothing is staged.
     """
-    import ray
     import ray.data
 
-    from icg_core.stages.generate import commit_manifest, plan_generation
+    from icg_core.stages.generate import commit_manifest, plan_generation, writer_fields
     from pipelines.ray_runtime import gpus_per_actor, ray_session
 
     started = time.perf_counter()
     plan = plan_generation(store, cfg, ds, items_limit=items_limit, version=version)
     fault_after = int(os.environ.get(FAULT_ENV) or 0)
-    actor_plan = dataclasses.replace(plan, items=plan.items.slice(0, 0))  # actors need no item list
-    with ray_session() as session:
-        gpus = gpus_per_actor(cfg.generate.gpus_per_actor, session.gpus)
-        actors = pool_size(cfg.generate, session.cpus, session.gpus, gpus, plan.rows)
+    with ray_session() as session, restart_ledger() as ledger:
+        gpus = gpus_per_actor(cfg.generate.gpus_per_actor, session.gpus, device=cfg.models.device)
+        largest = pool_size(cfg.generate, session.cpus, session.gpus, gpus, plan.rows)
+        smallest, largest = pool_bounds(cfg.generate, largest)
         # Requests are expanded here, so every block is ready when the pool starts and each actor
         # (node) gets work at once; expanded by Ray tasks, blocks trickled in and the first ready
         # actor could take them all. The table is ids only (actors read images and features).
         blocks = [
             expand_segments(block, plan.segment_ids)
-            for block in split_blocks(plan.items, actors * BLOCKS_PER_ACTOR)
+            for block in split_blocks(plan.items, largest * BLOCKS_PER_ACTOR)
         ]
         start_actors_before_work()
+        progress = Progress(f"generate ds={ds}", plan.rows, "covers", progress_every_s)
         generating, generating_wall = time.perf_counter(), time.time()
-        rows = collect(
-            ray.data.from_arrow(blocks)
-            .map_batches(
-                CoverActor,
-                fn_constructor_kwargs={
-                    "store": store, "cfg": cfg, "plan": actor_plan, "gpus": gpus, "force": force, "fault_after": fault_after,
-                },
-                batch_size=cfg.generate.batch_size,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=ACTOR_TASKS_IN_FLIGHT),
-                num_cpus=cfg.generate.cpus_per_actor,
-                num_gpus=gpus,
-                max_restarts=cfg.generate.max_actor_restarts,
-            )
+        covers = ray.data.from_arrow(blocks).map_batches(
+            CoverActor,
+            fn_constructor_kwargs={
+                **actor_arguments(store, cfg, ledger),
+                "plan": writer_fields(plan), "gpus": gpus, "force": force, "fault_after": fault_after,
+            },
+            batch_size=cfg.generate.batch_size,
+            batch_format="pyarrow",
+            compute=actor_pool(smallest, largest),
+            num_cpus=cfg.generate.cpus_per_actor,
+            num_gpus=gpus,
         )  # fmt: skip
+        rows = collect(covers, progress.add)
+        progress.finish()
         ray_seconds = time.perf_counter() - generating
         finished_wall = time.time()
         init_seconds = session.init_seconds
-    extra = {"actors": actors, "gpus_per_actor": gpus, "ray_init_seconds": round(init_seconds, 2)}
+    extra = {"actors": largest, "min_actors": smallest, "gpus_per_actor": gpus}
+    extra |= {"ray_init_seconds": round(init_seconds, 2)}
     extra |= _placement_facts(rows, ray_seconds, generating_wall, finished_wall)
     encoder_calls = int(pc.sum(rows.column("encoder_calls")).as_py())
-    manifest = rows.drop_columns(["node_id", "encoder_calls", "actor_rss_mb", "actor_ready_at"]).sort_by(
+    manifest = rows.drop_columns(list(ACTOR_COLUMNS)).sort_by(
         [("item_id", "ascending"), ("segment_id", "ascending")]
     )
     summary = commit_manifest(
@@ -185,6 +212,9 @@ def _placement_facts(
     steady_seconds = finished_wall - first_ready
     return {
         "nodes": sorted(set(rows.column("node_id").to_pylist())),
+        "restarted_actors": len(
+            set(rows.filter(pc.greater(rows.column("actor_restarts"), 0))["actor_id"].to_pylist())
+        ),
         "ray_seconds": round(ray_seconds, 2),
         "covers_per_second": round(rows.num_rows / ray_seconds, 2) if ray_seconds > 0 else None,
         "actor_startup_seconds": round(first_ready - started_wall, 2),

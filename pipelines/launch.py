@@ -6,7 +6,12 @@ This is what an orchestrator (the Airflow DAGs) calls. Both ways run exactly the
 - locally (no Ray address): a child process, so the orchestrator's own process never imports torch
   or holds a model; its output is streamed into the caller's log;
 - on a cluster (``ray_address`` given, e.g. ``http://ray-head:8265``): submitted with the Ray Jobs API
-  (``JobSubmissionClient``), followed until it ends, its logs copied into the caller's log.
+  (``JobSubmissionClient``), its log followed while it runs (``tail_job_logs``).
+
+Either way the stage's log lines reach the caller's log as they are written, at the level the stage
+logged them at (the launcher asks the stage for JSON log lines, ``operations.log_format``), and a
+launched stage can be stopped from another place (:meth:`LaunchedStage.stop`: an Airflow task's
+``on_kill``, a timeout): the local process group is terminated, the Ray job stopped.
 
 Exit status 2 means the stage *refused* (bad input, a failed gate): retrying cannot help, so it is
 raised as :class:`StageRefused`; anything else that fails is :class:`StageCrashed` (worth a retry).
@@ -20,27 +25,40 @@ own examples): the orchestrator's path means nothing on another machine. ``ICG_R
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
 REFUSED_EXIT_CODE = 2
 JOB_PYTHON_ENV = "ICG_RAY_JOB_PYTHON"
 TAIL_LINES = 60  # output lines kept for the exception message and StageRun.output_tail
+STOP_GRACE_S = 20.0  # a stopped local stage gets this long after SIGTERM before SIGKILL
+# The stage writes one JSON object per log line, so its levels survive the trip into our log.
+CHILD_LOG_ENV = {"ICG__OPERATIONS__LOG_FORMAT": "json"}
+# Ray prefixes what its workers print with "(task_or_actor pid=N[, ip=A]) ", often in colour.
+RAY_WORKER_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)*\([^)]*pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)* ")
+TEXT_LOG_LINE = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): (.*)$")
 
 
 class StageCrashed(RuntimeError):
-    """The stage failed unexpectedly (a crash, a lost worker): a retry may succeed."""
+    """The stage failed unexpectedly (a crash, a lost worker, a timeout): a retry may succeed."""
 
 
 class StageRefused(RuntimeError):
@@ -66,6 +84,26 @@ def stage_command(
     if config:
         command += ["--config", config]
     return command + list(args)
+
+
+def check_ray_address(address: str) -> str:
+    """``address`` if it is a Ray dashboard URL (``http(s)://host[:port]``), the Jobs API's address.
+
+    Raises:
+        ValueError: anything else, with what was expected (``ray://`` and ``host:6379`` are the
+            client and GCS addresses, which the Jobs API does not serve).
+    """
+    parts = urlsplit(address)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(
+            f"ray_address must be the Ray dashboard's HTTP address, e.g. http://ray-head:8265, got "
+            f"{address!r} (the Jobs API is served by the dashboard, not by ray:// or the GCS port)"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError as exc:
+        raise ValueError(f"ray_address {address!r}: {exc}") from None
+    return address
 
 
 def run_stage(
@@ -97,96 +135,253 @@ def run_stage(
         StageRefused: the stage exited with status 2 (its message is in the exception).
         StageCrashed: any other failure.
     """
+    launched = start_stage(
+        stage, ds=ds, root=root, config=config, args=args, ray_address=ray_address, env=env, job_python=job_python
+    )  # fmt: skip
+    return launched.wait(timeout_s)
+
+
+def start_stage(
+    stage: str,
+    *,
+    ds: str,
+    root: str | None = None,
+    config: str | None = None,
+    args: Sequence[str] = (),
+    ray_address: str | None = None,
+    env: dict[str, str] | None = None,
+    job_python: str | None = None,
+) -> LaunchedStage:
+    """Start ``pipelines.<stage>`` for ``ds`` (arguments as :func:`run_stage`) without waiting for it."""
     argv = stage_command(stage, ds=ds, root=root, config=config, args=args)
+    env = {**CHILD_LOG_ENV, **(env or {})}
     if ray_address:
         python = job_python or os.environ.get(JOB_PYTHON_ENV) or "python"
-        return _run_ray_job(stage, ds, [python, *argv], ray_address, env or {}, timeout_s)
-    return _run_local(stage, ds, argv, env, timeout_s)
+        return RayJobStage.submit(stage, ds, [python, *argv], check_ray_address(ray_address), env)
+    return LocalStage.start(stage, ds, [sys.executable, *argv], env)
 
 
-def _run_local(
-    stage: str, ds: str, argv: list[str], env: dict[str, str] | None, timeout_s: float | None
-) -> StageRun:
-    started = time.monotonic()
-    command = [sys.executable, *argv]
-    log.info("stage=%s ds=%s launching locally: %s", stage, ds, shlex.join(command))
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
+class LineRelay:
+    """Copies a stage's output lines into this process's log at the level the stage gave them.
 
-    def pump() -> None:
-        # A thread, so the timeout holds even while the stage prints nothing.
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.info("[%s] %s", stage, line.rstrip())
-            tail.append(line.rstrip("\n"))
+    JSON lines (the stage's own log records) keep their level and logger; a traceback and an
+    ``error: ...`` line are errors; any other line (a summary, a progress bar) is info.
+    """
 
-    reader = threading.Thread(target=pump, name=f"stage-{stage}-output", daemon=True)
-    reader.start()
-    try:
-        code = process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise StageCrashed(f"stage {stage} ds={ds} ran past {timeout_s}s and was stopped") from None
-    finally:
-        reader.join(timeout=10)
-    return _finish(stage, ds, "local", code, "\n".join(tail), started)
+    def __init__(self, stage: str, where: str) -> None:
+        self.stage, self.where = stage, where
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._in_traceback = False
+        self._partial = ""
+
+    def feed(self, chunk: str) -> None:
+        """Relay every complete line of ``chunk`` (a partial last line waits for the next chunk)."""
+        lines = (self._partial + chunk).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self.line(line)
+
+    def flush(self) -> None:
+        if self._partial:
+            self.line(self._partial)
+            self._partial = ""
+
+    def line(self, raw: str) -> None:
+        text = RAY_WORKER_PREFIX.sub("", raw.rstrip("\r\n"))
+        level, name, message = self._parse(text)
+        log.log(level, "[%s %s] %s%s", self.stage, self.where, f"{name}: " if name else "", message)
+        self.tail.append(message if name else text)
+
+    def _parse(self, text: str) -> tuple[int, str, str]:
+        if text.startswith("{"):
+            try:
+                record = json.loads(text)
+                level = logging.getLevelName(str(record["level"]).upper())
+                message = str(record["message"]) + (
+                    f"\n{record['exc_info']}" if record.get("exc_info") else ""
+                )
+                return (
+                    (level if isinstance(level, int) else logging.INFO),
+                    str(record.get("logger", "")),
+                    message,
+                )
+            except (ValueError, KeyError, TypeError):
+                pass
+        matched = TEXT_LOG_LINE.match(text)
+        if matched:
+            return int(logging.getLevelName(matched.group(1))), matched.group(2), matched.group(3)
+        if text.startswith("Traceback (most recent call last)"):
+            self._in_traceback = True
+        elif self._in_traceback and text and not text.startswith(" "):
+            self._in_traceback = False
+            return logging.ERROR, "", text  # the exception line closes the traceback
+        return (logging.ERROR if self._in_traceback or text.startswith("error:") else logging.INFO), "", text
 
 
-def _run_ray_job(
-    stage: str, ds: str, command: list[str], address: str, env: dict[str, str], timeout_s: float | None
-) -> StageRun:
-    from ray.job_submission import JobStatus, JobSubmissionClient
+@dataclass
+class LaunchedStage(ABC):
+    """A stage started by :func:`start_stage`: wait for it, or stop it from elsewhere."""
 
-    started = time.monotonic()
-    client = JobSubmissionClient(address)
-    entrypoint = shlex.join(command)
-    submission_id = f"icg-{stage}-{ds}-{uuid.uuid4().hex[:8]}"
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        submission_id=submission_id,
-        runtime_env={"env_vars": env} if env else None,
-        metadata={"stage": stage, "ds": ds},
-    )
-    log.info("stage=%s ds=%s submitted Ray job %s to %s: %s", stage, ds, job_id, address, entrypoint)
-    while True:
-        status = client.get_job_status(job_id)
-        if status.is_terminal():
-            break
-        if timeout_s is not None and time.monotonic() - started > timeout_s:
-            client.stop_job(job_id)
+    stage: str
+    ds: str
+    where: str
+    started: float = field(default_factory=time.monotonic)
+    stopped_because: str | None = None
+
+    def wait(self, timeout_s: float | None = None) -> StageRun:
+        """Block until the stage ends (or ``timeout_s`` passes: then stop it and raise StageCrashed)."""
+        code, tail = self._wait(timeout_s)
+        if code is None:
+            self.stop(f"ran past {timeout_s}s")
             raise StageCrashed(
-                f"Ray job {job_id} (stage {stage} ds={ds}) ran past {timeout_s}s and was stopped"
+                f"stage {self.stage} ds={self.ds} ({self.where}) ran past {timeout_s}s and was stopped"
             )
-        time.sleep(1.0)
-    logs = client.get_job_logs(job_id)
-    for line in logs.splitlines():
-        log.info("[%s %s] %s", stage, job_id, line)
-    info = client.get_job_info(job_id)
-    if status == JobStatus.SUCCEEDED:
-        code = 0
-    elif info.driver_exit_code is not None:
-        code = info.driver_exit_code
-    else:
+        if self.stopped_because:
+            raise StageCrashed(
+                f"stage {self.stage} ds={self.ds} ({self.where}) stopped: {self.stopped_because}"
+            )
+        return _finish(self.stage, self.ds, self.where, code, tail, self.started)
+
+    def stop(self, reason: str = "stopped by the caller") -> None:
+        """Stop the stage (idempotent); a waiting :meth:`wait` then raises StageCrashed."""
+        if self.stopped_because is None:
+            self.stopped_because = reason
+            log.warning("stage=%s ds=%s stopping %s: %s", self.stage, self.ds, self.where, reason)
+            self._stop()
+
+    @abstractmethod
+    def _wait(self, timeout_s: float | None) -> tuple[int | None, str]:
+        """(exit status, output tail) once the stage ended; (None, "") when ``timeout_s`` passed first."""
+
+    @abstractmethod
+    def _stop(self) -> None:
+        """Stop the running stage and return once it is stopped (or stopping cannot be done)."""
+
+
+@dataclass
+class LocalStage(LaunchedStage):
+    """A stage running as a child process of this one, in its own process group."""
+
+    process: subprocess.Popen | None = None
+    relay: LineRelay | None = None
+    reader: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, stage: str, ds: str, command: list[str], env: dict[str, str]) -> LocalStage:
+        log.info("stage=%s ds=%s launching locally: %s", stage, ds, shlex.join(command))
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **env},
+            start_new_session=True,  # its own process group: stop() reaches local Ray's workers too
+        )
+        relay = LineRelay(stage, "local")
+        launched = cls(stage, ds, "local", process=process, relay=relay)
+        # A thread, so the timeout holds even while the stage prints nothing.
+        launched.reader = threading.Thread(target=launched._pump, name=f"stage-{stage}-output", daemon=True)
+        launched.reader.start()
+        return launched
+
+    def _pump(self) -> None:
+        assert self.process is not None and self.process.stdout is not None and self.relay is not None
+        for line in self.process.stdout:
+            self.relay.line(line)
+
+    def _wait(self, timeout_s: float | None) -> tuple[int | None, str]:
+        assert self.process is not None and self.relay is not None and self.reader is not None
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None, ""
+        self.reader.join(timeout=10)
+        return code, "\n".join(self.relay.tail)
+
+    def _stop(self) -> None:
+        assert self.process is not None
+        _signal_group(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass  # already gone
+
+
+@dataclass
+class RayJobStage(LaunchedStage):
+    """A stage running as a Ray job, submitted through the cluster's Jobs API."""
+
+    client: Any = None  # ray.job_submission.JobSubmissionClient
+
+    @classmethod
+    def submit(
+        cls, stage: str, ds: str, command: list[str], address: str, env: dict[str, str]
+    ) -> RayJobStage:
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(address)
+        entrypoint = shlex.join(command)
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=f"icg-{stage}-{ds}-{uuid.uuid4().hex[:8]}",
+            runtime_env={"env_vars": env} if env else None,
+            metadata={"stage": stage, "ds": ds},
+        )
+        log.info("stage=%s ds=%s submitted Ray job %s to %s: %s", stage, ds, job_id, address, entrypoint)
+        return cls(stage, ds, job_id, client=client)
+
+    def _wait(self, timeout_s: float | None) -> tuple[int | None, str]:
+        relay = LineRelay(self.stage, self.where)
+        try:
+            asyncio.run(asyncio.wait_for(self._follow(relay.feed), timeout_s))
+        except TimeoutError:
+            return None, ""
+        relay.flush()
+        status = self._terminal_status()
+        return self._exit_code(status, relay), "\n".join(relay.tail)
+
+    async def _follow(self, feed: Callable[[str], None]) -> None:
+        # The stream ends when the job does; a dropped connection is not the job's end, so the
+        # status poll in _terminal_status decides.
+        try:
+            async for chunk in self.client.tail_job_logs(self.where):
+                feed(chunk)
+        except RuntimeError as exc:
+            log.warning("stage=%s Ray job %s: log stream ended early: %s", self.stage, self.where, exc)
+
+    def _terminal_status(self) -> Any:
+        while True:
+            status = self.client.get_job_status(self.where)
+            if status.is_terminal():
+                return status
+            time.sleep(2.0)
+
+    def _exit_code(self, status: Any, relay: LineRelay) -> int:
+        from ray.job_submission import JobStatus
+
+        if status == JobStatus.SUCCEEDED:
+            return 0
+        info = self.client.get_job_info(self.where)
+        if info.driver_exit_code is not None:
+            return int(info.driver_exit_code)
         # No driver exit status: the job never ran its entrypoint (runtime env setup failed, the job
         # was stopped, the supervisor died). Not a refusal: report Ray's message as a crash.
-        log.warning(
-            "stage=%s ds=%s Ray job %s ended %s without an exit status: %s",
-            stage,
-            ds,
-            job_id,
-            status,
-            info.message,
-        )
-        logs = f"{logs}\nRay job {job_id} {status}: {info.message}"
-        code = 1
-    return _finish(stage, ds, job_id, code, "\n".join(logs.splitlines()[-TAIL_LINES:]), started)
+        relay.line(f"error: Ray job {self.where} ended {status} without an exit status: {info.message}")
+        return 1
+
+    def _stop(self) -> None:
+        try:
+            self.client.stop_job(self.where)
+        except Exception as exc:  # noqa: BLE001 - stopping is best effort; the job's own timeout remains
+            log.error("stage=%s could not stop Ray job %s: %s", self.stage, self.where, exc)
 
 
 def _finish(stage: str, ds: str, where: str, code: int, tail: str, started: float) -> StageRun:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,12 +26,13 @@ import pyarrow as pa
 
 if TYPE_CHECKING:
     from icg_core.config import GenerateConfig, ICGConfig, ModelsConfig
+    from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 AUTO_GPUS = "auto"
 BLOCKS_PER_ACTOR = 4  # input blocks per actor: enough to keep every actor busy and balance the tail
-ACTOR_START_TIMEOUT_S = 600  # the pool waits for all its actors (models loaded) before taking work
+ACTOR_START_TIMEOUT_S = 600  # the pool waits this long for its first (smallest pool) actors to load models
 # One batch queued per actor: batches take seconds, so a deeper queue only lets the first actor
 # hoard the work of a small day while the others sit idle.
 ACTOR_TASKS_IN_FLIGHT = 1
@@ -130,7 +132,7 @@ def _describe(address: str, *, local: bool, init_seconds: float) -> RaySession:
     return session
 
 
-def gpus_per_actor(requested: float | str | None, cluster_gpus: float) -> float:
+def gpus_per_actor(requested: float | str | None, cluster_gpus: float, *, device: str = "cpu") -> float:
     """GPUs each model actor asks Ray for, from the config value.
 
     Args:
@@ -138,11 +140,20 @@ def gpus_per_actor(requested: float | str | None, cluster_gpus: float) -> float:
             A number is used as given (0 forces CPU; fractions share a GPU between actors), even when
             no GPU is visible now, since an autoscaling cluster adds GPU nodes on demand.
         cluster_gpus: GPUs the cluster has now (:attr:`RaySession.gpus`).
+        device: ``models.device``. A config that asks for CUDA never falls back to CPU actors:
+            ``"auto"`` finding no GPU is an error, not a night of covers on idle GPUs' CPUs.
 
     Raises:
         ValueError: a negative number or an unknown word.
+        RuntimeError: ``models.device`` is CUDA, ``requested`` is ``"auto"`` and the cluster has no GPU now.
     """
     if requested is None or requested == AUTO_GPUS:
+        if cluster_gpus < 1 and device.startswith("cuda"):
+            raise RuntimeError(
+                f"models.device is {device!r} but the Ray cluster has no GPU now and generate.gpus_per_actor is "
+                f"{AUTO_GPUS!r}: set generate.gpus_per_actor: 1 so actors wait for the autoscaler's GPU "
+                "nodes (configs/cluster.example.yaml), or models.device: cpu to run on CPUs"
+            )
         return 1.0 if cluster_gpus >= 1 else 0.0
     if isinstance(requested, str):
         raise ValueError(f"num_gpus per actor must be a number or {AUTO_GPUS!r}, got {requested!r}")
@@ -206,6 +217,38 @@ def pool_size(gen: GenerateConfig, cluster_cpus: float, cluster_gpus: float, gpu
     return max(1, min(size, rows))
 
 
+def pool_bounds(gen: GenerateConfig, largest: int) -> tuple[int, int]:
+    """(smallest, largest) pool: from ``generate.min_actors`` (at most ``largest``) to ``largest``.
+
+    Args:
+        gen: the ``generate`` section; ``min_actors`` None makes a fixed pool of ``largest`` actors.
+        largest: the largest pool (:func:`pool_size`).
+
+    Raises:
+        ValueError: ``min_actors`` below 1.
+    """
+    if gen.min_actors is None:
+        return largest, largest
+    if gen.min_actors < 1:
+        raise ValueError(f"generate.min_actors must be >= 1 or null, got {gen.min_actors}")
+    return min(gen.min_actors, largest), largest
+
+
+def actor_pool(smallest: int, largest: int) -> Any:
+    """The Ray Data compute strategy of a model actor pool: ``smallest`` to ``largest`` actors, one batch each.
+
+    The pool starts ``smallest`` actors and work waits until they are ready
+    (:func:`start_actors_before_work`); while batches wait and the cluster has room, Ray Data adds
+    actors up to ``largest``, and it gives idle ones back down to ``smallest``. Equal bounds make
+    a fixed pool, all of whose actors start before the first batch.
+    """
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(
+        min_size=smallest, max_size=largest, max_tasks_in_flight_per_actor=ACTOR_TASKS_IN_FLIGHT
+    )
+
+
 def split_blocks(table: pa.Table, blocks: int) -> list[pa.Table]:
     """``table`` cut into ``blocks`` contiguous slices (Ray Data gives each block to one task at a time)."""
     blocks = max(1, min(blocks, table.num_rows))
@@ -214,21 +257,132 @@ def split_blocks(table: pa.Table, blocks: int) -> list[pa.Table]:
 
 
 def start_actors_before_work() -> None:
-    """Make actor pools wait until every actor has loaded its models before any batch is dispatched.
+    """Make actor pools wait until their first actors (the pool's smallest size) have loaded their models.
 
     Ray Data otherwise hands batches to the first actor that is ready; with models that take seconds
     to load, that one actor (one node) can finish a small day alone while the others still start.
-    Actor locality is off too: blocks are a few rows of ids (actors read images and features from
-    the store), and locality would send every block made by the driver to the driver's node.
+    Where blocks go among the ready actors is Ray Data's choice (it prefers an idle actor on the
+    node that holds the block); with one batch in flight per actor, it is always an idle one.
     """
     import ray.data
 
-    context = ray.data.DataContext.get_current()
-    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-    context.execution_options.actor_locality_enabled = False
+    ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
 
 
-def collect(dataset: Any) -> pa.Table:
-    """Stream a Ray dataset's output batches into one table in the driver."""
-    parts = [batch for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow")]
+# ------------------------------------------------------------------ what a pool actor is built from
+def store_settings(store: ObjectStore) -> dict[str, Any]:
+    """The constructor settings of ``store`` (root, S3 endpoint and region): :func:`open_actor` reopens it."""
+    return {"root": store.root, "s3_endpoint_url": store.s3_endpoint_url, "s3_region": store.s3_region}
+
+
+def actor_arguments(store: ObjectStore, cfg: ICGConfig, restart_ledger: str) -> dict[str, Any]:
+    """The constructor arguments every model actor gets: small plain values, rebuilt by :func:`open_actor`.
+
+    Ray restarts a crashed actor with its original arguments; plain values (no store object, no
+    config object, no tables) are a few kilobytes, so they are cheap to keep and to send again.
+    """
+    return {
+        "store": store_settings(store),
+        "config": cfg.model_dump(mode="json"),
+        "restart_ledger": restart_ledger,
+    }
+
+
+def open_actor(
+    store: dict[str, Any], config: dict[str, Any], restart_ledger: str
+) -> tuple[ObjectStore, ICGConfig, int]:
+    """In a model actor's constructor: check its restarts, rebuild store and config, set torch threads.
+
+    Args:
+        store, config, restart_ledger: what :func:`actor_arguments` made.
+
+    Returns:
+        (store, config, restarts of this actor so far).
+
+    Raises:
+        ActorRestartsExhausted: the actor was restarted more than ``generate.max_actor_restarts`` times.
+    """
+    from icg_core.config import ICGConfig
+    from icg_core.storage import ObjectStore
+
+    cfg = ICGConfig.model_validate(config)
+    restarts = check_restarts(restart_ledger, cfg.generate.max_actor_restarts)
+    set_actor_threads(cfg)
+    return ObjectStore(**store), cfg, restarts
+
+
+class ActorRestartsExhausted(RuntimeError):
+    """A pool actor crashed more often than ``generate.max_actor_restarts`` allows: the stage fails."""
+
+
+class RestartLedger:
+    """How often each actor of a pool started (a named Ray actor, one per stage run).
+
+    Ray restarts a crashed actor under the same actor id, so every start after an id's first is a restart.
+    """
+
+    def __init__(self) -> None:
+        self.starts: dict[str, int] = {}
+
+    def started(self, actor_id: str) -> int:
+        """Count one start of ``actor_id``; return its restarts so far (0 on its first start)."""
+        self.starts[actor_id] = self.starts.get(actor_id, 0) + 1
+        return self.starts[actor_id] - 1
+
+
+@contextmanager
+def restart_ledger() -> Iterator[str]:
+    """A :class:`RestartLedger` for the ``with`` block (inside a :func:`ray_session`); yields its name."""
+    import ray
+
+    name = f"icg-restarts-{uuid.uuid4().hex[:12]}"
+    ledger = ray.remote(num_cpus=0)(RestartLedger).options(name=name).remote()
+    try:
+        yield name
+    finally:
+        ray.kill(ledger)
+
+
+def check_restarts(ledger: str, max_restarts: int) -> int:
+    """In a pool actor's constructor: record its start; its restarts so far must be within ``max_restarts``.
+
+    Ray Data restarts a crashed pool actor without limit and retries its batch on it; this bounds
+    the restarts, so an actor that crashes on every batch fails the stage instead of looping.
+
+    Args:
+        ledger: the name of the run's :class:`RestartLedger` (:func:`restart_ledger`).
+        max_restarts: ``generate.max_actor_restarts``.
+
+    Returns:
+        The actor's restarts so far (0 on its first start).
+
+    Raises:
+        ActorRestartsExhausted: the actor was restarted more than ``max_restarts`` times.
+    """
+    import ray
+
+    actor_id = ray.get_runtime_context().get_actor_id()
+    restarts = int(ray.get(ray.get_actor(ledger).started.remote(actor_id)))
+    if restarts > max_restarts:
+        raise ActorRestartsExhausted(
+            f"actor {actor_id} crashed {restarts} times; generate.max_actor_restarts={max_restarts}"
+        )
+    if restarts:
+        log.warning("actor %s restarted after a crash (%d of %d restarts)", actor_id, restarts, max_restarts)
+    return restarts
+
+
+# ------------------------------------------------------------------ output and progress
+def collect(dataset: Any, on_rows: Callable[[int], object] | None = None) -> pa.Table:
+    """Stream a Ray dataset's output batches into one table in the driver.
+
+    Args:
+        dataset: the Ray dataset.
+        on_rows: called with each batch's row count as it arrives (e.g. :meth:`Progress.add`).
+    """
+    parts = []
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        parts.append(batch)
+        if on_rows is not None:
+            on_rows(batch.num_rows)
     return pa.concat_tables(parts) if parts else pa.table({})

@@ -37,7 +37,7 @@ def _train(store: Any, cfg: Any, ds: str) -> dict[str, Any]:
     from icg_core.runtime import torch_threads
     from icg_core.stages.rewards import PreferenceGateError, run_rewards
 
-    setup_logging()
+    setup_logging(cfg.operations.log_format)
     with torch_threads(cfg.models.cpu_threads):
         try:
             return run_rewards(store, cfg, ds)

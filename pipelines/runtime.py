@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -59,17 +60,44 @@ class StageFailed(RuntimeError):
     """A stage refused to go on (bad input, failed gate). Its message says why."""
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-        )
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: ``ts``, ``level``, ``logger``, ``message`` (+ ``exc_info``).
+
+    For log collectors, and for the launcher, which relays each line at its own level.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(log_format: str = "text", level: int = logging.INFO) -> None:
+    """Log to stderr as text lines or JSON lines (``operations.log_format``); once per process."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        formatter: logging.Formatter = JsonLogFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def open_stage(stage: str, config: Path | None, root: str | None) -> tuple[ICGConfig, ObjectStore]:
     """Load the config and open the object store for a stage, logging where it runs."""
-    setup_logging()
     cfg = load_config(config, root=root)
+    setup_logging(cfg.operations.log_format)
     store = ObjectStore.from_config(cfg.storage)
     log.info("stage=%s root=%s", stage, store.root)
     return cfg, store

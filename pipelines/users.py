@@ -27,7 +27,7 @@ def _train(store: Any, cfg: Any, ds: str) -> dict[str, Any]:
     from icg_core.runtime import torch_threads
     from icg_core.stages.users import run_users
 
-    setup_logging()
+    setup_logging(cfg.operations.log_format)
     with torch_threads(cfg.models.cpu_threads):
         return dataclasses.asdict(run_users(store, ds, cfg.users))
 

@@ -15,6 +15,7 @@ RANKS = {
     "icg_core.storage": 1,
     "icg_core.layout": 2,
     "icg_core.runtime": 2,
+    "icg_core.progress": 0,
     "icg_core.data.images": 2,
     "icg_core.data": 3,  # importers
     "icg_core.world": 3,
@@ -30,6 +31,9 @@ FORBIDDEN = {  # tree -> top-level packages it must never import
     "icg_core": {"pipelines", "dags", "airflow", "ray"},
     "pipelines": {"dags", "airflow"},
 }
+# The one module of pipelines that is Airflow's side (the DAGs' operator and alerts, installed with
+# the package so the DAGs folder alone is enough); no stage or CLI module may import it.
+AIRFLOW_SIDE = "pipelines/orchestration.py"
 
 
 def _module(path: Path) -> str:
@@ -135,8 +139,9 @@ def test_trees_import_nothing_above_them(tree: str) -> None:
     offenders = [
         f"{path.relative_to(REPO)}: {module}"
         for path in sorted((REPO / tree).rglob("*.py"))
+        if str(path.relative_to(REPO)) != AIRFLOW_SIDE
         for module in imports_of(path)
-        if module.split(".")[0] in FORBIDDEN[tree]
+        if module.split(".")[0] in FORBIDDEN[tree] or module == "pipelines.orchestration"
     ]
     assert offenders == []
 

@@ -33,6 +33,7 @@ from icg_core import layout
 from icg_core.data.images import read_images
 from icg_core.models.bundle import ICGBundle
 from icg_core.models.generator import seed_for
+from icg_core.progress import Progress
 from icg_core.rewards.common import RewardFn
 from icg_core.serving.features import compute_item_features, load_features
 from icg_core.serving.policy import BASE, CoverPolicy, CoverRewards, Sampling, base_seed
@@ -205,6 +206,9 @@ def generate_covers(
     rows = torch.arange(len(items)).repeat_interleave(n_segments)
     started = time.perf_counter()
     fallbacks = None
+    progress = Progress(
+        f"stage=evaluate {'icg' if personalized else 'base'} {bundle.version}", len(rows), "covers"
+    )
     if personalized:
         policy = CoverPolicy(bundle, sampling, rewards)
         users = torch.from_numpy(np.tile(segments.centroids, (len(items), 1))).float()
@@ -224,16 +228,25 @@ def generate_covers(
             )
             chunks.append(made.images)
             fallbacks += made.source.count(BASE)
+            progress.add(len(item_rows))
         images = np.concatenate(chunks)
     else:
-        images = bundle.generate(
-            items.features[rows],
-            list(seeds),
-            steps=sampling.steps,
-            guidance_scale=sampling.guidance_scale,
-            scheduler=sampling.scheduler,
-            batch_size=batch_size,
-        )
+        chunks = []
+        for start in range(0, len(rows), batch_size):  # the batches generate() makes, one at a time
+            part = slice(start, start + batch_size)
+            chunks.append(
+                bundle.generate(
+                    items.features[rows[part]],
+                    list(seeds[part]),
+                    steps=sampling.steps,
+                    guidance_scale=sampling.guidance_scale,
+                    scheduler=sampling.scheduler,
+                    batch_size=batch_size,
+                )
+            )
+            progress.add(len(chunks[-1]))
+        images = np.concatenate(chunks)
+    progress.finish()
     seconds = time.perf_counter() - started
     log.info("stage=evaluate generated %d covers with %s in %.1fs (fallbacks=%s)",
              len(images), bundle.version, seconds, fallbacks)  # fmt: skip

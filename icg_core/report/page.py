@@ -582,6 +582,7 @@ table.metrics td{text-align:right;font-variant-numeric:tabular-nums;white-space:
 th.group{text-align:center!important;border-bottom:1px solid #c9ced8}td.best{background:#e3f1e5;font-weight:700}
 .muted{color:#8a93a3;font-weight:400}.ci{display:block;font-size:11.5px;color:#5a6372;font-weight:400}
 .key{display:block;font:11px ui-monospace,"DejaVu Sans Mono",monospace;color:#8a93a3;font-weight:400}
+section.failed pre{white-space:pre-wrap;font-size:12px;background:#fbeeee;padding:6px}
 .fail{display:block;font-size:12px;font-weight:400;white-space:normal}
 table.kv th,table.kv td{padding:2px 8px}table.kv th{font-weight:500;color:#5a6372;padding-left:0}
 table.sizes td.num{text-align:right}table.sizes td.barcell{width:260px}
@@ -604,8 +605,32 @@ IMAGE_CHECK_SCRIPT = """window.addEventListener("load", function () {
 });"""
 
 
+def failure_section(failures: Sequence[str]) -> str:
+    """The run's failures (``"stage: reason"``), first on the page: what failed and why."""
+    if not failures:
+        return ""
+    items = "".join(
+        f"<li><b>{esc(stage)}</b><pre>{esc(reason.strip())}</pre></li>"
+        for stage, _, reason in (failure.partition(": ") for failure in failures)
+    )
+    return (
+        '<section class="failed"><h2 class="warn">This run FAILED: nothing was published for this day</h2>'
+        "<p>Readers keep the previously published covers. What failed, and why:</p>"
+        f"<ul>{items}</ul></section>"
+    )
+
+
+def render_failure_page(ds: str, failures: Sequence[str]) -> str:
+    """The page of a run that failed before it had metrics: only its failures."""
+    body = f"<header><h1>ICG run report: {esc(ds)}</h1></header>{failure_section(failures)}"
+    return _page(ds, body)
+
+
 def render_report(
-    metrics: Mapping[str, Any], finetune: Mapping[str, Any] | None, images: Mapping[str, str | None]
+    metrics: Mapping[str, Any],
+    finetune: Mapping[str, Any] | None,
+    images: Mapping[str, str | None],
+    failures: Sequence[str] = (),
 ) -> str:
     """The page as HTML text.
 
@@ -613,6 +638,7 @@ def render_report(
         metrics: the contents of ``metrics.json`` (the evaluate stage's output; keys in the README).
         finetune: the fine-tuning log whose curves are shown, or None.
         images: image key -> data URI (None: unreadable) for every sample's ``image_key``.
+        failures: ``"stage: reason"`` of each stage that failed in this run (shown first).
     """
     ds = str(metrics.get("ds", "n/a"))
     generator = str(((metrics.get("run") or {}).get("model_versions") or {}).get("generator") or "")
@@ -626,6 +652,7 @@ def render_report(
             f'<p class="sub">Data interval {_data_interval(metrics)}. Personalized cover images evaluated on '
             "held-out items, segments and seeds.</p>"
             f"{warning}</header>",
+            failure_section(failures),
             _verdict(metrics.get("variants") or {}),
             _run_section(metrics),
             _ablation_section(metrics.get("variants") or {}),
@@ -636,6 +663,10 @@ def render_report(
             _contact_sheets(samples, images, metrics),
         ]
     )
+    return _page(ds, body)
+
+
+def _page(ds: str, body: str) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import astuple, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -238,6 +238,51 @@ def plan_generation(
         ds, items.num_rows, len(centroids), plan.rows, generator_version, plan.previous_ds,
     )  # fmt: skip
     return plan
+
+
+def writer_fields(plan: GeneratePlan) -> dict[str, Any]:
+    """What a :class:`CoverWriter` in another process needs of ``plan``, as small plain values.
+
+    No items (the writer gets its requests in batches) and no centroids (:func:`writer_plan` reads
+    them from the store again): a Ray actor is built from a few hundred bytes, and a restarted
+    actor from the same ones.
+    """
+    return {
+        "ds": plan.ds,
+        "segment_ids": plan.segment_ids,
+        "generator_version": plan.generator_version,
+        "reward_versions": dict(plan.reward_versions),
+        "previous_ds": plan.previous_ds,
+        "sampling": asdict(plan.sampling),
+        "reward_weights": plan.reward_weights.model_dump(mode="json"),
+    }
+
+
+def writer_plan(store: ObjectStore, fields: Mapping[str, Any]) -> GeneratePlan:
+    """The plan of :func:`writer_fields` again, in a worker: no items; the day's centroids read from ``store``.
+
+    Raises:
+        GenerateInputError: the day's segments are no longer those the plan was made with.
+    """
+    centroids = read_centroids(store, fields["ds"])
+    if sorted(centroids) != list(fields["segment_ids"]):
+        raise GenerateInputError(
+            f"the segments of ds={fields['ds']} changed since the plan was made: "
+            f"{sorted(centroids)} != {fields['segment_ids']}"
+        )
+    sampling: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in fields["sampling"].items()
+    }
+    return GeneratePlan(
+        ds=fields["ds"],
+        items=pa.table({}),
+        centroids=centroids,
+        generator_version=fields["generator_version"],
+        reward_versions=dict(fields["reward_versions"]),
+        previous_ds=fields["previous_ds"],
+        sampling=Sampling(**sampling),
+        reward_weights=RewardWeights.model_validate(fields["reward_weights"]),
+    )
 
 
 def _cover_days(store: ObjectStore) -> list[str]:

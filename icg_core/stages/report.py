@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from icg_core import layout
 from icg_core.data.images import ImageRejected, decode_image
-from icg_core.report.page import data_uri, render_report
+from icg_core.report.page import data_uri, render_failure_page, render_report
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -26,26 +26,35 @@ class MetricsMissing(FileNotFoundError):
     """The evaluate stage's metrics of ``ds`` are not in the store: there is nothing to report."""
 
 
-def build_report(store: ObjectStore, ds: str) -> str:
+def build_report(store: ObjectStore, ds: str, failures: Sequence[str] = ()) -> str:
     """Render the report of ``ds`` from its metrics and write it next to them.
+
+    Args:
+        failures: ``"stage: reason"`` of each stage that failed in this run; the page opens with
+            them, and without metrics (the run failed before evaluate) the page is just them.
 
     Returns:
         The key of ``reports/ds=<ds>/index.html``.
 
     Raises:
-        MetricsMissing: ``reports/ds=<ds>/metrics.json`` does not exist.
+        MetricsMissing: ``reports/ds=<ds>/metrics.json`` does not exist and no failure explains why.
     """
     key = layout.metrics(ds)
     if not store.exists(key):
-        raise MetricsMissing(
-            f"no metrics for ds={ds}: {store.uri(key)} is missing (run `icg evaluate` first)"
-        )
+        if not failures:
+            raise MetricsMissing(
+                f"no metrics for ds={ds}: {store.uri(key)} is missing (run `icg evaluate` first)"
+            )
+        out = layout.report_page(ds)
+        store.put_bytes(out, render_failure_page(ds, failures).encode("utf-8"))
+        log.info("stage=report ds=%s failures=%d (no metrics: failure page only)", ds, len(failures))
+        return out
     metrics = store.get_json(key)
     generator = str(((metrics.get("run") or {}).get("model_versions") or {}).get("generator") or "")
     finetune = find_finetune_log(store, ds, generator)
     samples = metrics.get("samples") or []
     images = load_thumbnails(store, [s.get("image_key") for s in samples])
-    page = render_report(metrics, finetune, images)
+    page = render_report(metrics, finetune, images, failures)
     out = layout.report_page(ds)
     store.put_bytes(out, page.encode("utf-8"))
     missing = sum(1 for s in samples if images.get(s.get("image_key") or "") is None)

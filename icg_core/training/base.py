@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from icg_core.config import Stage1Config
 from icg_core.models.encoder import DEFAULT_INSTRUCTION, load_vlm_processor
+from icg_core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,8 @@ def warm_up_vlm(
     generator = torch.Generator().manual_seed(cfg.seed)
     warmup = max(1, cfg.vlm_warmup_steps // 10)
     smoothed = None
-    for step in tqdm(range(cfg.vlm_warmup_steps), desc="vlm warm-up", unit="step", disable=None):
+    progress = Progress("stage=bootstrap vlm warm-up", cfg.vlm_warmup_steps, "steps")
+    for step in range(cfg.vlm_warmup_steps):
         for group in optimizer.param_groups:
             group["lr"] = cfg.vlm_warmup_lr * lr_factor(step, cfg.vlm_warmup_steps, warmup)
         rows = torch.randint(0, len(examples), (cfg.vlm_warmup_batch_size,), generator=generator).tolist()
@@ -218,6 +219,8 @@ def warm_up_vlm(
         smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
         if step % cfg.log_every == 0 or step == cfg.vlm_warmup_steps - 1:
             summary["curve"].append({"step": step, "loss": round(smoothed, 5)})
+        progress.add(1)
+    progress.finish()
     model.eval()
     if eval_examples:
         summary["eval_loss_after"] = caption_loss(model, processor, eval_examples)
@@ -258,7 +261,8 @@ def train_vae(vae, covers: np.ndarray, cfg: Stage1Config) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     curve, smoothed = [], None
     warmup = max(1, cfg.vae_steps // 20)
-    for step in tqdm(range(cfg.vae_steps), desc="vae", unit="step", disable=None):
+    progress = Progress("stage=bootstrap vae", cfg.vae_steps, "steps")
+    for step in range(cfg.vae_steps):
         for group in optimizer.param_groups:
             group["lr"] = cfg.vae_lr * lr_factor(step, cfg.vae_steps, warmup)
         rows = torch.randint(0, len(data), (cfg.vae_batch_size,), generator=generator)
@@ -277,6 +281,8 @@ def train_vae(vae, covers: np.ndarray, cfg: Stage1Config) -> dict[str, Any]:
         smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
         if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
             curve.append({"step": step, "loss": round(smoothed, 5)})
+        progress.add(1)
+    progress.finish()
     vae.requires_grad_(False)
     vae.eval()
     with torch.no_grad():

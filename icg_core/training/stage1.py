@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from icg_core.config import Stage1Config
 from icg_core.models.bundle import ICGBundle
 from icg_core.models.checkpoint import checkpoint_exists, load_module_checkpoint, save_module_checkpoint
 from icg_core.models.generator import CoverGenerator
+from icg_core.progress import Progress
 from icg_core.storage import ObjectStore
 from icg_core.training.base import images_to_tensor, lr_factor
 from icg_core.training.diffusion import Denoiser, flatten_optimizer, unflatten_optimizer
@@ -256,22 +256,22 @@ class Stage1Trainer:
         started = time.perf_counter()
         self._train_mode(True)
         try:
-            with tqdm(total=target, initial=self.step, desc="stage 1", unit="step", disable=None) as bar:
-                while self.step < target:
-                    self._window.append(self.train_step())
-                    bar.update(1)
-                    if self.step % self.cfg.log_every == 0 or self.step == target:
-                        self._log_point(started)
-                        bar.set_postfix(loss=f"{self.curve[-1]['loss']:.4f}")
-                    if self.step % self.cfg.checkpoint_every == 0 and self.step < target:
-                        self.save_state()
-                        log.info(
-                            "stage=stage1 step=%d/%d loss=%.4f seconds=%.0f",
-                            self.step,
-                            self.cfg.steps,
-                            self.curve[-1]["loss"] if self.curve else float("nan"),
-                            time.perf_counter() - started,
-                        )
+            progress = Progress("stage=stage1", target, "steps", initial=self.step)
+            while self.step < target:
+                self._window.append(self.train_step())
+                progress.add(1)
+                if self.step % self.cfg.log_every == 0 or self.step == target:
+                    self._log_point(started)
+                if self.step % self.cfg.checkpoint_every == 0 and self.step < target:
+                    self.save_state()
+                    log.info(
+                        "stage=stage1 step=%d/%d loss=%.4f seconds=%.0f",
+                        self.step,
+                        self.cfg.steps,
+                        self.curve[-1]["loss"] if self.curve else float("nan"),
+                        time.perf_counter() - started,
+                    )
+            progress.finish()
         finally:
             self._train_mode(False)
         self.save_state()

@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from icg_core.config import FinetuneConfig, RewardWeights
 from icg_core.models.bundle import ICGBundle
@@ -58,6 +57,7 @@ from icg_core.models.checkpoint import (
     save_module_checkpoint,
 )
 from icg_core.models.generator import seed_for
+from icg_core.progress import Progress
 from icg_core.rewards.aesthetic import composition_score, load_aesthetic_reward_fn
 from icg_core.rewards.common import RewardFn
 from icg_core.rewards.preference import load_preference_reward_fn
@@ -606,20 +606,20 @@ class Stage2Trainer:
         collapse: RelevanceCollapse | None = None
         self._train_mode(True)
         try:
-            with tqdm(total=target, initial=self.step, desc="stage 2", unit="step", disable=None) as bar:
-                while self.step < target and collapse is None:
-                    self._window.append(self.train_step())
-                    bar.update(1)
-                    if self.step % self.cfg.log_every == 0 or self.step == target:
-                        self._log_point(started)
-                        bar.set_postfix(reward=f"{self.curve[-1]['reward']:.3f}")
-                    if self.step % self.cfg.guard_every == 0 or self.step == self.cfg.steps:
-                        point = self.check_heldout()
-                        collapse = self.guard_check.collapse(self.guard[0], point)
-                        self.guard.append(point)
-                        log.info("stage=finetune step=%d held-out %s", self.step, json.dumps(point))
-                    if collapse is None and self.step % self.cfg.checkpoint_every == 0 and self.step < target:
-                        self.save_state()
+            progress = Progress("stage=finetune", target, "steps", initial=self.step)
+            while self.step < target and collapse is None:
+                self._window.append(self.train_step())
+                progress.add(1)
+                if self.step % self.cfg.log_every == 0 or self.step == target:
+                    self._log_point(started)
+                if self.step % self.cfg.guard_every == 0 or self.step == self.cfg.steps:
+                    point = self.check_heldout()
+                    collapse = self.guard_check.collapse(self.guard[0], point)
+                    self.guard.append(point)
+                    log.info("stage=finetune step=%d held-out %s", self.step, json.dumps(point))
+                if collapse is None and self.step % self.cfg.checkpoint_every == 0 and self.step < target:
+                    self.save_state()
+            progress.finish()
         finally:
             self._train_mode(False)
         self.save_state()

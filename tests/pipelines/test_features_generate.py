@@ -7,15 +7,23 @@ stages through ``RAY_ADDRESS`` as a cluster deployment would.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from icg_core import layout
+from icg_core.config import RewardWeights
+from icg_core.serving.policy import Sampling
+from icg_core.stages.generate import GenerateInputError, GeneratePlan, writer_fields, writer_plan
 from icg_core.stages.publish import publish_day
 from icg_core.storage import ObjectStore
 from pipelines.features import run_features
@@ -25,6 +33,9 @@ from tests.ray_cluster import RayCluster, node_ids_by_role
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[2]
+RAY_WORD = re.compile(r"\bray\b|/ray/|RayDeprecationWarning", re.IGNORECASE)  # not "array"
+
 
 @pytest.fixture
 def on_cluster(ray_cluster: RayCluster, monkeypatch: pytest.MonkeyPatch) -> RayCluster:
@@ -32,22 +43,43 @@ def on_cluster(ray_cluster: RayCluster, monkeypatch: pytest.MonkeyPatch) -> RayC
     return ray_cluster
 
 
-def test_features_and_generate_run_on_both_nodes_vlm_once_per_item(on_cluster, tmp_path: Path) -> None:
+def test_features_and_generate_run_on_both_nodes_vlm_once_per_item(
+    on_cluster, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     import ray
 
     store, cfg, ds = build_tiny_world(ObjectStore(str(tmp_path / "root")), tmp_path / "cache")
     encoder_version = store.read_table("item_features", ds=ds, area="features")["encoder_version"][0].as_py()
     store.delete_prefix(f"features/{encoder_version}")  # empty cache: the VLM must encode every item once
+    capfd.readouterr()  # what building the world printed
 
-    features = run_features(store, cfg, ds)
-    n_items = features["items"]
-    assert (features["encoded"], features["reused"]) == (n_items, 0)
-    assert run_features(store, cfg, ds)["encoded"] == 0  # cached now
-
-    summary = run_generate(store, cfg, ds)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        features = run_features(store, cfg, ds)
+        n_items = features["items"]
+        assert (features["encoded"], features["reused"]) == (n_items, 0)
+        assert run_features(store, cfg, ds)["encoded"] == 0  # cached now
+        summary = run_generate(store, cfg, ds)
+    # No deprecated Ray API in our calls: no deprecation warning pointing at our code (Ray points its
+    # warnings at the caller; Ray's own DataContext() warns about its own fields, which is not ours),
+    # and no "deprecated" line about Ray in the logs or the output of the driver and the actors.
+    deprecated = [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, DeprecationWarning) and Path(w.filename).is_relative_to(REPO)
+        and not Path(w.filename).is_relative_to(REPO / ".venv")
+    ]  # fmt: skip
+    printed = capfd.readouterr()
+    lines = [*(printed.out + printed.err).splitlines(), *(r.getMessage() for r in caplog.records)]
+    deprecated += [line for line in lines if "deprecat" in line.lower() and RAY_WORD.search(line)]
+    assert deprecated == []
     n_rows = n_items * summary["segments"]
     assert summary["rows"] == summary["generated"] == n_rows
     assert summary["encoder_calls"] == 0  # diffusion only: the VLM ran once per item, in features
+    assert (summary["extra"]["actors"], summary["extra"]["min_actors"]) == (2, 2)  # a fixed pool by default
+    progress = [r.getMessage() for r in caplog.records if r.name == "pipelines.ray_runtime"]
+    assert f"generate ds={ds}: {n_rows} of {n_rows} covers (100%)" in progress[-1]
+    assert any(f"features ds={ds}: {n_items} of {n_items} items (100%)" in line for line in progress)
     with ray.init(address=on_cluster.gcs_address):
         nodes = set(node_ids_by_role().values())
     # Generation (the heavy stage, whose pool waits for every actor) spreads over both nodes; the
@@ -57,17 +89,20 @@ def test_features_and_generate_run_on_both_nodes_vlm_once_per_item(on_cluster, t
     assert layout.STAGED_COVERS.read(store, ds).num_rows == n_rows
 
 
-def test_killed_worker_is_retried_and_every_cover_written_once(
+def test_killed_worker_is_restarted_and_every_cover_written_once(
     on_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, cfg, ds = build_tiny_world(ObjectStore(str(tmp_path / "root")), tmp_path / "cache")
-    cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"reuse_previous_days": False})})
+    generate = {"reuse_previous_days": False, "max_actor_restarts": 1}
+    cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update=generate)})
     monkeypatch.setenv(FAULT_ENV, "1")  # the first actor to finish a cover exits right after it
 
     summary = run_generate(store, cfg, ds)
     # The fault did happen: usually once, twice when both actors finished their first cover together.
     crashes = len(store.list(layout.fault_markers(ds)))
     assert crashes >= 1
+    # Ray restarted the crashed actor (rebuilt from its plain arguments), and it wrote covers again.
+    assert summary["extra"]["restarted_actors"] >= 1
     n_rows = summary["items"] * summary["segments"]
     # The cover each crashed actor finished was kept; every other one was generated exactly once.
     assert (summary["kept"], summary["generated"], summary["rows"]) == (crashes, n_rows - crashes, n_rows)
@@ -76,6 +111,43 @@ def test_killed_worker_is_retried_and_every_cover_written_once(
     assert len(keys) == manifest.num_rows == n_rows
     pngs = [k for k in store.list(f"covers/ds={ds}") if k.endswith(".png")]
     assert len(pngs) == n_rows
+
+
+def test_an_actor_crashing_past_max_actor_restarts_fails_the_stage(
+    on_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, cfg, ds = build_tiny_world(ObjectStore(str(tmp_path / "root")), tmp_path / "cache")
+    cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"max_actor_restarts": 0})})
+    monkeypatch.setenv(FAULT_ENV, "1")
+
+    with pytest.raises(Exception, match="max_actor_restarts=0"):
+        run_generate(store, cfg, ds)
+    assert store.list(layout.fault_markers(ds))
+    assert not layout.STAGED_COVERS.exists(store, ds)
+
+
+def test_a_writer_plan_travels_as_plain_values(tmp_path: Path) -> None:
+    store, ds = ObjectStore(str(tmp_path)), "2026-11-15"
+    centroids = {0: np.ones(4, np.float32), 3: np.arange(4, dtype=np.float32)}
+    table = pa.table(
+        {
+            "segment_id": pa.array(list(centroids), pa.int32()),
+            "centroid": pa.array([c.tolist() for c in centroids.values()], pa.list_(pa.float32())),
+        }
+    )
+    layout.SEGMENT_CENTROIDS.write(store, table, ds)
+    plan = GeneratePlan(
+        ds, pa.table({"item_id": ["a"]}), centroids, "v3", {"aesthetic": "v1"}, "2026-11-14",
+        Sampling(4, 3.0, "ddim", reward_steps=2, candidates=3), RewardWeights(preference=1.0),
+    )  # fmt: skip
+    fields = writer_fields(plan)
+    rebuilt = writer_plan(store, json.loads(json.dumps(fields)))  # plain values: JSON round trip
+    assert rebuilt.items.num_rows == 0 and rebuilt.segment_ids == plan.segment_ids
+    for name in ("ds", "generator_version", "reward_versions", "previous_ds", "sampling", "reward_weights"):
+        assert getattr(rebuilt, name) == getattr(plan, name), name
+    assert all(np.array_equal(rebuilt.centroids[s], centroids[s]) for s in centroids)
+    with pytest.raises(GenerateInputError, match="segments of ds=2026-11-15 changed"):
+        writer_plan(store, {**fields, "segment_ids": [0, 1, 3]})
 
 
 def test_generate_publish_on_s3_read_back_by_pandas_pyarrow_duckdb(

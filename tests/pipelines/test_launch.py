@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from icg_core import layout
 from icg_core.config import WorldConfig
 from icg_core.storage import ObjectStore
 from icg_core.world.simulator import generate_world
-from pipelines.launch import StageCrashed, StageRefused, run_stage
+from pipelines.launch import LineRelay, StageCrashed, StageRefused, check_ray_address, run_stage, start_stage
 from tests.ray_cluster import RayCluster
 
 TINY = WorldConfig(
@@ -73,12 +75,71 @@ def test_local_timeout_stops_a_silent_stage(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
 
 
-def _sleeper(tmp_path: Path) -> Path:
-    """A ``sitecustomize`` that sleeps silently, so the child hangs before printing anything."""
+def _sleeper(tmp_path: Path, first_line: str = "") -> Path:
+    """A ``sitecustomize`` that (optionally prints a line, then) sleeps silently: a hung child."""
     folder = tmp_path / "sleeper"
     folder.mkdir()
-    (folder / "sitecustomize.py").write_text("import time\ntime.sleep(120)\n")
+    say = f"print({first_line!r}, flush=True)\n" if first_line else ""
+    (folder / "sitecustomize.py").write_text(f"import time\n{say}time.sleep(120)\n")
     return folder
+
+
+def test_a_local_stage_streams_its_log_and_stops_with_its_process_group(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pipelines.launch")
+    env = {"PYTHONPATH": str(_sleeper(tmp_path, first_line="working on it"))}
+    launched = start_stage("extract", ds="2026-11-03", root=str(tmp_path), env=env)
+    deadline = time.monotonic() + 60
+    while "working on it" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "[extract local] working on it" in caplog.text  # relayed while the stage still runs
+
+    launched.stop("the test stops it")
+    with pytest.raises(StageCrashed, match="stopped: the test stops it"):
+        launched.wait(timeout_s=30)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(launched.process.pid, 0)  # the whole group is gone
+
+
+def test_relayed_lines_keep_the_stage_s_levels(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="pipelines.launch")
+    relay = LineRelay("validate", "local")
+    relay.feed('{"ts": "t", "level": "WARNING", "logger": "icg.x", "message": "3 rows dropped"}\n')
+    relay.feed("2026-12-01 02:00:00,123 ERROR icg.stages.validate: bad rows\n")
+    relay.feed(
+        '\x1b[36m(_train pid=4242)\x1b[0m {"level": "DEBUG", "logger": "w", "message": "from a worker"}\n'
+    )
+    relay.feed("Traceback (most recent call last):\n  File x\nKeyError: 'a'\nerror: refused\nrows: 12")
+    relay.flush()
+    got = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert got == [
+        ("WARNING", "[validate local] icg.x: 3 rows dropped"),
+        ("ERROR", "[validate local] icg.stages.validate: bad rows"),
+        ("DEBUG", "[validate local] w: from a worker"),
+        ("ERROR", "[validate local] Traceback (most recent call last):"),
+        ("ERROR", "[validate local]   File x"),
+        ("ERROR", "[validate local] KeyError: 'a'"),
+        ("ERROR", "[validate local] error: refused"),
+        ("INFO", "[validate local] rows: 12"),  # the partial last line, flushed
+    ]
+    assert list(relay.tail)[-2:] == ["error: refused", "rows: 12"]
+
+
+@pytest.mark.parametrize(
+    "address", ["http://ray-head:8265", "https://ray.internal", "http://127.0.0.1:8265/"]
+)
+def test_dashboard_addresses_are_accepted(address: str) -> None:
+    assert check_ray_address(address) == address
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["ray://head:10001", "head:6379", "http://head:8265/api/jobs", "http://head:99999", "", "http://"],
+)
+def test_other_ray_addresses_are_refused_with_what_was_expected(address: str) -> None:
+    with pytest.raises(ValueError, match="ray_address"):
+        check_ray_address(address)
 
 
 @pytest.mark.slow

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import pytest
 
-from pipelines.ray_runtime import gpus_per_actor, ray_session, run_task, training_resources
+from icg_core.config import GenerateConfig, ICGConfig
+from icg_core.storage import ObjectStore
+from pipelines.ray_runtime import (
+    ACTOR_TASKS_IN_FLIGHT,
+    RestartLedger,
+    actor_arguments,
+    actor_pool,
+    gpus_per_actor,
+    pool_bounds,
+    pool_size,
+    ray_session,
+    run_task,
+    store_settings,
+    training_resources,
+)
 from pipelines.runtime import StageFailed
 from tests.ray_cluster import RayCluster, node_ids_by_role
 
@@ -18,6 +33,9 @@ def test_gpus_per_actor_follows_config_and_cluster() -> None:
     assert gpus_per_actor(0, cluster_gpus=4) == 0.0
     assert gpus_per_actor(0.5, cluster_gpus=1) == 0.5
     assert gpus_per_actor(1, cluster_gpus=0) == 1.0  # an autoscaler may add GPU nodes
+    assert gpus_per_actor("auto", cluster_gpus=2, device="cuda") == 1.0
+    with pytest.raises(RuntimeError, match="no GPU now .* set generate.gpus_per_actor: 1"):
+        gpus_per_actor("auto", cluster_gpus=0, device="cuda")  # a GPU config never falls back to CPU
     with pytest.raises(ValueError, match="number or 'auto'"):
         gpus_per_actor("many", cluster_gpus=1)
     with pytest.raises(ValueError, match=">= 0"):
@@ -27,6 +45,48 @@ def test_gpus_per_actor_follows_config_and_cluster() -> None:
 def test_training_tasks_declare_their_threads_and_a_gpu_only_on_cuda() -> None:
     assert training_resources("cpu", None) == {"num_cpus": 1.0, "num_gpus": 0.0}
     assert training_resources("cuda:0", 4) == {"num_cpus": 4.0, "num_gpus": 1.0}
+
+
+def test_pool_is_fixed_by_default_and_grows_from_min_actors_to_the_largest() -> None:
+    fixed = GenerateConfig()
+    largest = pool_size(fixed, cluster_cpus=6, cluster_gpus=0, gpus=0, rows=100)
+    assert largest == 6 and pool_bounds(fixed, largest) == (6, 6)
+    assert pool_bounds(GenerateConfig(min_actors=2), largest) == (2, 6)
+    assert pool_bounds(GenerateConfig(min_actors=2, actors=4), 4) == (2, 4)
+    assert pool_bounds(GenerateConfig(min_actors=8), 3) == (3, 3)  # a small day: no more than it has rows
+    with pytest.raises(ValueError, match="min_actors must be >= 1"):
+        pool_bounds(GenerateConfig(min_actors=0), 4)
+
+
+def test_actor_pool_strategy_has_the_bounds_and_one_batch_per_actor() -> None:
+    growing, fixed = actor_pool(2, 6), actor_pool(3, 3)
+    assert (growing.min_size, growing.max_size, growing.initial_size) == (2, 6, 2)  # starts (and waits for) 2
+    assert (fixed.min_size, fixed.max_size, fixed.initial_size) == (3, 3, 3)
+    assert (
+        growing.max_tasks_in_flight_per_actor
+        == fixed.max_tasks_in_flight_per_actor
+        == ACTOR_TASKS_IN_FLIGHT
+        == 1
+    )
+
+
+def test_actor_arguments_are_small_plain_values_that_rebuild_store_and_config(tmp_path) -> None:
+    s3 = ObjectStore("s3://bucket/prefix", s3_endpoint_url="http://127.0.0.1:8333", s3_region="eu-west-1")
+    reopened = ObjectStore(**store_settings(s3))
+    assert (reopened.root, reopened.s3_endpoint_url, reopened.s3_region) == (
+        "s3://bucket/prefix", "http://127.0.0.1:8333", "eu-west-1",
+    )  # fmt: skip
+    cfg = ICGConfig(generate=GenerateConfig(min_actors=2, max_actor_restarts=1))
+    arguments = actor_arguments(ObjectStore(str(tmp_path)), cfg, "icg-restarts-1")
+    encoded = json.dumps(arguments)  # plain values only: no store, config or table objects
+    assert len(encoded) < 20_000
+    assert ICGConfig.model_validate(json.loads(encoded)["config"]) == cfg
+    assert ObjectStore(**arguments["store"]).root == ObjectStore(str(tmp_path)).root
+
+
+def test_restart_ledger_counts_restarts_per_actor() -> None:
+    ledger = RestartLedger()
+    assert [ledger.started(a) for a in ("a", "b", "a", "a", "b")] == [0, 0, 1, 2, 1]
 
 
 def _square_in_a_worker(x: int) -> tuple[int, int]:
