@@ -82,9 +82,9 @@ def run_features(
 
     from icg_core.stages.features import commit_features, plan_features
     from pipelines.ray_runtime import (
-        BLOCKS_PER_ACTOR,
         actor_arguments,
         actor_pool,
+        block_count,
         collect,
         gpus_per_actor,
         pool_bounds,
@@ -101,7 +101,8 @@ def run_features(
         gpus = gpus_per_actor(cfg.generate.gpus_per_actor, session.gpus, device=cfg.models.device)
         largest = pool_size(cfg.generate, session.cpus, session.gpus, gpus, plan.catalog.num_rows)
         smallest, largest = pool_bounds(cfg.generate, largest)
-        blocks = split_blocks(plan.catalog, largest * BLOCKS_PER_ACTOR)
+        count = block_count(plan.catalog.num_rows, 1, cfg.generate.features_batch_size, largest)
+        blocks = split_blocks(plan.catalog, count)
         start_actors_before_work()
         progress = Progress(f"features ds={ds}", plan.catalog.num_rows, "items", progress_every_s)
         features = ray.data.from_arrow(blocks).map_batches(

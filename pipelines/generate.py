@@ -38,10 +38,10 @@ from icg_core.progress import PROGRESS_EVERY_S, Progress
 from icg_core.runtime import peak_rss_mb
 from pipelines.features import ItemsLimitOpt, VersionOpt
 from pipelines.ray_runtime import (
-    BLOCKS_PER_ACTOR,
     actor_arguments,
     actor_models,
     actor_pool,
+    block_count,
     collect,
     open_actor,
     pool_bounds,
@@ -168,7 +168,10 @@ def run_generate(
         # actor could take them all. The table is ids only (actors read images and features).
         blocks = [
             expand_segments(block, plan.segment_ids)
-            for block in split_blocks(plan.items, largest * BLOCKS_PER_ACTOR)
+            for block in split_blocks(
+                plan.items,
+                block_count(plan.items.num_rows, len(plan.segment_ids), cfg.generate.batch_size, largest),
+            )
         ]
         start_actors_before_work()
         progress = Progress(f"generate ds={ds}", plan.rows, "covers", progress_every_s)

@@ -54,7 +54,8 @@ STOP_GRACE_S = 20.0  # a stopped local stage gets this long after SIGTERM before
 CHILD_LOG_ENV = {"ICG__OPERATIONS__LOG_FORMAT": "json"}
 # Ray prefixes what its workers print with "(task_or_actor pid=N[, ip=A]) ", often in colour.
 RAY_WORKER_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)*\([^)]*pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)* ")
-TEXT_LOG_LINE = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): (.*)$")
+# Our text log lines ("date time LEVEL logger: message") and Ray's ("date time,ms\tLEVEL file:line -- message").
+TEXT_LOG_LINE = re.compile(r"^\S+ \S+\s+(DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+?)(?::| --) (.*)$")
 
 
 class StageCrashed(RuntimeError):

@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUTO_GPUS = "auto"
-BLOCKS_PER_ACTOR = 4  # input blocks per actor: enough to keep every actor busy and balance the tail
+BLOCKS_PER_ACTOR = 4  # input blocks per actor at least: enough to keep every actor busy and balance the tail
+# Batches per input block at most. A block is one actor task, and its rows reach the driver (and its
+# progress line) only when the task ends: small blocks keep progress lines seconds apart.
+BATCHES_PER_BLOCK = 2
 ACTOR_START_TIMEOUT_S = 600  # the pool waits this long for its first (smallest pool) actors to load models
 # One batch queued per actor: batches take seconds, so a deeper queue only lets the first actor
 # hoard the work of a small day while the others sit idle.
@@ -85,6 +88,8 @@ def ray_session(
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = progress_bars
+    if not progress_bars:  # a choice, not a problem: the stages log their own progress lines
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
         yield _describe(_current_address(), local=False, init_seconds=0.0)
         return
@@ -247,6 +252,13 @@ def actor_pool(smallest: int, largest: int) -> Any:
     return ray.data.ActorPoolStrategy(
         min_size=smallest, max_size=largest, max_tasks_in_flight_per_actor=ACTOR_TASKS_IN_FLIGHT
     )
+
+
+def block_count(items: int, rows_per_item: int, batch_size: int, actors: int) -> int:
+    """Input blocks for ``items`` (each expanding to ``rows_per_item`` rows): at least
+    ``BLOCKS_PER_ACTOR`` per actor, and no block of more than ``BATCHES_PER_BLOCK`` batches."""
+    items_per_block = max(1, batch_size * BATCHES_PER_BLOCK // max(1, rows_per_item))
+    return max(actors * BLOCKS_PER_ACTOR, -(-items // items_per_block))
 
 
 def split_blocks(table: pa.Table, blocks: int) -> list[pa.Table]:

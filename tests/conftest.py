@@ -7,15 +7,18 @@ Nothing listens on anything but loopback.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -171,3 +174,29 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 
 # A genuine two-node Ray cluster on this machine (session-scoped; tests/ray_cluster.py).
 from tests.ray_cluster import ray_cluster  # noqa: E402, F401
+
+
+@dataclass
+class AlertWebhook:
+    url: str  # POST here
+    received: list[dict]  # the JSON bodies received, in order
+
+
+@pytest.fixture
+def alert_webhook() -> Iterator[AlertWebhook]:
+    """A real HTTP server on 127.0.0.1 that records the JSON bodies POSTed to it (an alert webhook)."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield AlertWebhook(f"http://127.0.0.1:{server.server_port}/hook", received)
+    server.shutdown()

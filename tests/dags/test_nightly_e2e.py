@@ -19,6 +19,7 @@ from icg_core.config import load_config
 from icg_core.stages.publish import read_published
 from icg_core.storage import ObjectStore
 from icg_core.world.simulator import generate_world
+from tests.conftest import AlertWebhook
 from tests.dags.conftest import dags_test
 from tests.tiny import write_tiny_config
 
@@ -105,18 +106,34 @@ def test_backfill_two_dates_then_rerun_the_first(world: World) -> None:
     assert layout.PUBLISHED_COVERS.days(world.store) == [first, second]
 
 
-def test_a_failed_gate_stops_before_publish_and_keeps_latest(world: World) -> None:
+def test_a_failed_gate_stops_before_publish_and_keeps_latest(
+    world: World, alert_webhook: AlertWebhook
+) -> None:
     day = _day(world.ds, 2)
     before = world.latest()
     # The relevance guard of stage 2 cannot pass with a negative allowed drop.
-    log = world.run("icg_nightly", day, ICG__FINETUNE__MAX_RELEVANCE_DROP="-10")
+    log = world.run(
+        "icg_nightly",
+        day,
+        ICG__FINETUNE__MAX_RELEVANCE_DROP="-10",
+        ICG__OPERATIONS__NOTIFY_WEBHOOK_URL=alert_webhook.url,
+    )
     assert "state=failed" in log
     assert "relevance" in log
     assert world.latest() == before
     assert day not in layout.PUBLISHED_COVERS.days(world.store)
+    # on-call hears of it once, and the night still has a report that opens with why
+    [alert] = alert_webhook.received
+    assert (
+        alert["text"].startswith(f"ICG icg_nightly ds={day}: task finetune failed")
+        and "relevance" in alert["text"]
+    )
+    page = world.store.get_bytes(layout.report_page(day)).decode()
+    assert "This run FAILED" in page and "<b>finetune</b>" in page and "relevance" in page
 
 
 def test_bad_input_stops_the_run_with_the_reason(airflow_home: Path, tmp_path: Path) -> None:
+    """Also: the report task still runs (trigger rule all_done) and says which stage failed and why."""
     config = write_tiny_config(tmp_path / "tiny.yaml", world={"n_items": 12, "days": 2})
     store = ObjectStore(str(tmp_path / "root"))
     ds = generate_world(store, load_config(config, root=store.root, environ={}).world).first_nightly_ds
@@ -127,3 +144,7 @@ def test_bad_input_stops_the_run_with_the_reason(airflow_home: Path, tmp_path: P
     assert "not_an_image" in log or "not an image" in log
     assert not store.has_partition("catalog_items", ds=ds, area="validated")
     assert layout.PUBLISHED_COVERS.latest(store) is None
+    page = store.get_bytes(layout.report_page(ds)).decode()
+    assert "This run FAILED" in page and "<b>validate</b>" in page and "not_an_image" in page
+    assert page.index("<b>validate</b>") < page.index("<b>users</b>")  # what never ran is listed after it
+    assert "did not run (an earlier stage failed)" in page

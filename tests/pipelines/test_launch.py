@@ -110,6 +110,7 @@ def test_relayed_lines_keep_the_stage_s_levels(caplog: pytest.LogCaptureFixture)
     relay.feed(
         '\x1b[36m(_train pid=4242)\x1b[0m {"level": "DEBUG", "logger": "w", "message": "from a worker"}\n'
     )
+    relay.feed("2026-12-01 03:26:04,467\tWARNING __init__.py:28 -- Progress bars disabled.\n")  # Ray's format
     relay.feed("Traceback (most recent call last):\n  File x\nKeyError: 'a'\nerror: refused\nrows: 12")
     relay.flush()
     got = [(r.levelname, r.getMessage()) for r in caplog.records]
@@ -117,6 +118,7 @@ def test_relayed_lines_keep_the_stage_s_levels(caplog: pytest.LogCaptureFixture)
         ("WARNING", "[validate local] icg.x: 3 rows dropped"),
         ("ERROR", "[validate local] icg.stages.validate: bad rows"),
         ("DEBUG", "[validate local] w: from a worker"),
+        ("WARNING", "[validate local] __init__.py:28: Progress bars disabled."),
         ("ERROR", "[validate local] Traceback (most recent call last):"),
         ("ERROR", "[validate local]   File x"),
         ("ERROR", "[validate local] KeyError: 'a'"),

@@ -15,6 +15,7 @@ from pipelines.ray_runtime import (
     RestartLedger,
     actor_arguments,
     actor_pool,
+    block_count,
     gpus_per_actor,
     pool_bounds,
     pool_size,
@@ -163,3 +164,9 @@ def test_ray_address_joins_the_cluster_and_work_runs_on_both_nodes(
         assert sorted(r["id"] for r in rows) == list(range(16))
         assert {r["node_id"] for r in rows} == set(nodes.values())
     assert not ray.is_initialized()
+
+
+def test_blocks_are_small_enough_for_frequent_progress_and_enough_for_every_actor() -> None:
+    assert block_count(300, rows_per_item=8, batch_size=16, actors=2) == 75  # 4 items = 32 covers a block
+    assert block_count(300, rows_per_item=1, batch_size=32, actors=2) == 8  # 4 per actor beats 5 blocks of 64
+    assert block_count(10, rows_per_item=64, batch_size=16, actors=1) == 10  # never less than an item

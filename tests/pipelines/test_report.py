@@ -32,3 +32,26 @@ def test_missing_metrics_is_a_refusal_with_status_2(tmp_path) -> None:
     assert out.returncode == 2, out.stderr
     assert "error: no metrics for ds=2026-11-15" in out.stderr and "icg evaluate" in out.stderr
     assert not ObjectStore(str(tmp_path)).exists(layout.report_page(DS))
+
+
+def test_a_failed_run_gets_a_page_that_opens_with_its_failures(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    failure = "validate: stage validate ds=2026-11-15 refused: validation failed: item_00003 <unreadable>"
+    result = CliRunner().invoke(
+        app, ["report", "--root", str(tmp_path), "--ds", DS, "--failure", failure, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    page = store.get_bytes(layout.report_page(DS)).decode()
+    assert "This run FAILED" in page and "<b>validate</b>" in page
+    assert "item_00003 &lt;unreadable&gt;" in page  # the reason, escaped
+
+
+def test_failures_come_first_on_a_full_report(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    write_fixture_run(store, segments=2, items=2)
+    failure = "publish: stage publish ds=2026-11-15 refused: 3 covers missing"
+    result = CliRunner().invoke(app, ["report", "--root", str(tmp_path), "--ds", DS, "--failure", failure])
+    assert result.exit_code == 0, result.output
+    page = store.get_bytes(layout.report_page(DS)).decode()
+    assert "3 covers missing" in page and "Quality gate" in page  # the rest of the report is still there
+    assert page.index("This run FAILED") < page.index("Quality gate checks")
