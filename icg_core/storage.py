@@ -96,6 +96,7 @@ class ObjectStore:
         if self.scheme == "file":
             self.fs: pafs.FileSystem = pafs.LocalFileSystem()
             self._base = parsed.path
+            self._real_base = os.path.realpath(self._base)  # where every local key must resolve
         else:
             endpoint = urlparse(self.s3_endpoint_url) if self.s3_endpoint_url else None
             self.fs = pafs.S3FileSystem(
@@ -119,10 +120,23 @@ class ObjectStore:
 
     # ----------------------------------------------------------------- keys and URIs
     def _path(self, key: str) -> str:
+        """The filesystem path of ``key``; never outside the root.
+
+        Raises:
+            StorageError: ``key`` has a ``..`` part, or (local roots) resolves outside the root through a
+                symbolic link: an object under the root must not read or overwrite a file elsewhere.
+        """
         key = key.lstrip("/")
         if ".." in key.split("/"):
             raise StorageError(f"key must not contain '..': {key!r}")
-        return f"{self._base}/{key}" if key else self._base
+        path = f"{self._base}/{key}" if key else self._base
+        if self.scheme == "file":
+            real = os.path.realpath(path)
+            if real != self._real_base and not real.startswith(self._real_base + os.sep):
+                raise StorageError(
+                    f"{key!r} resolves outside the root {self.root} (to {real}, a symbolic link)"
+                )
+        return path
 
     def arrow_path(self, key: str) -> str:
         """``key`` as a path on :attr:`fs` (``bucket/key`` on S3, absolute locally), for pyarrow readers."""

@@ -29,7 +29,7 @@ import pyarrow as pa
 from PIL import Image
 
 from icg_core import layout
-from icg_core.data.schemas import TIMESTAMP
+from icg_core.data.schemas import MAX_ID_CHARS, SAFE_ID_PATTERN, TIMESTAMP
 from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ SECONDS_PER_DAY = 86_400
 # Timestamps outside [1970, 2100) are unix milliseconds or garbage, not unix seconds.
 _MAX_UNIX_SECONDS = 4_102_444_800
 _COPY_WORKERS = 8  # image copy is I/O bound (file read, store write); Pillow decodes without the GIL
-_SAFE_ITEM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # item ids become object keys
 _PIL_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
 MOVIELENS_POSTER_DIRS = ("posters",)
@@ -341,10 +340,11 @@ def _unique_safe_items(source: str, items: pd.DataFrame, items_file: Path) -> pd
         log.warning("import[%s]: %d duplicate item ids in %s; keeping the first of each",
                     source, int(duplicated.sum()), items_file)  # fmt: skip
         items = items.loc[~duplicated]
-    unsafe = ~items["item_id"].str.fullmatch(_SAFE_ITEM_ID.pattern)
+    unsafe = ~items["item_id"].str.fullmatch(SAFE_ID_PATTERN)
     if unsafe.any():
         raise ValueError(
-            f"{items_file}: item ids must be letters, digits, '_', '.', '-' (they become object keys); "
+            f"{items_file}: item ids must be letters, digits, '_', '.', '-', at most {MAX_ID_CHARS} "
+            "characters (they become object keys); "
             f"bad: {items.loc[unsafe, 'item_id'].head(SAMPLE_IDS).tolist()}"
         )
     return items

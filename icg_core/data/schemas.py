@@ -84,6 +84,12 @@ OPTIONAL_COLUMNS: dict[str, dict[str, pa.DataType]] = {
     "catalog_items": {"description": pa.string(), "tags": pa.list_(pa.string())},
 }
 
+# An id that becomes an object key or a file name (``covers/ds=D/segment=S/<item_id>.png``): a letter
+# or digit, then letters, digits, "_", "." or "-", at most MAX_ID_CHARS in all. No "/", no leading ".",
+# no whitespace: nothing that could leave its folder or mean something to a shell or a query.
+MAX_ID_CHARS = 128
+SAFE_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_ID_CHARS - 1}}}\Z"  # \Z, not $: no trailing newline
+
 # Keys that must be non-null in every table (null keys are a contract violation, not a data issue).
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "catalog_items": ("item_id",),

@@ -36,7 +36,7 @@ from great_expectations.data_context.types.base import (  # noqa: E402
 from icg_core import layout  # noqa: E402
 from icg_core.config import ICGConfig, ValidationConfig  # noqa: E402
 from icg_core.data.images import ImageCheck, check_image_uris  # noqa: E402
-from icg_core.data.schemas import SchemaError  # noqa: E402
+from icg_core.data.schemas import MAX_ID_CHARS, SAFE_ID_PATTERN, SchemaError  # noqa: E402
 from icg_core.stages.extract import CATALOG, IMPRESSIONS, ExtractWindow, extraction_window  # noqa: E402
 from icg_core.storage import ObjectStore, StorageError  # noqa: E402
 
@@ -95,6 +95,18 @@ class ValidationReport:
 
 
 # ----------------------------------------------------------------------------- suites
+def safe_id_expectation(column: str) -> gxe.Expectation:
+    """``column`` holds ids that become object keys: the safe-id rule (icg_core.data.schemas)."""
+    return gxe.ExpectColumnValuesToMatchRegex(
+        column=column,
+        regex=SAFE_ID_PATTERN,
+        description=(
+            f"{column} is 1..{MAX_ID_CHARS} letters, digits, '_', '.', '-', starting with a letter or "
+            "digit (ids become object keys)"
+        ),
+    )
+
+
 def catalog_expectations(cfg: ValidationConfig, window: ExtractWindow) -> list[gxe.Expectation]:
     """The catalog_items suite: non-empty, keys present and unique, sane titles, images usable."""
     return [
@@ -104,6 +116,7 @@ def catalog_expectations(cfg: ValidationConfig, window: ExtractWindow) -> list[g
             for column in ("item_id", "title", "category", "reference_image_uri", "updated_at")
         ),
         gxe.ExpectColumnValuesToBeUnique(column="item_id", description="one row per item in the snapshot"),
+        safe_id_expectation("item_id"),
         gxe.ExpectColumnValueLengthsToBeBetween(
             column="title",
             min_value=cfg.title_min_chars,
@@ -137,6 +150,7 @@ def impression_expectations(window: ExtractWindow, check_catalog: bool) -> list[
         gxe.ExpectColumnValuesToBeInSet(
             column="clicked", value_set=[True, False], description="clicked is a boolean"
         ),
+        safe_id_expectation("item_id"),
         gxe.ExpectColumnValuesToBeBetween(
             column="shown_at",
             min_value=window.window_start,

@@ -133,3 +133,21 @@ def test_same_contract_over_moto_server(moto_s3_server) -> None:
     assert store.read_table("catalog_items", ds="2026-11-03", area="validated").num_rows == 4
     store.set_latest("validated", "catalog_items", "2026-11-03")
     assert store.get_latest("validated", "catalog_items") == "2026-11-03"
+
+
+def test_a_symlink_out_of_a_local_root_is_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"not yours")
+    store = ObjectStore(str(tmp_path / "root"))
+    store.put_bytes("images/own.png", b"mine")
+    (tmp_path / "root" / "images" / "link.png").symlink_to(outside / "secret.png")
+    (tmp_path / "root" / "elsewhere").symlink_to(outside, target_is_directory=True)
+    (tmp_path / "root" / "images" / "alias.png").symlink_to(tmp_path / "root" / "images" / "own.png")
+    for key in ("images/link.png", "elsewhere/secret.png"):
+        with pytest.raises(StorageError, match="resolves outside the root"):
+            store.get_bytes(key)
+    with pytest.raises(StorageError, match="resolves outside the root"):
+        store.put_bytes("elsewhere/new.png", b"x")  # nor written through
+    assert not (outside / "new.png").exists()
+    assert store.get_bytes("images/alias.png") == b"mine"  # a link inside the root is fine

@@ -315,3 +315,18 @@ def test_checker_rejects_weak_helm_values() -> None:
     problems = "\n".join(helm_values_problems(values))
     for expected in ("executor", "pinned tag", "fernetKey is set inline", "jwtSecretName", "gitSync"):
         assert expected in problems
+
+
+def test_only_airflow_tasks_and_the_job_submitter_reach_the_jobs_api() -> None:
+    policy = find_object("NetworkPolicy", "icg-ray")
+    assert policy is not None, "infra/k8s/networkpolicy.yaml"
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {"ray.io/cluster": "icg-ray"}
+    assert spec["policyTypes"] == ["Ingress"]
+    [own, jobs_api] = spec["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": {"ray.io/cluster": "icg-ray"}}}]}
+    assert jobs_api["ports"] == [{"port": 8265, "protocol": "TCP"}]
+    allowed = [peer["podSelector"]["matchLabels"] for peer in jobs_api["from"]]
+    assert allowed == [{"tier": "airflow"}, {"app.kubernetes.io/component": "ray-job-submitter"}]
+    submitter = yaml.safe_load(RAYJOB_TEMPLATE.read_text(encoding="utf-8"))["spec"]["submitterPodTemplate"]
+    assert submitter["metadata"]["labels"]["app.kubernetes.io/component"] == "ray-job-submitter"

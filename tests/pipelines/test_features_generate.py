@@ -77,7 +77,7 @@ def test_features_and_generate_run_on_both_nodes_vlm_once_per_item(
     assert summary["rows"] == summary["generated"] == n_rows
     assert summary["encoder_calls"] == 0  # diffusion only: the VLM ran once per item, in features
     assert (summary["extra"]["actors"], summary["extra"]["min_actors"]) == (2, 2)  # a fixed pool by default
-    progress = [r.getMessage() for r in caplog.records if r.name == "pipelines.ray_runtime"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "icg_core.progress"]
     assert f"generate ds={ds}: {n_rows} of {n_rows} covers (100%)" in progress[-1]
     assert any(f"features ds={ds}: {n_items} of {n_items} items (100%)" in line for line in progress)
     with ray.init(address=on_cluster.gcs_address):

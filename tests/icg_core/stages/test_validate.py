@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from icg_core import layout
 from icg_core.stages.extract import extract_day
@@ -159,6 +161,20 @@ def test_missing_image_object_is_rejected(raw_day_store):
     assert_rejected(raw, report, "reference_image_check", "item_id='i3'", "unreadable")
 
 
+def test_a_reference_image_linked_out_of_the_root_is_rejected(raw_day_store, tmp_path_factory):
+    raw = raw_day_store  # a local root
+    raw.populate()
+    outside = tmp_path_factory.mktemp("outside") / "outside.png"
+    outside.write_bytes(png_bytes())  # a valid image, but not the root's
+    image = Path(raw.store.arrow_path("images/ref-i3.png"))
+    image.unlink()
+    image.symlink_to(outside)
+    report = extract_and_validate(raw)
+    assert_rejected(
+        raw, report, "reference_image_check", "item_id='i3'", "unreadable", "resolves outside the root"
+    )
+
+
 def test_injection_looking_and_non_ascii_titles_pass_byte_identical(raw_day_store):
     raw = raw_day_store
     raw.populate()
@@ -227,3 +243,22 @@ def test_missing_column_is_reported_not_raised(raw_day_store):
 def test_unextracted_day_is_reported_not_raised(raw_day_store):
     report = validate_day(raw_day_store.store, RUN_DS, raw_day_store.cfg)
     assert_rejected(raw_day_store, report, "partition_readable", "not committed")
+
+
+HOSTILE_IDS = ["", "../../etc/x", "a" * 5000, "x'; DROP TABLE items;--", ".hidden", "a/b", " item", "item\n"]
+
+
+@pytest.mark.parametrize(
+    "bad_id", HOSTILE_IDS, ids=["empty", "dotdot", "long", "sql", "dot", "slash", "space", "newline"]
+)
+def test_ids_that_cannot_be_object_keys_are_rejected_with_the_row(raw_day_store, bad_id: str) -> None:
+    raw = raw_day_store
+    raw.populate()
+    hostile = raw.item("hostile") | {"item_id": bad_id}  # a valid row but for its id
+    raw.write_raw("catalog_items", [hostile], ds="2026-11-12")
+    report = extract_and_validate(raw)
+    message = assert_rejected(
+        raw, report, "catalog_items", "expect_column_values_to_match_regex", "'item_id'"
+    )
+    assert "ids become object keys" in message
+    assert repr(bad_id)[:40] in message or bad_id == "a" * 5000  # the row is named (a long id is cut)
