@@ -107,41 +107,6 @@ def check_ray_address(address: str) -> str:
     return address
 
 
-def run_stage(
-    stage: str,
-    *,
-    ds: str,
-    root: str | None = None,
-    config: str | None = None,
-    args: Sequence[str] = (),
-    ray_address: str | None = None,
-    env: dict[str, str] | None = None,
-    timeout_s: float | None = None,
-    job_python: str | None = None,
-) -> StageRun:
-    """Run ``pipelines.<stage>`` for ``ds`` and wait for it.
-
-    Args:
-        stage: module name under ``pipelines`` (``extract``, ``validate``, ...).
-        ds: logical date, YYYY-MM-DD.
-        root, config: passed through as ``--root`` / ``--config``.
-        args: further stage options.
-        ray_address: Ray dashboard address; when set the stage runs as a Ray job on that cluster.
-        env: extra environment variables for the stage (local process or the job's runtime_env).
-        timeout_s: give up (and stop the stage) after this many seconds.
-        job_python: interpreter of a Ray job's entrypoint (default ``$ICG_RAY_JOB_PYTHON`` or
-            ``python``); local runs always use this process's interpreter.
-
-    Raises:
-        StageRefused: the stage exited with status 2 (its message is in the exception).
-        StageCrashed: any other failure.
-    """
-    launched = start_stage(
-        stage, ds=ds, root=root, config=config, args=args, ray_address=ray_address, env=env, job_python=job_python
-    )  # fmt: skip
-    return launched.wait(timeout_s)
-
-
 def start_stage(
     stage: str,
     *,
@@ -153,13 +118,42 @@ def start_stage(
     env: dict[str, str] | None = None,
     job_python: str | None = None,
 ) -> LaunchedStage:
-    """Start ``pipelines.<stage>`` for ``ds`` (arguments as :func:`run_stage`) without waiting for it."""
+    """Start ``pipelines.<stage>`` for ``ds``; ``.wait(timeout_s)`` on the result runs it to the end.
+
+    Args:
+        stage: module name under ``pipelines`` (``extract``, ``validate``, ...).
+        ds: logical date, YYYY-MM-DD.
+        root, config: passed through as ``--root`` / ``--config``.
+        args: further stage options.
+        ray_address: Ray dashboard address; when set the stage runs as a Ray job on that cluster.
+        env: extra environment variables for the stage (local process or the job's runtime_env).
+        job_python: interpreter of a Ray job's entrypoint (default ``$ICG_RAY_JOB_PYTHON`` or
+            ``python``); local runs always use this process's interpreter.
+
+    Returns:
+        The running stage: :meth:`LaunchedStage.wait` returns its :class:`StageRun` or raises
+        StageRefused (exit status 2, its message in the exception) / StageCrashed (anything else);
+        :meth:`LaunchedStage.stop` stops it from elsewhere.
+    """
     argv = stage_command(stage, ds=ds, root=root, config=config, args=args)
     env = {**CHILD_LOG_ENV, **(env or {})}
     if ray_address:
         python = job_python or os.environ.get(JOB_PYTHON_ENV) or "python"
         return RayJobStage.submit(stage, ds, [python, *argv], check_ray_address(ray_address), env)
     return LocalStage.start(stage, ds, [sys.executable, *argv], env)
+
+
+def _json_record(text: str) -> tuple[int, str, str] | None:
+    """(level, logger, message) of one of our JSON log lines; None for any other line."""
+    if not text.startswith("{"):
+        return None
+    try:
+        record = json.loads(text)
+        level = logging.getLevelName(str(record["level"]).upper())
+        message = str(record["message"]) + (f"\n{record['exc_info']}" if record.get("exc_info") else "")
+        return (level if isinstance(level, int) else logging.INFO), str(record.get("logger", "")), message
+    except (ValueError, KeyError, TypeError):
+        return None  # JSON-looking output that is not a log record: relayed as text
 
 
 class LineRelay:
@@ -194,20 +188,9 @@ class LineRelay:
         self.tail.append(message if name else text)
 
     def _parse(self, text: str) -> tuple[int, str, str]:
-        if text.startswith("{"):
-            try:
-                record = json.loads(text)
-                level = logging.getLevelName(str(record["level"]).upper())
-                message = str(record["message"]) + (
-                    f"\n{record['exc_info']}" if record.get("exc_info") else ""
-                )
-                return (
-                    (level if isinstance(level, int) else logging.INFO),
-                    str(record.get("logger", "")),
-                    message,
-                )
-            except (ValueError, KeyError, TypeError):
-                pass
+        record = _json_record(text)
+        if record is not None:
+            return record
         matched = TEXT_LOG_LINE.match(text)
         if matched:
             return int(logging.getLevelName(matched.group(1))), matched.group(2), matched.group(3)

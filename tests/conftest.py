@@ -194,7 +194,7 @@ def alert_webhook() -> Iterator[AlertWebhook]:
             self.end_headers()
 
         def log_message(self, *args: object) -> None:
-            pass
+            """Quiet: the test reads what was received, not an access log on stderr."""
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

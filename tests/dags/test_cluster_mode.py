@@ -91,14 +91,14 @@ def _read_until(task: subprocess.Popen, marker: str, timeout_s: float) -> list[s
 def test_killing_the_airflow_task_stops_its_ray_job_and_the_log_streams_before_the_end(
     ray_cluster: RayCluster, airflow_home: Path, tmp_path: Path
 ) -> None:
-    from pipelines.launch import run_stage
+    from pipelines.launch import start_stage
 
     root = ObjectStore(str(tmp_path / "root"))
     generate_world(
         root, WorldConfig(n_items=12, n_users=20, days=2, impressions_per_day=60, n_taste_groups=2)
     )
     for stage in ("extract", "validate"):
-        run_stage(stage, ds=DS, root=root.root, timeout_s=300)
+        start_stage(stage, ds=DS, root=root.root).wait(300)
     # Bootstrap trains for minutes: the task is killed while its Ray job runs. The root reaches the
     # job as the worker's ICG__ setting (pipelines.orchestration.forwarded_settings).
     env = airflow_env(

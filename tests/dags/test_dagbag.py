@@ -85,35 +85,21 @@ def test_airflow_cli_finds_the_dags_with_only_the_dags_folder_set(tmp_path: Path
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }
-    migrated = subprocess.run(
-        [AIRFLOW, "db", "migrate"], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert migrated.returncode == 0, migrated.stderr[-3000:]
-    listed = subprocess.run(
-        [AIRFLOW, "dags", "list", "--local", "-o", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert listed.returncode == 0, listed.stderr[-3000:]
-    assert EXPECTED_DAGS <= {row["dag_id"] for row in json.loads(listed.stdout[listed.stdout.index("[") :])}
+
+    def airflow(*args: str) -> str:
+        done = subprocess.run(
+            [AIRFLOW, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
+        assert done.returncode == 0, f"airflow {' '.join(args)}:\n{done.stderr[-3000:]}"
+        return done.stdout
+
+    airflow("db", "migrate")
+    listed = airflow("dags", "list", "--local", "-o", "json")
+    assert EXPECTED_DAGS <= {row["dag_id"] for row in json.loads(listed[listed.index("[") :])}
     # `dags show` reads the serialized DAG, as the UI does: what the DAG processor (here `reserialize`) stores.
-    serialized = subprocess.run(
-        [AIRFLOW, "dags", "reserialize"], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert serialized.returncode == 0, serialized.stderr[-3000:]
-    shown = subprocess.run(
-        [AIRFLOW, "dags", "show", "icg_nightly"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert shown.returncode == 0, shown.stderr[-3000:]
-    assert "digraph icg_nightly" in shown.stdout and "evaluate -> publish" in shown.stdout
+    airflow("dags", "reserialize")
+    shown = airflow("dags", "show", "icg_nightly")
+    assert "digraph icg_nightly" in shown and "evaluate -> publish" in shown
 
 
 def test_nightly_schedule_and_concurrency(dagbag) -> None:

@@ -13,7 +13,7 @@ from icg_core import layout
 from icg_core.config import WorldConfig
 from icg_core.storage import ObjectStore
 from icg_core.world.simulator import generate_world
-from pipelines.launch import LineRelay, StageCrashed, StageRefused, check_ray_address, run_stage, start_stage
+from pipelines.launch import LineRelay, StageCrashed, StageRefused, check_ray_address, start_stage
 from tests.ray_cluster import RayCluster
 
 TINY = WorldConfig(
@@ -44,13 +44,13 @@ def corrupt_reference_image(root: str) -> None:
 
 def test_local_extract_succeeds_and_validate_refuses_a_corrupt_image(tmp_path: Path) -> None:
     root, ds = tiny_world(tmp_path / "world")
-    run = run_stage("extract", ds=ds, root=root, timeout_s=300)
+    run = start_stage("extract", ds=ds, root=root).wait(300)
     assert run.where == "local" and run.ds == ds
     assert ObjectStore(root).has_partition("catalog_items", ds=ds, area="staging/extract")
 
     corrupt_reference_image(root)
     with pytest.raises(StageRefused) as refused:
-        run_stage("validate", ds=ds, root=root, timeout_s=300)
+        start_stage("validate", ds=ds, root=root).wait(300)
     message = str(refused.value)
     assert f"stage validate ds={ds} refused: validation failed for ds={ds}" in message
     assert "item_00000" in message and "corrupt" in message  # the failed check, not just "failed"
@@ -59,19 +59,15 @@ def test_local_extract_succeeds_and_validate_refuses_a_corrupt_image(tmp_path: P
 
 def test_local_crash_is_not_a_refusal(tmp_path: Path) -> None:
     with pytest.raises(StageCrashed, match="No module named pipelines.no_such_stage"):
-        run_stage("no_such_stage", ds="2026-11-03", root=str(tmp_path), timeout_s=120)
+        start_stage("no_such_stage", ds="2026-11-03", root=str(tmp_path)).wait(120)
 
 
 def test_local_timeout_stops_a_silent_stage(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(StageCrashed, match="ran past 1s"):
-        run_stage(
-            "extract",
-            ds="2026-11-03",
-            root=str(tmp_path),
-            timeout_s=1,
-            env={"PYTHONPATH": str(_sleeper(tmp_path))},
-        )
+        start_stage(
+            "extract", ds="2026-11-03", root=str(tmp_path), env={"PYTHONPATH": str(_sleeper(tmp_path))}
+        ).wait(timeout_s=1)
     assert time.monotonic() - started < 30
 
 
@@ -148,7 +144,7 @@ def test_other_ray_addresses_are_refused_with_what_was_expected(address: str) ->
 def test_ray_job_runs_the_stage_and_reports_refusals(ray_cluster: RayCluster, tmp_path: Path) -> None:
     root, ds = tiny_world(tmp_path / "world")
     started = time.monotonic()
-    run = run_stage("extract", ds=ds, root=root, ray_address=ray_cluster.dashboard_url, timeout_s=300)
+    run = start_stage("extract", ds=ds, root=root, ray_address=ray_cluster.dashboard_url).wait(300)
     print(f"Ray job round trip (extract): {time.monotonic() - started:.1f}s")
     assert run.where.startswith(f"icg-extract-{ds}-")
     assert ObjectStore(root).has_partition("catalog_items", ds=ds, area="staging/extract")
@@ -158,7 +154,7 @@ def test_ray_job_runs_the_stage_and_reports_refusals(ray_cluster: RayCluster, tm
     with pytest.raises(
         StageRefused, match="catalog_items for ds=.* is missing .* run the validate stage first"
     ):
-        run_stage("publish", ds=ds, root=root, ray_address=ray_cluster.dashboard_url, timeout_s=300)
+        start_stage("publish", ds=ds, root=root, ray_address=ray_cluster.dashboard_url).wait(300)
 
     with pytest.raises(StageCrashed, match="exit status 1"):
-        run_stage("no_such_stage", ds=ds, root=root, ray_address=ray_cluster.dashboard_url, timeout_s=300)
+        start_stage("no_such_stage", ds=ds, root=root, ray_address=ray_cluster.dashboard_url).wait(300)
