@@ -50,7 +50,7 @@ def generate_for(
         rows = compute_item_features(bundle.encoder, items, store).table
         features = load_features(store, rows.column("features_uri").to_pylist())
     else:
-        images = [decode_image(store.read_uri(u)) for u in items.column("reference_image_uri").to_pylist()]
+        images = [decode_image(store.read_object(u)) for u in items.column("reference_image_uri").to_pylist()]
         with torch.no_grad():
             features = bundle.encoder(items.column("title").to_pylist(), images)
     seeds = [
@@ -138,7 +138,7 @@ def evaluate(cfg, args: argparse.Namespace) -> dict:
     size = trained.covers.image_size
     references = np.stack(
         [
-            to_square(decode_image(store.read_uri(u)), size)
+            to_square(decode_image(store.read_object(u)), size)
             for u in items.column("reference_image_uri").to_pylist()
         ]
     )

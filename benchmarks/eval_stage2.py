@@ -288,7 +288,7 @@ def evaluate(store: ObjectStore, cfg, ds: str, version: str, n_items: int | None
     size = tuned.covers.image_size
     references = np.stack(
         [
-            to_square(decode_image(store.read_uri(u)), size)
+            to_square(decode_image(store.read_object(u)), size)
             for u in items.column("reference_image_uri").to_pylist()[:shown]
         ]
     )

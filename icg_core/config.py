@@ -34,6 +34,13 @@ class StorageConfig(_Section):
     root: str = "./data"  # object root: a local path, file:///abs/path or s3://bucket/prefix
     s3_endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, SeaweedFS); None = AWS
     s3_region: str = "us-east-1"  # region passed to the S3 client
+    s3_connect_timeout_s: float = 5.0  # give up connecting to S3 after this long (then retry)
+    s3_read_timeout_s: float = 30.0  # give up waiting for an S3 response after this long (then retry)
+    s3_max_attempts: int = 5  # attempts per S3 call, with exponential backoff; then the stage exits 1
+
+    def client_settings(self) -> dict[str, Any]:
+        """The :class:`icg_core.storage.ObjectStore` arguments besides the root."""
+        return self.model_dump(exclude={"root"})
 
 
 class WorldConfig(_Section):
@@ -66,6 +73,8 @@ class ValidationConfig(_Section):
     max_image_pixels: int = 16_000_000  # larger images are rejected from the header (decompression bombs)
     min_image_side: int = 16  # smaller images are rejected
     sample_rows: int = 5  # failing rows printed per expectation
+    min_day_rows_fraction: float = 0.25  # window days need impressions, >= this x the median day (0 = off)
+    max_misdated_fraction: float = 0.01  # refused above: raw impressions dated outside their dump's day
 
 
 class ModelsConfig(_Section):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -23,7 +25,7 @@ VALIDATED = "validated"  # tables every suite passed on
 USERS = "users"  # user embeddings, segments and centroids
 FEATURES = "features"  # per-item meta-token features and the day's item_features table
 MODELS = "models"  # models/<name>/<version>/ checkpoints and model folders
-COVERS = "covers"  # cover images and sidecars: covers/ds=.../segment=.../<item>.png
+COVERS = "covers"  # cover images and sidecars: covers/ds=.../segment=.../<item>-<digest>.png
 STAGING_COVERS = "staging/covers"  # the generate stage's manifest, waiting for publish
 MANIFESTS = "manifests"  # what downstream readers read
 REPORTS = "reports"  # metrics, reports, validation results, training logs
@@ -76,8 +78,45 @@ class Table:
     def set_latest(self, store: ObjectStore, ds: str) -> None:
         store.set_latest(self.area, self.name, ds)
 
+    def root_key(self) -> str:
+        """The prefix holding every partition of the table."""
+        return f"{self.area}/{self.name}"
+
     def root_uri(self, store: ObjectStore) -> str:
-        return store.uri(f"{self.area}/{self.name}")
+        return store.uri(self.root_key())
+
+
+@dataclass(frozen=True)
+class Day:
+    """The tables of an area that change together, committed as one day (``<area>/_days/ds=<ds>/``).
+
+    Readers of the area's tables follow the day marker, so they see every table of the new day or
+    every table of the old one, never a mix.
+    """
+
+    area: str
+
+    def write(
+        self, store: ObjectStore, tables: Mapping[str, pa.Table], ds: str, meta: Mapping[str, Any]
+    ) -> dict[str, PartitionCommit]:
+        return store.write_day(tables, ds=ds, area=self.area, meta=meta)
+
+    def meta(self, store: ObjectStore, ds: str) -> dict[str, Any] | None:
+        """The facts stored with the day's commit; None when the day is not committed."""
+        marker = store.day_commit(self.area, ds)
+        return None if marker is None else dict(marker.get("meta", {}))
+
+    def retract(self, store: ObjectStore, ds: str) -> None:
+        """Make the day invisible to readers, then delete its files."""
+        store.retract_day(self.area, ds)
+
+
+def partition_day(key: str) -> str:
+    """The ``ds`` of the partition a key lies in (``raw/impressions/ds=2026-11-03/part.parquet`` -> ``2026-11-03``)."""
+    found = re.search(r"/ds=(\d{4}-\d{2}-\d{2})/", key)
+    if found is None:
+        raise StorageError(f"{key!r} is not in a ds= partition")
+    return found.group(1)
 
 
 def raw_table(name: str) -> Table:
@@ -93,6 +132,8 @@ def validated_table(name: str) -> Table:
     return Table(VALIDATED, name)
 
 
+STAGED_DAY = Day(STAGING_EXTRACT)  # extract's catalog snapshot + impressions window, as one commit
+VALIDATED_DAY = Day(VALIDATED)  # what validate promoted: both tables and the validation summary
 RAW_CATALOG = raw_table("catalog_items")
 RAW_IMPRESSIONS = raw_table("impressions")
 CATALOG = validated_table("catalog_items")
@@ -103,6 +144,37 @@ SEGMENT_CENTROIDS = Table(USERS, "segment_centroids")
 ITEM_FEATURES = Table(FEATURES, "item_features")
 STAGED_COVERS = Table(STAGING_COVERS, "covers")  # generate's manifest
 PUBLISHED_COVERS = Table(MANIFESTS, "covers")  # the downstream contract
+
+
+# Tables whose columns name objects (icg_core.data.schemas.OBJECT_COLUMNS), in every area they live in.
+OBJECT_TABLES = (
+    RAW_CATALOG,
+    RAW_IMPRESSIONS,
+    staged_table("catalog_items"),
+    staged_table("impressions"),
+    CATALOG,
+    IMPRESSIONS,
+    ITEM_FEATURES,
+    STAGED_COVERS,
+    PUBLISHED_COVERS,
+)
+DAY_AREAS = (STAGING_EXTRACT, VALIDATED)  # areas whose tables are committed as days
+_OBJECT_AREAS = (RAW, COVERS, FEATURES)  # where the objects tables point to live
+
+
+def key_in_moved_root(uri: str) -> str:
+    """The key an absolute URI written under *another* root names (``.../old-root/raw/x.png`` -> ``raw/x.png``).
+
+    Object keys start with one of the object areas and never contain one again (ids have no ``/``), so
+    the last ``/<area>/`` in the URI is where the old root ended.
+
+    Raises:
+        StorageError: the URI names no object area.
+    """
+    cut = max(uri.rfind(f"/{area}/") for area in _OBJECT_AREAS)
+    if cut < 0:
+        raise StorageError(f"{uri!r} names no object under {', '.join(_OBJECT_AREAS)}/")
+    return uri[cut + 1 :]
 
 
 # ---------------------------------------------------------------------------- images
@@ -124,8 +196,17 @@ def variant_images() -> str:
     return f"{RAW}/images/variants"
 
 
-def cover(ds: str, segment_id: int, item_id: str) -> str:
-    """A generated cover image."""
+def cover(ds: str, segment_id: int, item_id: str, digest: str) -> str:
+    """A generated cover image, addressed by its content (``digest`` of the PNG bytes).
+
+    A rerun that draws a different image writes a new key, so an image a published manifest points
+    to is never overwritten.
+    """
+    return f"{COVERS}/ds={ds}/segment={int(segment_id)}/{item_id}-{digest}.png"
+
+
+def legacy_cover(ds: str, segment_id: int, item_id: str) -> str:
+    """Where covers lived before content addressing (still read by generate's reuse)."""
     return f"{COVERS}/ds={ds}/segment={int(segment_id)}/{item_id}.png"
 
 

@@ -15,6 +15,7 @@ from pipelines import (
     finetune,
     generate,
     imports,
+    migrate,
     publish,
     report,
     rewards,
@@ -46,6 +47,7 @@ app.command("train-rewards")(rewards.train_rewards)
 app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
+app.command("migrate-keys")(migrate.migrate_keys)
 
 
 def main() -> None:

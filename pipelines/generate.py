@@ -6,7 +6,7 @@
    a non-empty catalog, the segment table, the generator and reward versions, the day's features;
 2. streams items x segments through a pool of actors; each loads the generator bundle and the
    reward models once and writes covers in batches (:class:`icg_core.stages.generate.CoverWriter`): PNG at
-   ``covers/ds=<ds>/segment=<s>/<item_id>.png``, a sidecar next to it, and the manifest row;
+   ``covers/ds=<ds>/segment=<s>/<item_id>-<digest>.png``, a sidecar next to it, and the manifest row;
 3. checks one row per (item, segment) and commits the manifest to ``staging/covers`` for publish.
 
 Resumable: a cover whose fingerprint (item content hash, generator version, centroid, sampling) is

@@ -29,8 +29,10 @@ def movielens(
     """Import MovieLens (movies.csv, ratings.csv, posters/<movieId>.jpg)."""
     from icg_core.data.importers import import_movielens
 
-    _, store = open_stage("import-movielens", config, root)
-    print_summary(import_movielens(path, store, click_threshold=click_threshold).to_dict(), json)
+    cfg, store = open_stage("import-movielens", config, root)
+    print_summary(
+        import_movielens(path, store, click_threshold=click_threshold, limits=cfg.validation).to_dict(), json
+    )
 
 
 @app.command("pixelrec")
@@ -47,8 +49,8 @@ def pixelrec(
     """Import PixelRec (pixelrec_interaction/, pixelrec_iteminfo/, cover/<item_id>.jpg)."""
     from icg_core.data.importers import import_pixelrec
 
-    _, store = open_stage("import-pixelrec", config, root)
-    print_summary(import_pixelrec(path, store, subset=subset).to_dict(), json)
+    cfg, store = open_stage("import-pixelrec", config, root)
+    print_summary(import_pixelrec(path, store, subset=subset, limits=cfg.validation).to_dict(), json)
 
 
 if __name__ == "__main__":

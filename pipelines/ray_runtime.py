@@ -6,19 +6,24 @@ Every Ray stage opens one :func:`ray_session`. The same stage code then runs
 - on a cluster: ``RAY_ADDRESS=<head>:6379`` set by the operator, or by the Ray Jobs API, which sets
   it for every job's driver, so a stage submitted with :mod:`pipelines.launch` joins its cluster.
 
-Local Ray runs without token auth (``RAY_AUTH_MODE=disabled``, unless the caller chose a mode): the
-session is private to this process, and a token would only add a file under ``~/.ray``. A cluster's
-auth mode is the cluster's business and is left as the environment says.
+Local Ray is private to this process. Its node address is 127.0.0.1, so its GCS, raylet (with the
+object manager), core workers, dashboard agent, metrics and autoscaler monitor listen on loopback only
+(:func:`_loopback_node`), and it runs with token auth (``RAY_AUTH_MODE=token``) under a random token
+that lives only in the environment of this process and the Ray processes it starts, never in a file
+(:func:`_session_token`): another user of this machine cannot run code through it either. A caller
+that sets ``RAY_AUTH_MODE`` itself keeps its choice. A cluster's auth mode and addresses are the
+cluster's business and are left as the environment says.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,6 +45,9 @@ ACTOR_START_TIMEOUT_S = 600  # the pool waits this long for its first (smallest 
 # hoard the work of a small day while the others sit idle.
 ACTOR_TASKS_IN_FLIGHT = 1
 T = TypeVar("T")
+AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's auth mode: "token", "disabled"
+AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"  # the token itself; Ray looks here before RAY_AUTH_TOKEN_PATH and ~/.ray
+AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 
 
 @dataclass(frozen=True)
@@ -95,25 +103,79 @@ def ray_session(
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     started = time.perf_counter()
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        # "local" rather than None: None would join whatever cluster `ray start` left in /tmp/ray.
-        # num_cpus=None lets Ray count this machine's CPUs (container CPU limits included).
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-        )
-    init_seconds = time.perf_counter() - started
+    with ExitStack() as local_auth:  # closed after ray.shutdown: the token outlives no session
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            if AUTH_MODE_ENV not in os.environ:
+                local_auth.enter_context(_session_token())
+            # "local" rather than None: None would join whatever cluster `ray start` left in /tmp/ray.
+            # num_cpus=None lets Ray count this machine's CPUs (container CPU limits included).
+            with _loopback_node():
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                )
+        init_seconds = time.perf_counter() - started
+        try:
+            yield _describe(_current_address(), local=not address, init_seconds=init_seconds)
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While Ray starts locally: make 127.0.0.1 the node's address, so nothing it starts listens beyond it.
+
+    Ray's servers listen on every interface unless the node's address is loopback, and ``ray.init``
+    turns a ``_node_ip_address`` of 127.0.0.1 into the host's routable address
+    (``resolve_ip_for_localhost``). Ray's single-machine switch (its default on macOS and Windows),
+    ``ray_constants.ENABLE_RAY_CLUSTER`` False, makes ``ray.init`` pick 127.0.0.1 and keep it. That
+    is a module constant, read from ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when ray is imported, so it
+    is switched here for the start-up only: a later ``ray.init(address=...)`` in this process still
+    finds its routable address. The processes Ray starts get the address as an argument.
+    """
+    from ray._private import ray_constants
+
+    single_machine = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        yield _describe(_current_address(), local=not address, init_seconds=init_seconds)
+        yield
     finally:
-        ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = single_machine
+
+
+@contextmanager
+def _session_token() -> Iterator[None]:
+    """For one local session: token auth under a random token held in ``RAY_AUTH_TOKEN``; then as before.
+
+    Ray reads the auth mode into its config when ray is imported and caches the token it loads, so
+    both are reloaded after the environment changes, at the start and again at the end (mode first,
+    as Ray's own tests do). Every Ray process inherits the token with the environment; without
+    ``RAY_AUTH_TOKEN`` Ray would write ``~/.ray/auth_token`` for good.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # not in its stub
+
+    saved = {name: os.environ.get(name) for name in (AUTH_MODE_ENV, AUTH_TOKEN_ENV, AUTH_TOKEN_PATH_ENV)}
+    os.environ.pop(AUTH_TOKEN_PATH_ENV, None)
+    os.environ[AUTH_MODE_ENV] = "token"
+    os.environ[AUTH_TOKEN_ENV] = secrets.token_hex(32)
+    try:
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _current_address() -> str:
@@ -283,8 +345,8 @@ def start_actors_before_work() -> None:
 
 # ------------------------------------------------------------------ what a pool actor is built from
 def store_settings(store: ObjectStore) -> dict[str, Any]:
-    """The constructor settings of ``store`` (root, S3 endpoint and region): :func:`open_actor` reopens it."""
-    return {"root": store.root, "s3_endpoint_url": store.s3_endpoint_url, "s3_region": store.s3_region}
+    """The constructor settings of ``store`` (root, S3 endpoint, region, timeouts): :func:`open_actor` reopens it."""
+    return store.settings()
 
 
 def actor_arguments(store: ObjectStore, cfg: ICGConfig, restart_ledger: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import typer
 
 from icg_core.config import ICGConfig, load_config
 from icg_core.data.schemas import SchemaError
-from icg_core.storage import ObjectStore, StorageError
+from icg_core.storage import ObjectStore, StorageError, StorageUnavailable
 
 log = logging.getLogger("icg")
 
@@ -128,10 +128,21 @@ def main(command: Callable[..., Any]) -> None:
     run_app(app)
 
 
+REFUSED = 2  # bad input or a failed gate: a retry gives the same answer (Airflow does not retry)
+UNAVAILABLE = 1  # the store could not answer: a crash like any other (Airflow retries)
+
+
 def run_app(app: typer.Typer) -> None:
-    """Run a typer app; expected failures print ``error: ...`` and exit 2 instead of a traceback."""
+    """Run a typer app with the exit-code contract of docs/operations.md ("Exit codes").
+
+    Refusals (bad data, failed gates, missing inputs) print ``error: ...`` and exit 2; an unavailable
+    store prints one ``error: ...`` line and exits 1; anything else is a crash with its traceback.
+    """
     try:
         app()
+    except StorageUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(UNAVAILABLE) from None
     except (StageFailed, StorageError, SchemaError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from None
+        raise SystemExit(REFUSED) from None

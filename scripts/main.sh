@@ -2,7 +2,8 @@
 # The main job on the embedded default: generate the world and bootstrap the generator (both once),
 # then run the nightly DAG for one date through Airflow (`airflow dags test`, project-local
 # AIRFLOW_HOME with SQLite, no examples) and say where everything is. A second run with the next
-# DS reuses the world and the bootstrap: `DS=2026-11-16 make run`.
+# DS reuses the world and the bootstrap: `DS=2026-11-16 make run` (past the world's last day of logs,
+# so with ICG__VALIDATION__MIN_DAY_ROWS_FRACTION=0, or validate refuses the night as incomplete).
 # Environment: ROOT (object root, default ./data), DS (logical date; default: the day after the
 # world's last day of logs), ICG_CONFIG (config file).
 set -euo pipefail

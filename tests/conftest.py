@@ -7,6 +7,7 @@ Nothing listens on anything but loopback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -114,27 +115,57 @@ def s3_credentials() -> Iterator[None]:
             os.environ[key] = value
 
 
+class SeaweedFS:
+    """SeaweedFS (`weed mini`) on 127.0.0.1 over one data folder: start, stop and start again (same ports)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.ports = {name: _free_port() for name in ("s3", "master", "filer", "volume", "admin")}
+        self.endpoint_url = f"http://127.0.0.1:{self.ports['s3']}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> S3Server:
+        log = self.data_dir / "weed.log"
+        cmd = [
+            _binary("weed"), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.port={self.ports['s3']}", f"-master.port={self.ports['master']}",
+            f"-filer.port={self.ports['filer']}", f"-volume.port={self.ports['volume']}",
+            f"-admin.port={self.ports['admin']}", "-admin.ui=false", "-webdav=false",
+            "-s3.autoCreateBucket=false",  # like AWS: writing to a missing bucket is an error
+            f"-bucket={BUCKET}",
+        ]  # fmt: skip
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        _wait_for_bucket(self.endpoint_url, BUCKET, self.process, log)
+        return S3Server(self.endpoint_url, BUCKET, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+
 @pytest.fixture(scope="session")
 def s3_server(s3_credentials: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A real S3-compatible server (SeaweedFS `weed mini`) on 127.0.0.1."""
-    data_dir = tmp_path_factory.mktemp("seaweedfs")
-    ports = {name: _free_port() for name in ("s3", "master", "filer", "volume", "admin")}
-    log = data_dir / "weed.log"
-    cmd = [
-        _binary("weed"), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-s3.port={ports['s3']}", f"-master.port={ports['master']}", f"-filer.port={ports['filer']}",
-        f"-volume.port={ports['volume']}", f"-admin.port={ports['admin']}", "-admin.ui=false", "-webdav=false",
-        "-s3.autoCreateBucket=false",  # like AWS: writing to a missing bucket is an error
-        f"-bucket={BUCKET}",
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    """A real S3-compatible server (SeaweedFS `weed mini`) on 127.0.0.1, shared by the session."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
     try:
-        _wait_for_bucket(endpoint, BUCKET, process, log)
-        yield S3Server(endpoint, BUCKET, process)
+        yield server.start()
     finally:
-        _stop(process)
+        server.stop()
+
+
+@pytest.fixture
+def own_s3_server(s3_credentials: None, tmp_path: Path) -> Iterator[SeaweedFS]:
+    """A SeaweedFS of this test's own (started), which the test may stop and start again."""
+    data_dir = tmp_path / "seaweedfs"
+    data_dir.mkdir()
+    server = SeaweedFS(data_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -200,3 +231,37 @@ def alert_webhook() -> Iterator[AlertWebhook]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield AlertWebhook(f"http://127.0.0.1:{server.server_port}/hook", received)
     server.shutdown()
+
+
+# Real filesystems that fail: a tiny tmpfs that fills up, and one remounted read-only.
+@contextlib.contextmanager
+def _tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` for the block; skips the test where mounting is not allowed."""
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); needs root with CAP_SYS_ADMIN")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs: a local disk that fills up."""
+    with _tmpfs(tmp_path / "tiny-disk", "512k") as where:
+        yield where
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs that tests fill first and then remount read-only with :func:`remount_read_only`."""
+    with _tmpfs(tmp_path / "ro-disk", "64m") as where:
+        yield where
+
+
+def remount_read_only(where: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True, capture_output=True)

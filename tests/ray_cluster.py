@@ -10,9 +10,10 @@ pin work to either. Both nodes get the venv's ``bin/`` first on PATH, as an acti
 cluster image gives, so a job's ``python -m pipelines.<stage>`` finds this interpreter.
 
 Addresses: tests reach the GCS and the dashboard at 127.0.0.1, and the dashboard and Ray client
-server listen only there. Ray itself cannot be confined to loopback on Linux: it replaces a
-``--node-ip-address`` of 127.0.0.1 by the host's routable address (``resolve_ip_for_localhost``),
-and its GCS, raylet and object manager gRPC servers listen on all interfaces.
+server listen only there. This two-node cluster (``ray start``, as an operator starts one) replaces a
+``--node-ip-address`` of 127.0.0.1 by the host's routable address (``resolve_ip_for_localhost``), so
+its GCS, raylet and object manager gRPC servers listen on all interfaces for the session; the local
+Ray a stage starts on its own is loopback-only with token auth (pipelines.ray_runtime).
 """
 
 from __future__ import annotations

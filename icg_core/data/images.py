@@ -158,8 +158,8 @@ def fetch_image_bytes(store: ObjectStore, uri: str, *, max_bytes: int) -> bytes:
     """Read an image object by URI, refusing one over ``max_bytes`` before reading it.
 
     Raises:
-        ImageRejected: status ``unreadable`` (missing, not under the store's root, I/O error) or
-            ``too_large_bytes``.
+        ImageRejected: status ``unreadable`` (missing, outside the store's root) or ``too_large_bytes``.
+        StorageUnavailable: the store could not answer; not a verdict on the image, so not caught here.
     """
     try:
         key = store.key(uri)
@@ -169,7 +169,7 @@ def fetch_image_bytes(store: ObjectStore, uri: str, *, max_bytes: int) -> bytes:
                 ImageCheck("too_large_bytes", f"object of {size} bytes exceeds the limit of {max_bytes}")
             )
         return store.get_bytes(key)
-    except (StorageError, OSError) as exc:
+    except StorageError as exc:
         raise ImageRejected(ImageCheck("unreadable", str(exc))) from exc
 
 
@@ -263,7 +263,7 @@ def read_images(store: ObjectStore, uris: Sequence[str], size: int | None = None
     unique = list(dict.fromkeys(uris))
 
     def load(uri: str) -> np.ndarray:
-        return np.asarray(decode_image(store.read_uri(uri)))
+        return np.asarray(decode_image(store.read_object(uri)))
 
     with ThreadPoolExecutor(_READ_THREADS) as pool:
         decoded = dict(zip(unique, pool.map(load, unique), strict=True))

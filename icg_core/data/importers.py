@@ -29,6 +29,8 @@ import pyarrow as pa
 from PIL import Image
 
 from icg_core import layout
+from icg_core.config import ValidationConfig
+from icg_core.data.images import check_image_bytes
 from icg_core.data.schemas import MAX_ID_CHARS, SAFE_ID_PATTERN, TIMESTAMP
 from icg_core.storage import ObjectStore
 
@@ -73,9 +75,10 @@ class ImportSummary:
         source: "movielens" or "pixelrec".
         items_imported: catalog rows written (items with a decodable image).
         items_skipped_no_image: items without an image file.
-        items_skipped_bad_image: items whose image file is not a decodable image.
+        items_skipped_bad_image: items whose image validate would refuse (format, bytes, pixels,
+            decoding) or that links outside the image folder.
         sample_no_image_ids: up to ``SAMPLE_IDS`` ids of items skipped for a missing image.
-        sample_bad_image_ids: up to ``SAMPLE_IDS`` ids of items skipped for an undecodable image.
+        sample_bad_image_ids: up to ``SAMPLE_IDS`` ids of items skipped for a bad image.
         impressions: impression rows written.
         clicks: impressions with ``clicked`` true.
         interactions_dropped: input interactions not written (item skipped or not in the item file).
@@ -100,7 +103,9 @@ class ImportSummary:
 
 
 # ----------------------------------------------------------------------------- MovieLens
-def import_movielens(path: Path, store: ObjectStore, *, click_threshold: float = 4.0) -> ImportSummary:
+def import_movielens(
+    path: Path, store: ObjectStore, *, click_threshold: float = 4.0, limits: ValidationConfig | None = None
+) -> ImportSummary:
     """Import a MovieLens release (``ml-latest-small``, ``ml-25m``, ... CSV layout) into ``raw``.
 
     Expected under ``path``: ``movies.csv`` (movieId,title,genres; genres pipe-separated),
@@ -117,6 +122,7 @@ def import_movielens(path: Path, store: ObjectStore, *, click_threshold: float =
         path: directory of the unpacked release.
         store: object store to write ``raw/catalog_items``, ``raw/impressions`` and images into.
         click_threshold: ratings at or above it count as clicks (MovieLens stars, 0.5-5.0).
+        limits: validate's image limits; an image outside them skips its item.
 
     Raises:
         ValueError: a required file or column is missing, a value is unreadable, or nothing is left
@@ -154,11 +160,15 @@ def import_movielens(path: Path, store: ObjectStore, *, click_threshold: float =
             "clicked": (rating >= click_threshold).to_numpy(),
         }
     )
-    return _write_raw("movielens", store, items, interactions, posters_dir, items_file=movies_csv)
+    return _write_raw(
+        "movielens", store, items, interactions, posters_dir, items_file=movies_csv, limits=limits
+    )
 
 
 # ----------------------------------------------------------------------------- PixelRec
-def import_pixelrec(path: Path, store: ObjectStore, *, subset: str | None = None) -> ImportSummary:
+def import_pixelrec(
+    path: Path, store: ObjectStore, *, subset: str | None = None, limits: ValidationConfig | None = None
+) -> ImportSummary:
     """Import a PixelRec release (github.com/westlake-repl/PixelRec) into ``raw``.
 
     Accepted layouts under ``path``:
@@ -183,6 +193,7 @@ def import_pixelrec(path: Path, store: ObjectStore, *, subset: str | None = None
         path: directory holding the layout above.
         store: object store to write ``raw/catalog_items``, ``raw/impressions`` and images into.
         subset: which ``<Subset>.csv`` to read when the interaction folder holds several.
+        limits: validate's image limits; an image outside them skips its item.
 
     Raises:
         ValueError: a required file or column is missing or ambiguous, a value is unreadable, or
@@ -213,11 +224,7 @@ def import_pixelrec(path: Path, store: ObjectStore, *, subset: str | None = None
         id_columns=["item_id", title_column, *optional],
     )
 
-    if category_column is None:
-        tags = pd.Series([[] for _ in range(len(raw_items))], index=raw_items.index, dtype=object)
-    else:
-        tags = raw_items[category_column].fillna("").str.split(_TAG_SEPARATORS, regex=True)
-        tags = tags.map(lambda parts: [p.strip() for p in parts if p.strip()])
+    tags = _pixelrec_tags(raw_items, category_column)
     items = pd.DataFrame(
         {
             "item_id": raw_items["item_id"],
@@ -236,7 +243,17 @@ def import_pixelrec(path: Path, store: ObjectStore, *, subset: str | None = None
             "clicked": np.ones(len(raw_interactions), dtype=bool),
         }
     )
-    return _write_raw("pixelrec", store, items, interactions, covers_dir, items_file=items_csv)
+    return _write_raw(
+        "pixelrec", store, items, interactions, covers_dir, items_file=items_csv, limits=limits
+    )
+
+
+def _pixelrec_tags(raw_items: pd.DataFrame, category_column: str | None) -> pd.Series:
+    """Each item's tags: the category column split on commas/pipes; empty lists without one."""
+    if category_column is None:
+        return pd.Series([[] for _ in range(len(raw_items))], index=raw_items.index, dtype=object)
+    tags = raw_items[category_column].fillna("").str.split(_TAG_SEPARATORS, regex=True)
+    return tags.map(lambda parts: [p.strip() for p in parts if p.strip()])
 
 
 def _find_pixelrec_csv(
@@ -275,6 +292,7 @@ def _write_raw(
     images_dir: Path,
     *,
     items_file: Path,
+    limits: ValidationConfig | None,
 ) -> ImportSummary:
     """Copy images, then write the catalog and the daily impression partitions.
 
@@ -292,12 +310,15 @@ def _write_raw(
     no_image_ids = items.loc[~has_file, "item_id"].tolist()
     candidates = items.loc[has_file]
     uris = _copy_images(
-        store, candidates["item_id"].tolist(), [image_files[i] for i in candidates["item_id"]]
+        store,
+        candidates["item_id"].tolist(),
+        [image_files[i] for i in candidates["item_id"]],
+        limits or ValidationConfig(),
     )
     bad_image_ids = [i for i in candidates["item_id"] if uris[i] is None]
     catalog = candidates.loc[candidates["item_id"].map(uris).notna()].copy()
     catalog["reference_image_uri"] = catalog["item_id"].map(uris)
-    for ids, why in ((no_image_ids, "have no image"), (bad_image_ids, "have an undecodable image")):
+    for ids, why in ((no_image_ids, "have no image"), (bad_image_ids, "have an unusable image (reasons above)")):
         if ids:
             log.warning("import[%s]: %d items %s in %s, skipped (e.g. %s)",
                         source, len(ids), why, images_dir, ids[:SAMPLE_IDS])  # fmt: skip
@@ -407,30 +428,46 @@ def _index_images(folder: Path) -> dict[str, Path]:
     return {stem: p for stem, (_, p) in found.items()}
 
 
-def _checked_image(data: bytes) -> str | None:
-    """The file extension for ``data`` if it decodes as an image, else None.
+def _checked_image(file: Path, folder: Path, limits: ValidationConfig) -> tuple[bytes, str] | str:
+    """``(bytes, extension)`` of an image file validate would accept, else the reason it is skipped.
 
-    Decoding is what catches truncated files (the header alone does not); for JPEG ``draft`` makes the
-    decoder work at 1/8 scale, so the check costs a fraction of a full decode.
+    The same limits as validate, in the same order (``icg_core.data.images``): the byte size from a
+    stat, before reading; then format and width x height from the header, so a 144-megapixel poster is
+    refused without being decoded; then a decode, which catches truncated files. A symbolic link that
+    leaves the input folder is refused like a missing file: an import reads only what it was given.
     """
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format or ""
-            img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return None
-    return _PIL_EXTENSIONS.get(fmt, fmt.lower() or None)
+    real = file.resolve()
+    if not real.is_relative_to(folder.resolve()):
+        return f"{file.name} links outside {folder}"
+    size = real.stat().st_size
+    if size > limits.max_image_bytes:
+        return f"{file.name}: {size} bytes exceeds the limit of {limits.max_image_bytes}"
+    data = real.read_bytes()
+    check = check_image_bytes(
+        data,
+        max_bytes=limits.max_image_bytes,
+        max_pixels=limits.max_image_pixels,
+        min_side=limits.min_image_side,
+    )
+    if not check.ok:
+        return f"{file.name}: {check.label()}"
+    return data, _PIL_EXTENSIONS.get(check.format or "", (check.format or "img").lower())
 
 
-def _copy_images(store: ObjectStore, item_ids: list[str], files: list[Path]) -> dict[str, str | None]:
-    """Check and copy each image to ``raw/images/reference/<item_id>.<ext>``; ``item_id -> URI or None``."""
+def _copy_images(
+    store: ObjectStore, item_ids: list[str], files: list[Path], limits: ValidationConfig
+) -> dict[str, str | None]:
+    """Check and copy each image to ``raw/images/reference/<item_id>.<ext>``; ``item_id -> key or None``.
+
+    A bad image skips its item (logged with the reason); it never stops the import.
+    """
 
     def copy_one(item_id: str, file: Path) -> str | None:
-        data = file.read_bytes()
-        ext = _checked_image(data)
-        if ext is None:
+        checked = _checked_image(file, file.parent, limits)
+        if isinstance(checked, str):
+            log.warning("import: item %s skipped: %s", item_id, checked)
             return None
+        data, ext = checked
         return store.put_bytes(layout.reference_image(item_id, ext), data)
 
     with ThreadPoolExecutor(max_workers=_COPY_WORKERS) as pool:

@@ -80,11 +80,19 @@ TABLES: dict[str, pa.Schema] = {
     ),
 }
 
+# Columns that name an object under the root: stored as keys relative to the root (icg_core.storage).
+OBJECT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "catalog_items": ("reference_image_uri",),
+    "impressions": ("cover_uri",),
+    "item_features": ("features_uri",),
+    "covers": ("cover_uri",),
+}
+
 OPTIONAL_COLUMNS: dict[str, dict[str, pa.DataType]] = {
     "catalog_items": {"description": pa.string(), "tags": pa.list_(pa.string())},
 }
 
-# An id that becomes an object key or a file name (``covers/ds=D/segment=S/<item_id>.png``): a letter
+# An id that becomes an object key or a file name (``covers/ds=D/segment=S/<item_id>-<digest>.png``): a letter
 # or digit, then letters, digits, "_", "." or "-", at most MAX_ID_CHARS in all. No "/", no leading ".",
 # no whitespace: nothing that could leave its folder or mean something to a shell or a query.
 MAX_ID_CHARS = 128

@@ -55,7 +55,7 @@ from sklearn.cluster import KMeans
 from icg_core import layout
 from icg_core.config import USER_VISUAL_ATTRIBUTES, UsersConfig
 from icg_core.data.images import read_images
-from icg_core.storage import ObjectStore, StorageError
+from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -363,9 +363,9 @@ def import_user_embeddings(store: ObjectStore, uri: str, model_version: str | No
         uri: ``file://``/``s3://`` URI or local path of the table.
         model_version: recorded version; defaults to ``"imported-<sha of the uri>"``.
     """
-    try:
+    if uri.startswith(store.root + "/"):  # under the store's root (e.g. on S3 with its endpoint)
         table = pq.read_table(store.arrow_path(store.key(uri)), filesystem=store.fs)
-    except StorageError:  # not under the store's root: a path or URI of its own
+    else:  # a path or URI of its own
         filesystem, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (None, uri)
         table = pq.read_table(path, filesystem=filesystem)
     for column in ("user_id", "embedding"):

@@ -94,7 +94,7 @@ def compute_item_features(
     uris = items.column("reference_image_uri").to_pylist()
     if image_bytes is None:
         with ThreadPoolExecutor(_READ_THREADS) as pool:
-            image_bytes = list(pool.map(store.read_uri, uris))
+            image_bytes = list(pool.map(store.read_object, uris))
     version = encoder.encoder_version
     hashes = [content_hash(t, b, version) for t, b in zip(titles, image_bytes, strict=True)]
     cached = set(store.list(layout.feature_cache(version)))
@@ -126,7 +126,7 @@ def compute_item_features(
             "item_id": pa.array(item_ids, pa.string()),
             "content_hash": pa.array(hashes, pa.string()),
             "encoder_version": pa.array([version] * len(item_ids), pa.string()),
-            "features_uri": pa.array([store.uri(layout.feature(version, h)) for h in hashes], pa.string()),
+            "features_uri": pa.array([layout.feature(version, h) for h in hashes], pa.string()),
         }
     )
     if ds is not None:
@@ -146,7 +146,7 @@ def compute_item_features(
 def load_features(store: ObjectStore, features_uris: Sequence[str]) -> torch.Tensor:
     """Stack cached features: float32 ``[B, N, d_mllm]`` in the order of ``features_uris``."""
     with ThreadPoolExecutor(_READ_THREADS) as pool:
-        payloads = list(pool.map(store.read_uri, features_uris))
+        payloads = list(pool.map(store.read_object, features_uris))
     return torch.stack([load_safetensors(payload)["features"] for payload in payloads])
 
 

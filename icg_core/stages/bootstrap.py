@@ -417,7 +417,7 @@ def write_contact_sheet(
     store: ObjectStore, bundle: ICGBundle, models: ModelsConfig, items: pa.Table, key: str
 ) -> str:
     """Generate SHEET_SAMPLES null-user covers per item and store the sheet PNG at ``key``. Returns its URI."""
-    encoded = [store.read_uri(uri) for uri in items.column("reference_image_uri").to_pylist()]
+    encoded = [store.read_object(uri) for uri in items.column("reference_image_uri").to_pylist()]
     rows = compute_item_features(bundle.encoder, items, store, image_bytes=encoded).table
     features = load_features(store, rows.column("features_uri").to_pylist())
     item_ids = items.column("item_id").to_pylist()
@@ -441,7 +441,7 @@ def write_contact_sheet(
     )
     buffer = io.BytesIO()
     contact_sheet(references, generated, items.column("title").to_pylist()).save(buffer, format="PNG")
-    uri = store.put_bytes(key, buffer.getvalue())
+    uri = store.uri(store.put_bytes(key, buffer.getvalue()))
     log.info("stage=bootstrap contact sheet items=%d uri=%s", len(item_ids), uri)
     return uri
 

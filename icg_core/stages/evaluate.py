@@ -355,7 +355,7 @@ def run_evaluation(
     seconds = clock.total()
     metrics["gate"] = gate.to_dict()
     metrics["run"] = _run_section(store, cfg, ds, setup, metrics, versions, seconds)
-    uri = store.put_json(layout.metrics(ds), metrics)
+    uri = store.uri(store.put_json(layout.metrics(ds), metrics))
     log.info("stage=evaluate ds=%s metrics=%s gate=%s seconds=%s", ds, uri, gate.passed, seconds)
     headline = {name: {k: variants[name].get(k) for k in HEADLINE_KEYS} for name in variants}
     return EvaluationSummary(ds, uri, headline, gate.to_dict(), seconds), gate

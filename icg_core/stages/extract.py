@@ -14,7 +14,14 @@ changed months ago lives only in an old partition.
 
 Raw files are read as one :mod:`pyarrow.dataset` over ``store.fs`` (local or S3) registered in DuckDB,
 so filters push down into the Parquet scan. The SQL lives in ``sql/`` with bound parameters only;
-the results go to ``staging/extract/<table>/ds=<ds>/`` for validation, even when empty.
+the results go to ``staging/extract/<table>/ds=<ds>/`` for validation, even when empty, as one day
+commit (both tables appear together). The first thing a run does is retract the day it is about to
+write, so a failed or half-finished extract can never be promoted by validate.
+
+The commit also records what validate needs to judge completeness (docs/architecture.md, "Validation"):
+impressions per day of the window, from the first day the logs exist, and the raw rows dated outside
+their dump's day (``sql/raw_impressions_dates.sql``), which the window's SQL would otherwise drop
+silently.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -41,6 +50,7 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 CATALOG = "catalog_items"
 IMPRESSIONS = "impressions"
 SQL_FILES = {CATALOG: "extract_catalog", IMPRESSIONS: "extract_impressions"}  # table -> sql/<name>.sql
+MISDATED_SAMPLE_ROWS = 10  # misdated raw impressions kept as examples for the validation report
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class ExtractSummary:
     partitions_read: dict[str, list[str]]  # table -> raw ds values read
     files_read: dict[str, list[str]]  # table -> raw object keys read
     files_written: dict[str, list[str]] = field(default_factory=dict)  # table -> staging object keys
+    window_days: list[dict[str, Any]] = field(default_factory=list)  # [{day, rows}] from the log's first day
+    misdated: dict[str, Any] = field(default_factory=dict)  # raw impressions dated outside their dump's day
 
 
 def load_sql(name: str) -> str:
@@ -132,7 +144,7 @@ def _with_all_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def open_raw_dataset(
     store: ObjectStore, table_name: str, partitions: list[str]
 ) -> tuple[pads.Dataset, list[str], set[str]]:
-    """The committed raw files of ``partitions`` as one dataset with the contract schema.
+    """The committed raw files of ``partitions`` as one dataset: the contract schema plus ``ds``.
 
     Files already in canonical types are scanned lazily from the store. A file of compatible but
     different types (naive or nanosecond timestamps, large strings) is conformed in memory first,
@@ -145,23 +157,34 @@ def open_raw_dataset(
         SchemaError: a file drifted from the contract (the file, column and expected type named).
     """
     schema = _scan_schema(table_name)
-    keys = [key for ds in partitions for key in layout.raw_table(table_name).files(store, ds)]
+    table = layout.raw_table(table_name)
+    keys = [key for ds in partitions for key in table.files(store, ds)]
     canonical, conformed = [], []
     optional_present: set[str] = set()
     for key in keys:
         path = store.arrow_path(key)
-        physical = pq.read_schema(path, filesystem=store.fs)
         try:
+            physical = pq.read_schema(path, filesystem=store.fs)
             conform(table_name, physical.empty_table())
+        except pa.ArrowInvalid as exc:
+            raise SchemaError(f"raw file {store.uri(key)} is not a readable Parquet file: {exc}") from exc
         except SchemaError as exc:
             raise SchemaError(f"raw file {store.uri(key)}: {exc}") from exc
         optional_present |= set(physical.names) & set(OPTIONAL_COLUMNS.get(table_name, {}))
         if all(physical.field(f.name).type.equals(f.type) for f in schema if f.name in physical.names):
             canonical.append(path)
         else:
-            table = conform(table_name, pq.read_table(path, filesystem=store.fs))
-            conformed.append(pads.dataset(_with_all_columns(table, schema)))
-    on_store = pads.dataset(canonical, schema=schema, format="parquet", filesystem=store.fs)
+            data = _with_all_columns(conform(table_name, pq.read_table(path, filesystem=store.fs)), schema)
+            day = layout.partition_day(key)
+            conformed.append(pads.dataset(data.append_column("ds", pa.array([day] * data.num_rows))))
+    on_store = pads.dataset(
+        canonical,
+        schema=schema.append(pa.field("ds", pa.string())),
+        format="parquet",
+        filesystem=store.fs,
+        partitioning=pads.partitioning(pa.schema([("ds", pa.string())]), flavor="hive"),
+        partition_base_dir=store.arrow_path(table.root_key()),
+    )
     dataset = pads.dataset([on_store, *conformed]) if conformed else on_store
     return dataset, keys, optional_present
 
@@ -179,13 +202,17 @@ def _extract_table(
     table_name: str,
     window: ExtractWindow,
     params: Mapping[str, object],
-) -> tuple[pa.Table, list[str], list[str]]:
+) -> tuple[pa.Table, list[str], list[str], dict[str, Any]]:
+    """One table of the day, the raw partitions and files read, and (impressions) the misdated rows."""
     partitions = raw_partitions_for(store, table_name, window)
     dataset, keys, optional_present = open_raw_dataset(store, table_name, partitions)
     relation = f"raw_{table_name}"
     connection.register(relation, dataset)
+    misdated: dict[str, Any] = {}
     try:
         result = run_extract_query(connection, SQL_FILES[table_name], params)
+        if table_name == IMPRESSIONS:
+            misdated = _misdated(connection)
     finally:
         connection.unregister(relation)
     # The SQL selects every optional column; keep only those some raw file actually carried.
@@ -194,7 +221,41 @@ def _extract_table(
         for c in OPTIONAL_COLUMNS.get(table_name, {})
         if c in result.column_names and c not in optional_present
     ]
-    return result.drop_columns(absent), partitions, keys
+    return result.drop_columns(absent), partitions, keys, misdated
+
+
+def _misdated(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Raw impressions dated outside their dump's day: counts per partition and a few examples."""
+    per_partition = run_extract_query(connection, "raw_impressions_dates", {}).to_pylist()
+    sample = run_extract_query(connection, "misdated_impressions", {"limit": MISDATED_SAMPLE_ROWS})
+    return {
+        "rows_read": sum(int(p["rows_read"]) for p in per_partition),
+        "rows": sum(int(p["misdated"]) for p in per_partition),
+        "partitions": {p["ds"]: int(p["misdated"]) for p in per_partition if p["misdated"]},
+        "sample_rows": [
+            {**row, "shown_at": None if row["shown_at"] is None else row["shown_at"].isoformat()}
+            for row in sample.to_pylist()
+        ],
+    }
+
+
+def window_days(store: ObjectStore, impressions: pa.Table, window: ExtractWindow) -> list[dict[str, Any]]:
+    """Impressions per UTC day of the window, from the first day any raw impressions exist.
+
+    Days before the logs began are not listed: a young deployment is not missing them.
+    """
+    logged = layout.RAW_IMPRESSIONS.days(store)
+    first = max(window.window_start.date(), dt.date.fromisoformat(logged[0])) if logged else None
+    counts: dict[str, int] = {}
+    if impressions.num_rows:
+        for day in pc.strftime(impressions.column("shown_at"), format="%Y-%m-%d").to_pylist():
+            counts[day] = counts.get(day, 0) + 1
+    days = []
+    day = first
+    while day is not None and day < window.window_end.date():
+        days.append({"day": day.isoformat(), "rows": counts.get(day.isoformat(), 0)})
+        day += dt.timedelta(days=1)
+    return days
 
 
 def extract_day(store: ObjectStore, ds: str, cfg: ExtractConfig) -> ExtractSummary:
@@ -213,36 +274,56 @@ def extract_day(store: ObjectStore, ds: str, cfg: ExtractConfig) -> ExtractSumma
         CATALOG: {"snapshot_end": window.snapshot_end},
         IMPRESSIONS: {"window_start": window.window_start, "window_end": window.window_end},
     }
-    rows, partitions_read, files_read, files_written = {}, {}, {}, {}
+    layout.STAGED_DAY.retract(store, ds)  # from here on, only a complete run makes the day promotable
+    results, partitions_read, files_read = {}, {}, {}
+    misdated: dict[str, Any] = {}
     connection = duckdb.connect()
     try:
         # Session time zone fixed so timestamp results never depend on the host's zone.
         connection.execute("SET TimeZone = 'UTC'")
-        for table_name in (CATALOG, IMPRESSIONS):
-            result, partitions, keys = _extract_table(
-                store, connection, table_name, window, params[table_name]
-            )
-            commit = layout.staged_table(table_name).write(store, result, ds)
-            rows[table_name] = commit.rows
-            partitions_read[table_name] = partitions
-            files_read[table_name] = keys
-            files_written[table_name] = list(commit.files)
-            log.info(
-                "stage=extract ds=%s table=%s raw_partitions=%d raw_files=%d rows=%d window=[%s, %s)",
-                ds,
-                table_name,
-                len(partitions),
-                len(keys),
-                commit.rows,
-                window.window_start.isoformat(),
-                window.window_end.isoformat(),
-            )
-            if commit.rows == 0:
-                log.warning(
-                    "stage=extract ds=%s table=%s extracted no rows; validation will reject the day",
-                    ds,
-                    table_name,
+        with store.errors("scan the raw tables of", layout.RAW):
+            for table_name in (CATALOG, IMPRESSIONS):
+                results[table_name], partitions_read[table_name], files_read[table_name], found = (
+                    _extract_table(store, connection, table_name, window, params[table_name])
                 )
+                misdated = misdated or found
     finally:
         connection.close()
-    return ExtractSummary(ds, window, rows, partitions_read, files_read, files_written)
+    days = window_days(store, results[IMPRESSIONS], window)
+    meta = {"window": window.as_dict(), "window_days": days, "misdated": misdated}
+    commits = layout.STAGED_DAY.write(store, results, ds, meta)
+    for table_name, commit in commits.items():
+        log.info(
+            "stage=extract ds=%s table=%s raw_partitions=%d raw_files=%d rows=%d window=[%s, %s)",
+            ds,
+            table_name,
+            len(partitions_read[table_name]),
+            len(files_read[table_name]),
+            commit.rows,
+            window.window_start.isoformat(),
+            window.window_end.isoformat(),
+        )
+        if commit.rows == 0:
+            log.warning(
+                "stage=extract ds=%s table=%s extracted no rows; validation will reject the day",
+                ds,
+                table_name,
+            )
+    if misdated.get("rows"):
+        log.warning(
+            "stage=extract ds=%s misdated raw impressions=%d of %d (by partition: %s); not extracted",
+            ds,
+            misdated["rows"],
+            misdated["rows_read"],
+            misdated["partitions"],
+        )
+    return ExtractSummary(
+        ds,
+        window,
+        {name: c.rows for name, c in commits.items()},
+        partitions_read,
+        files_read,
+        {name: list(c.files) for name, c in commits.items()},
+        days,
+        misdated,
+    )

@@ -3,8 +3,13 @@
 The generate stage (:mod:`pipelines.generate`) runs :class:`CoverWriter` inside Ray actors; a plain
 loop (:func:`generate_covers`) runs the same writer in one process. Layout under the root::
 
-    covers/ds=<ds>/segment=<s>/<item_id>.png    the cover
-    covers/ds=<ds>/segment=<s>/<item_id>.json   its sidecar: the manifest row + the cover's fingerprint
+    covers/ds=<ds>/segment=<s>/<item_id>-<digest>.png   the cover, named by a digest of its bytes
+    covers/ds=<ds>/segment=<s>/<item_id>.json            its sidecar: the manifest row, the cover's
+                                                         key and fingerprint
+
+Cover images are immutable: a PNG is never rewritten with other bytes, because its key carries its
+content digest. A rerun or a forced regenerate writes new keys and moves only the sidecar, so the
+images yesterday's (or this morning's) published manifest points to stay as they were.
 
 A cover is a pure function of its inputs: the item's content hash (title, reference image, encoder
 version), the generator version, the segment centroid and the sampling settings; its seed is
@@ -386,9 +391,8 @@ class CoverWriter:
             if saved is None or saved["fingerprint"] != row["fingerprint"]:
                 continue
             if status == COPIED:
-                self.store.put_bytes(
-                    layout.cover(ds, segment, item), self.store.get_bytes(layout.cover(day, segment, item))
-                )
+                data = self.store.get_bytes(saved["cover_key"])
+                saved = {**saved, "cover_key": self._put_cover(ds, segment, item, data)}
                 self.store.put_json(layout.cover_sidecar(ds, segment, item), saved)
                 self.counts.copied += 1
             else:
@@ -397,13 +401,23 @@ class CoverWriter:
         return None
 
     def _sidecar(self, day: str, segment: int, item: str) -> dict[str, Any] | None:
+        """The sidecar of a complete cover of ``day``, with its ``cover_key``; None when there is none."""
         key = layout.cover_sidecar(day, segment, item)
-        if not self.store.exists(key) or not self.store.exists(layout.cover(day, segment, item)):
+        if not self.store.exists(key):
             return None
         try:
-            return self.store.get_json(key)
-        except (StorageError, ValueError):
+            saved = dict(self.store.get_json(key))
+        except (StorageError, ValueError, TypeError):
             return None  # a sidecar that cannot be read is regenerated, not trusted
+        saved.setdefault("cover_key", layout.legacy_cover(day, segment, item))
+        return saved if self.store.exists(saved["cover_key"]) else None
+
+    def _put_cover(self, ds: str, segment: int, item: str, png: bytes) -> str:
+        """Store a cover under its content-addressed key (never overwriting other bytes); returns the key."""
+        key = layout.cover(ds, segment, item, hashlib.sha256(png).hexdigest()[:16])
+        if not self.store.exists(key):
+            self.store.put_bytes(key, png)
+        return key
 
     def _generate(self, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         started = time.perf_counter()
@@ -447,7 +461,7 @@ class CoverWriter:
                 "fingerprint": row["fingerprint"],
             }
             # PNG first, sidecar second: a sidecar always names a complete cover.
-            self.store.put_bytes(layout.cover(plan.ds, segments[i], row["item_id"]), encode_png(images[i]))
+            saved["cover_key"] = self._put_cover(plan.ds, segments[i], row["item_id"], encode_png(images[i]))
             self.store.put_json(layout.cover_sidecar(plan.ds, segments[i], row["item_id"]), saved)
             self.counts.generated += 1
             if self.on_written is not None:
@@ -456,9 +470,7 @@ class CoverWriter:
 
     def _manifest_row(self, saved: Mapping[str, Any], status: str) -> dict[str, Any]:
         row = {name: saved[name] for name in MANIFEST_SCHEMA.names if name in saved}
-        row["cover_uri"] = self.store.uri(
-            layout.cover(self.plan.ds, int(saved["segment_id"]), saved["item_id"])
-        )
+        row["cover_uri"] = saved["cover_key"]  # relative to the root (icg_core.storage)
         row["created_at"] = dt.datetime.fromisoformat(saved["created_at"])
         row["status"] = status
         return row

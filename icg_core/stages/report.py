@@ -97,7 +97,7 @@ def load_thumbnails(store: ObjectStore, keys: Iterable[str | None]) -> dict[str,
         if not key or key in out:
             continue
         try:
-            data = store.get_bytes(store.key(key) if "://" in key else key)
+            data = store.read_object(key)
             image = decode_image(data)
         except (StorageError, OSError, ImageRejected, ValueError) as exc:
             log.warning("stage=report image=%s unreadable: %s", key, exc)

@@ -1,9 +1,15 @@
 """Validation of a day's extraction with great-expectations suites, and the gate to ``validated/``.
 
-``validate_day`` reads ``staging/extract/{catalog_items,impressions}/ds=<ds>/``, runs one suite per
-table and always writes ``reports/ds=<ds>/validation.json`` (great-expectations' result JSON plus our
-summary). Only when every suite passes are both tables copied, unchanged, to ``validated/``; a failing
-day leaves ``validated/`` untouched, including the tables that passed on their own.
+``validate_day`` reads the day extract committed under ``staging/extract/`` (both tables, or none),
+runs one suite per table plus the day's completeness checks, and always writes
+``reports/ds=<ds>/validation.json`` (great-expectations' result JSON plus our summary). Only when
+everything passes are both tables copied, unchanged, to ``validated/``, as one day commit whose marker
+carries the validation summary: readers see the new catalog, impressions and verdict together or the
+old ones. A failing day leaves ``validated/`` untouched, including the tables that passed on their own.
+
+Completeness (from what extract recorded): every day of the window since the logs began has
+impressions, none fewer than ``min_day_rows_fraction`` x the median day; raw impressions dated outside
+their dump's day are reported, and refused above ``max_misdated_fraction``.
 
 A table that cannot be read against its contract (a column missing or of another type) is a failure
 of that table, reported with the column and expected type, not a crash. Image columns are checked
@@ -18,6 +24,7 @@ import datetime as dt
 import logging
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +89,7 @@ class ValidationReport:
     failures: list[ValidationFailure]
     report_uri: str = ""
     validated_files: dict[str, list[str]] = field(default_factory=dict)
+    extraction: dict[str, Any] = field(default_factory=dict)  # extract's window days and misdated rows
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -91,6 +99,7 @@ class ValidationReport:
             "tables": {name: dataclasses.asdict(t) for name, t in self.tables.items()},
             "failures": [dataclasses.asdict(f) for f in self.failures],
             "validated_files": self.validated_files,
+            "extraction": self.extraction,
         }
 
 
@@ -306,6 +315,43 @@ def suite_failures(table_name: str, result: Any, sample_rows: int) -> list[Valid
     return failures
 
 
+def completeness_failures(extracted: dict[str, Any], cfg: ValidationConfig) -> list[ValidationFailure]:
+    """Missing or implausibly small window days, and too many misdated raw rows (extract's facts)."""
+    failures = []
+    days = extracted.get("window_days", []) if cfg.min_day_rows_fraction > 0 else []
+    median = float(statistics.median(d["rows"] for d in days)) if days else 0.0
+    floor = cfg.min_day_rows_fraction * median
+    short = [d for d in days if d["rows"] == 0 or d["rows"] < floor]
+    if short:
+        failures.append(
+            ValidationFailure(
+                IMPRESSIONS,
+                "window_day_complete",
+                "shown_at",
+                len(short),
+                [{**d, "median_day_rows": median} for d in short],
+                f"every day of the window since the logs began has impressions, at least "
+                f"{cfg.min_day_rows_fraction} x the median day ({median:.0f} rows): a missing or truncated "
+                "dump would silently shrink the window",
+            )
+        )
+    misdated = extracted.get("misdated") or {}
+    rows, read = int(misdated.get("rows", 0)), int(misdated.get("rows_read", 0))
+    if read and rows / read > cfg.max_misdated_fraction:
+        failures.append(
+            ValidationFailure(
+                IMPRESSIONS,
+                "raw_rows_dated_in_their_dump",
+                "shown_at",
+                rows,
+                list(misdated.get("sample_rows", [])),
+                f"at most {cfg.max_misdated_fraction:.2%} of raw impressions dated outside their dump's day "
+                f"(observed {rows} of {read} = {rows / read:.2%}; by dump: {misdated.get('partitions')})",
+            )
+        )
+    return failures
+
+
 def _read_staging(
     store: ObjectStore, table_name: str, ds: str
 ) -> tuple[pa.Table | None, ValidationFailure | None]:
@@ -322,34 +368,18 @@ def _read_staging(
 
 
 # ----------------------------------------------------------------------------- the day
-def validate_day(store: ObjectStore, ds: str, cfg: ICGConfig) -> ValidationReport:
-    """Validate the staged extraction of ``ds``; publish it to ``validated/`` only if everything passes.
-
-    Args:
-        store: the object store holding ``staging/extract/`` partitions.
-        ds: the run's date, ``YYYY-MM-DD``.
-        cfg: the configuration (``extract.lookback_days`` fixes the window, ``validation`` the limits).
-
-    Returns:
-        The report; its JSON is at ``report_uri`` whatever the outcome.
-    """
-    window = extraction_window(ds, cfg.extract.lookback_days)
-    limits = cfg.validation
+def _validate_tables(
+    store: ObjectStore,
+    ds: str,
+    staged: dict[str, pa.Table],
+    window: ExtractWindow,
+    limits: ValidationConfig,
+    tables: dict[str, TableValidation],
+    failures: list[ValidationFailure],
+) -> dict[str, Any]:
+    """Run each readable table's suite, filling ``tables`` and ``failures``; GX's result JSON per table."""
     context = _ephemeral_context()
-    tables: dict[str, TableValidation] = {}
-    failures: list[ValidationFailure] = []
     suite_results: dict[str, Any] = {}
-    staged: dict[str, pa.Table] = {}
-
-    for table_name in (CATALOG, IMPRESSIONS):
-        table, unreadable = _read_staging(store, table_name, ds)
-        if unreadable is not None:
-            failures.append(unreadable)
-            tables[table_name] = TableValidation(table_name, False, None, 0, 1)
-            log.warning("stage=validate ds=%s table=%s unreadable: %s", ds, table_name, unreadable.detail)
-        else:
-            staged[table_name] = table
-
     catalog_ids = None
     if CATALOG in staged:
         catalog_ids = set(staged[CATALOG].column("item_id").drop_null().to_pylist())
@@ -357,7 +387,6 @@ def validate_day(store: ObjectStore, ds: str, cfg: ICGConfig) -> ValidationRepor
         log.warning(
             "stage=validate ds=%s catalog unreadable: impressions' item_id membership not checked", ds
         )
-
     for table_name, table in staged.items():
         if table_name == CATALOG:
             frame = catalog_frame(store, table, limits)
@@ -380,20 +409,65 @@ def validate_day(store: ObjectStore, ds: str, cfg: ICGConfig) -> ValidationRepor
             len(result.results),
             len(table_failures),
         )
+    return suite_results
 
+
+def validate_day(store: ObjectStore, ds: str, cfg: ICGConfig) -> ValidationReport:
+    """Validate the staged extraction of ``ds``; publish it to ``validated/`` only if everything passes.
+
+    Args:
+        store: the object store holding ``staging/extract/`` partitions.
+        ds: the run's date, ``YYYY-MM-DD``.
+        cfg: the configuration (``extract.lookback_days`` fixes the window, ``validation`` the limits).
+
+    Returns:
+        The report; its JSON is at ``report_uri`` whatever the outcome.
+    """
+    window = extraction_window(ds, cfg.extract.lookback_days)
+    limits = cfg.validation
+    tables: dict[str, TableValidation] = {}
+    failures: list[ValidationFailure] = []
+    staged: dict[str, pa.Table] = {}
+
+    extracted = layout.STAGED_DAY.meta(store, ds)
+    if extracted is None:
+        raise StorageError(
+            f"no complete extraction of ds={ds} under {store.uri(layout.STAGING_EXTRACT)} "
+            "(run `icg extract` first; a failed or interrupted extract leaves nothing to validate)"
+        )
+    for table_name in (CATALOG, IMPRESSIONS):
+        table, unreadable = _read_staging(store, table_name, ds)
+        if unreadable is not None:
+            failures.append(unreadable)
+            tables[table_name] = TableValidation(table_name, False, None, 0, 1)
+            log.warning("stage=validate ds=%s table=%s unreadable: %s", ds, table_name, unreadable.detail)
+        else:
+            staged[table_name] = table
+
+    suite_results = _validate_tables(store, ds, staged, window, limits, tables, failures)
+    day_failures = completeness_failures(extracted, limits)
+    failures.extend(day_failures)
+    if day_failures and IMPRESSIONS in tables:
+        t = tables[IMPRESSIONS]
+        tables[IMPRESSIONS] = dataclasses.replace(
+            t, success=False, evaluated=t.evaluated + 2, failed=t.failed + len(day_failures)
+        )
     report = ValidationReport(ds, not failures, window, tables, failures)
+    report.extraction = {
+        "window_days": extracted.get("window_days", []),
+        "misdated": extracted.get("misdated", {}),
+    }
     document: dict[str, Any] = {"summary": report.summary(), "suites": suite_results}
     try:
         if report.success:
-            for table_name, table in staged.items():
-                commit = layout.validated_table(table_name).write(store, table, ds)
-                report.validated_files[table_name] = list(commit.files)
+            commits = layout.VALIDATED_DAY.write(store, staged, ds, {"validation": report.summary()})
+            report.validated_files = {name: list(c.files) for name, c in commits.items()}
             document["summary"] = report.summary()
     except Exception as exc:
         document["summary"]["publish_error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        report.report_uri = store.put_json(layout.validation_report(ds), document)
+        report.report_uri = store.uri(store.put_json(layout.validation_report(ds), document))
     log.info(
         "stage=validate ds=%s success=%s failures=%d report=%s",
         ds,

@@ -166,7 +166,7 @@ def load_catalog_covers(
             cover_uris.append(uri)
             cover_item.append(i)
     with ThreadPoolExecutor(_READ_THREADS) as pool:
-        encoded = list(pool.map(store.read_uri, cover_uris))
+        encoded = list(pool.map(store.read_object, cover_uris))
     covers = np.stack([to_square(decode_image(data), image_size) for data in encoded])
     cover_item_array = np.asarray(cover_item, dtype=np.int64)
     first = np.searchsorted(cover_item_array, np.arange(len(ids)))  # each item's reference comes first

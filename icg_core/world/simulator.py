@@ -245,7 +245,7 @@ def _catalog_partitions(
     ds_list: list[dt.date],
 ) -> dict[str, pa.Table]:
     """The catalog partition of every day: all items on day 0, then each day's title changes."""
-    reference_uris = [store.uri(layout.reference_image(item)) for item in item_ids]
+    reference_uris = [layout.reference_image(item) for item in item_ids]
     category_names = [CATEGORIES[c] for c in item_category]
     titles = _titles(_rng(world.seed, "titles"), item_category)
     partitions = {}
@@ -347,7 +347,7 @@ def _write_days(
     """
     n_variants = world.variants_per_item
     variant_uris = np.array(
-        [store.uri(layout.variant_image(item, k)) for item in item_ids for k in range(n_variants)],
+        [layout.variant_image(item, k) for item in item_ids for k in range(n_variants)],
         dtype=object,
     )
     activity = _rng(world.seed, "activity").lognormal(

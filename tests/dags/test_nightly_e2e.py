@@ -1,14 +1,15 @@
 """`airflow dags test` end to end on a tiny embedded world: bootstrap, nightly, backfill, a failed gate.
 
 One bootstrapped world serves the module; the tests run in order on it, as an operator would:
-bootstrap, the first nightly, the next day, a rerun of the first day (a backfill), then a day whose
-gate fails. Each ``dags test`` runs every stage as its own ``python -m pipelines.<stage>`` process.
+bootstrap, the first nightly, then the root is copied with ``cp -r`` and the original deleted, and on
+the copy the next day, a rerun of the first day (a backfill), then a day whose gate fails. Each ``dags test`` runs every stage as its own ``python -m pipelines.<stage>`` process.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,13 @@ class World:
         )  # fmt: skip
         return result.stdout + result.stderr
 
+    def move(self, root: Path) -> None:
+        """``cp -r`` the root elsewhere, delete the original, and go on with the copy (a restored backup)."""
+        old = Path(self.store.arrow_path(""))
+        shutil.copytree(old, root, symlinks=True)
+        shutil.rmtree(old)
+        self.store = ObjectStore(str(root))
+
     def latest(self) -> str | None:
         return layout.PUBLISHED_COVERS.latest(self.store)
 
@@ -79,7 +87,7 @@ def test_nightly_publishes_one_cover_per_item_and_segment(world: World) -> None:
     pairs = set(zip(manifest["item_id"].to_pylist(), manifest["segment_id"].to_pylist(), strict=True))
     assert pairs == {(i, s) for i in items for s in segments}
     for uri in manifest["cover_uri"].to_pylist():
-        image = Image.open(io.BytesIO(store.read_uri(uri)))
+        image = Image.open(io.BytesIO(store.read_object(uri)))
         image.load()
         assert image.size == (32, 32)
 
@@ -88,8 +96,10 @@ def test_nightly_publishes_one_cover_per_item_and_segment(world: World) -> None:
     assert store.exists(f"reports/ds={ds}/index.html")
 
 
-def test_backfill_two_dates_then_rerun_the_first(world: World) -> None:
+def test_backfill_two_dates_then_rerun_the_first(world: World, tmp_path: Path) -> None:
     first, second = world.ds, _day(world.ds, 1)
+    # From here on the world lives in a copy of its root (the original is gone): nothing may point back.
+    world.move(tmp_path / "copied-root")
     # The second day reuses the reward models and generator (the trigger form's skip_training).
     log = world.run("icg_nightly", second, conf={"skip_training": True})
     assert "state=success" in log, log[-6000:]
@@ -98,7 +108,7 @@ def test_backfill_two_dates_then_rerun_the_first(world: World) -> None:
     second_marker = world.success_marker(second)
     first_rows = read_published(world.store, first).num_rows
 
-    log = world.run("icg_nightly", first)  # a backfill of the older day
+    log = world.run("icg_nightly", first, conf={"skip_training": True})  # a backfill of the older day
     assert "state=success" in log, log[-6000:]
     assert world.latest() == second  # never moves backwards
     assert read_published(world.store, first).num_rows == first_rows  # replaced, not appended

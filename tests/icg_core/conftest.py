@@ -17,6 +17,7 @@ from icg_core.data.schemas import OPTIONAL_COLUMNS, TABLES
 from icg_core.storage import ObjectStore
 
 RUN_DS = "2026-11-15"  # the nightly run under test; lookback 14 -> impressions in [2026-11-01, 2026-11-15)
+WINDOW_DAYS = 14  # the default lookback
 
 
 def utc(day: str, hour: int = 0, minute: int = 0, second: int = 0, microsecond: int = 0) -> dt.datetime:
@@ -58,7 +59,7 @@ class RawDay:
         self.cfg = ICGConfig()
 
     def image(self, name: str, data: bytes | None = None) -> str:
-        return self.store.put_bytes(f"images/{name}.png", png_bytes() if data is None else data)
+        return self.store.put_bytes(f"raw/images/test/{name}.png", png_bytes() if data is None else data)
 
     def item(
         self, item_id: str, *, title: str | None = None, updated_at: dt.datetime | None = None, **extra
@@ -85,32 +86,46 @@ class RawDay:
         self.store.write_table(table_name, table_of(table_name, rows), ds=ds, area="raw")
 
     def write_staging(self, table_name: str, rows: list[dict]) -> None:
-        self.store.write_table(table_name, table_of(table_name, rows), ds=self.ds, area="staging/extract")
+        """Replace one table of the extracted day (as a faulty extraction would have written it)."""
+        marker = self.store.day_commit("staging/extract", self.ds)
+        assert marker is not None, "extract the day first"
+        tables = {
+            name: self.store.read_table(name, ds=self.ds, area="staging/extract") for name in marker["tables"]
+        }
+        tables[table_name] = table_of(table_name, rows)
+        self.store.write_day(tables, ds=self.ds, area="staging/extract", meta=marker["meta"])
 
     def write_uncontracted(self, area: str, table_name: str, table: pa.Table, ds: str | None = None) -> None:
         """Commit a partition the way a foreign writer could, bypassing the contract check."""
-        prefix = self.store.partition_prefix(area, table_name, ds or self.ds)
+        ds = ds or self.ds
+        prefix = self.store.partition_prefix(area, table_name, ds)
         buf = io.BytesIO()
         pq.write_table(table, buf)
         self.store.put_bytes(f"{prefix}/part-foreign.parquet", buf.getvalue())
-        self.store.put_json(f"{prefix}/_SUCCESS", {"files": ["part-foreign.parquet"], "rows": table.num_rows})
+        entry = {"files": ["part-foreign.parquet"], "rows": table.num_rows}
+        marker = self.store.day_commit(area, ds)
+        if marker is None:
+            self.store.put_json(f"{prefix}/_SUCCESS", entry)
+        else:  # a table of a day commit: point the day's marker at the foreign file
+            marker["tables"][table_name] = entry
+            self.store.put_json(self.store.day_marker(area, ds), marker)
 
     def populate(self) -> None:
-        """A small valid world: 3 items (one retitled), impressions spread over the window's days."""
+        """A small valid world: 3 items (one retitled), 6 impressions on every day of the window."""
         self.write_raw("catalog_items", [self.item("i1"), self.item("i2"), self.item("i3")], ds="2026-10-20")
         self.write_raw(
             "catalog_items",
             [self.item("i2", title="Retitled i2", updated_at=utc("2026-11-10", 8))],
             ds="2026-11-10",
         )
-        for day, users in (
-            ("2026-11-01", ("u1", "u2")),
-            ("2026-11-07", ("u2", "u3")),
-            ("2026-11-14", ("u1", "u3")),
-        ):
+        pairs = (("u1", "u2"), ("u2", "u3"), ("u1", "u3"))
+        for n in range(WINDOW_DAYS):
+            day = (dt.date(2026, 11, 1) + dt.timedelta(days=n)).isoformat()
             rows = [
                 self.impression(user, item, utc(day, 12, minute), clicked=minute % 2 == 0)
-                for minute, (user, item) in enumerate((u, i) for u in users for i in ("i1", "i2", "i3"))
+                for minute, (user, item) in enumerate(
+                    (u, i) for u in pairs[n % 3] for i in ("i1", "i2", "i3")
+                )
             ]
             self.write_raw("impressions", rows, ds=day)
 

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from icg_core.data.schemas import SchemaError
-from icg_core.storage import LATEST, SUCCESS, ObjectStore, StorageError, normalize_root
-from tests.conftest import s3_store_for
+from icg_core.storage import LATEST, SUCCESS, ObjectStore, StorageError, StorageUnavailable, normalize_root
+from tests.conftest import remount_read_only, s3_store_for
 
 
 def _catalog(n: int, title: str = "t") -> pa.Table:
@@ -28,10 +28,11 @@ def _catalog(n: int, title: str = "t") -> pa.Table:
 
 
 def test_bytes_and_json_round_trip(any_store: ObjectStore) -> None:
-    uri = any_store.put_bytes("a/b/c.bin", b"\x00\x01payload")
-    assert uri == any_store.uri("a/b/c.bin")
+    key = any_store.put_bytes("a/b/c.bin", b"\x00\x01payload")
+    assert key == "a/b/c.bin"
     assert any_store.get_bytes("a/b/c.bin") == b"\x00\x01payload"
-    assert any_store.read_uri(uri) == b"\x00\x01payload"
+    assert any_store.read_object(key) == b"\x00\x01payload"
+    assert any_store.read_object(any_store.uri(key)) == b"\x00\x01payload"  # older tables: absolute URIs
     any_store.put_json("a/meta.json", {"k": [1, 2], "s": "ünïcode"})
     assert any_store.get_json("a/meta.json") == {"k": [1, 2], "s": "ünïcode"}
     assert any_store.list("a") == ["a/b/c.bin", "a/meta.json"]
@@ -44,12 +45,70 @@ def test_read_missing_object_is_a_clear_error(any_store: ObjectStore) -> None:
         any_store.get_bytes("missing/object")
 
 
-def test_read_uri_refuses_oversized_objects_and_foreign_roots(any_store: ObjectStore) -> None:
-    uri = any_store.put_bytes("big.bin", b"x" * 100)
+def test_read_object_refuses_oversized_objects_and_foreign_roots(any_store: ObjectStore) -> None:
+    key = any_store.put_bytes("big.bin", b"x" * 100)
     with pytest.raises(StorageError, match="larger than"):
-        any_store.read_uri(uri, max_bytes=10)
-    with pytest.raises(StorageError, match="not under"):
-        any_store.read_uri("file:///somewhere/else.png")
+        any_store.read_object(key, max_bytes=10)
+    with pytest.raises(StorageError, match="outside this store's root.*icg migrate-keys"):
+        any_store.read_object("file:///somewhere/else.png")
+    with pytest.raises(StorageError, match=r"\.\."):
+        any_store.read_object("raw/../../etc/passwd")
+
+
+def test_a_day_commit_shows_all_tables_or_none(any_store: ObjectStore) -> None:
+    day = {"catalog_items": _catalog(2), "impressions": _impressions(3)}
+    any_store.write_day(day, ds="2026-11-05", area="validated", meta={"note": "first"})
+    assert any_store.partitions("impressions", area="validated") == ["2026-11-05"]
+    # A second commit that fails half-way (the impressions break their contract) changes nothing,
+    # and leaves none of its files behind.
+    before = any_store.list("validated")
+    broken = {
+        "catalog_items": _catalog(5, title="new"),
+        "impressions": _impressions(1).drop_columns(["clicked"]),
+    }
+    with pytest.raises(SchemaError):
+        any_store.write_day(broken, ds="2026-11-05", area="validated", meta={})
+    assert any_store.list("validated") == before
+    assert any_store.read_table("catalog_items", ds="2026-11-05", area="validated").num_rows == 2
+    # A complete second commit replaces both tables, and the marker carries its facts.
+    any_store.write_day(
+        {"catalog_items": _catalog(5, title="new"), "impressions": _impressions(4)},
+        ds="2026-11-05",
+        area="validated",
+        meta={"note": "second"},
+    )
+    assert any_store.read_table("catalog_items", ds="2026-11-05", area="validated").num_rows == 5
+    assert any_store.read_table("impressions", ds="2026-11-05", area="validated").num_rows == 4
+    assert any_store.day_commit("validated", "2026-11-05")["meta"] == {"note": "second"}
+    assert len([k for k in any_store.list("validated/catalog_items") if k.endswith(".parquet")]) == 1
+    any_store.retract_day("validated", "2026-11-05")
+    assert any_store.partitions("catalog_items", area="validated") == []
+    with pytest.raises(StorageError, match="not committed"):
+        any_store.read_table("impressions", ds="2026-11-05", area="validated")
+
+
+def test_unreadable_committed_files_are_named(any_store: ObjectStore) -> None:
+    commit = any_store.write_table("catalog_items", _catalog(2), ds="2026-11-01", area="raw")
+    (file,) = commit.files
+    for broken in (b"", b"PAR1 but not really parquet"):
+        any_store.put_bytes(file, broken)
+        with pytest.raises(StorageError, match=f"{file}.*not a readable Parquet file"):
+            any_store.read_table("catalog_items", ds="2026-11-01", area="raw")
+    any_store.put_bytes(f"raw/catalog_items/ds=2026-11-01/{SUCCESS}", b"\xff\xfe not json")
+    with pytest.raises(StorageError, match=f"{SUCCESS} is not valid JSON"):
+        any_store.read_table("catalog_items", ds="2026-11-01", area="raw")
+
+
+def _impressions(n: int) -> pa.Table:
+    return pa.table(
+        {
+            "user_id": [f"u{k}" for k in range(n)],
+            "item_id": [f"i{k}" for k in range(n)],
+            "cover_uri": ["raw/images/variants/i0/0.png"] * n,
+            "shown_at": pa.array([dt.datetime(2026, 11, 4, tzinfo=dt.UTC)] * n, pa.timestamp("us", tz="UTC")),
+            "clicked": [False] * n,
+        }
+    )
 
 
 def test_partition_rewrite_replaces_and_never_duplicates(any_store: ObjectStore) -> None:
@@ -115,8 +174,26 @@ def test_unwritable_roots_fail_early(tmp_path: Path, s3_server) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StorageError, match="cannot write"):
         ObjectStore(str(blocker / "root")).check_writable()
-    with pytest.raises(StorageError, match="cannot write"):
+    with pytest.raises(StorageUnavailable, match="bucket 'no-such-bucket-icg' does not exist"):
         ObjectStore("s3://no-such-bucket-icg/x", s3_endpoint_url=s3_server.endpoint_url).check_writable()
+
+
+def test_a_read_only_root_is_unavailable_not_bad_data(read_only_disk: Path) -> None:
+    store = ObjectStore(str(read_only_disk))
+    store.put_bytes("a/kept.bin", b"kept")
+    remount_read_only(read_only_disk)
+    with pytest.raises(StorageUnavailable, match="storage unavailable: cannot write .*Read-only"):
+        store.put_bytes("a/new.bin", b"x")
+    assert store.get_bytes("a/kept.bin") == b"kept"
+
+
+def test_a_full_disk_fails_the_write_and_leaves_no_temporary_object(tiny_disk: Path) -> None:
+    store = ObjectStore(str(tiny_disk))
+    store.put_bytes("a/old.bin", b"old")
+    with pytest.raises(StorageUnavailable, match="No space left"):
+        store.put_bytes("a/old.bin", b"x" * 2_000_000)
+    assert store.get_bytes("a/old.bin") == b"old"
+    assert store.list("") == ["a/old.bin"]
 
 
 def test_root_normalization(tmp_path: Path) -> None:

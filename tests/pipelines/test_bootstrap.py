@@ -60,7 +60,7 @@ def test_bootstrap_resumes_then_reuses_and_draws_a_contact_sheet(tiny_world) -> 
     assert done["features"]["items"] == 20 and done["features"]["computed"] == 20
     assert done["base"]["sd"]["name"] == "base-sd" and done["base"]["vlm"]["name"] == "base-vlm"
     store = ObjectStore(str(root))
-    sheet = Image.open(io.BytesIO(store.read_uri(done["contact_sheet"])))
+    sheet = Image.open(io.BytesIO(store.read_object(done["contact_sheet"])))
     assert sheet.width > 4 * 32 and sheet.height > 32
     summary = store.get_json("reports/bootstrap/summary.json")
     assert summary["generator_version"] == done["generator_version"] and summary["stage1"]["curve"]
@@ -71,7 +71,7 @@ def test_bootstrap_resumes_then_reuses_and_draws_a_contact_sheet(tiny_world) -> 
     assert again["reused"] == ["vlm", "vae", "stage1"] and again["features"]["computed"] == 0
 
     sample = invoke("generate-sample", *common, "--items", "3")
-    image = Image.open(io.BytesIO(store.read_uri(sample["contact_sheet"])))
+    image = Image.open(io.BytesIO(store.read_object(sample["contact_sheet"])))
     assert image.width >= 3 * 32 * 3  # three tiles of reference + two samples
 
 

@@ -12,7 +12,7 @@ from pipelines.cli import app
 
 STAGES = [["world"], ["extract"], ["validate"], ["publish"], ["import", "movielens"], ["import", "pixelrec"]]
 STAGES += [["bootstrap"], ["generate-sample"], ["train-users"], ["train-rewards"], ["finetune"]]
-STAGES += [["features"], ["generate"], ["evaluate"], ["report"]]
+STAGES += [["features"], ["generate"], ["evaluate"], ["report"], ["migrate-keys"]]
 
 
 def test_top_level_help_lists_every_stage() -> None:
@@ -31,7 +31,7 @@ def test_every_command_has_help(words: list[str]) -> None:
 
 MODULES = ["extract", "validate", "publish", "world", "imports"]
 MODULES += ["users", "rewards", "finetune"]
-MODULES += ["features", "generate", "evaluate", "report"]
+MODULES += ["features", "generate", "evaluate", "report", "migrate"]
 
 
 @pytest.mark.parametrize("module", MODULES)

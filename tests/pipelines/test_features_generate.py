@@ -186,7 +186,7 @@ def test_generate_publish_on_s3_read_back_by_pandas_pyarrow_duckdb(
     assert len(frame) == dataset.count_rows() == counted[0] == counted[1] == published.rows
     assert pc.all(pc.is_valid(dataset.to_table()["reward_preference"])).as_py()
     uri = frame.iloc[0]["cover_uri"]
-    assert uri.startswith(store.uri("covers/ds=")) and store.read_uri(uri)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert uri.startswith("covers/ds=") and store.read_object(uri)[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The next night on S3: one changed title -> only its covers are regenerated, the rest copied.
     day = next_day(store, ds, {catalog[0]: "another title entirely"})

@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from icg_core.config import GenerateConfig, ICGConfig
 from icg_core.storage import ObjectStore
 from pipelines.ray_runtime import (
     ACTOR_TASKS_IN_FLIGHT,
+    AUTH_MODE_ENV,
+    AUTH_TOKEN_ENV,
+    AUTH_TOKEN_PATH_ENV,
     RestartLedger,
+    _session_token,
     actor_arguments,
     actor_pool,
     block_count,
@@ -117,6 +123,102 @@ def test_local_session_starts_ray_in_process_and_stops_it(monkeypatch: pytest.Mo
         assert ray.get(ray.remote(lambda: 6 * 7).remote()) == 42
     assert not ray.is_initialized()
     print(f"local ray.init: {session.init_seconds:.1f}s")
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}  # ::ffff:127.0.0.1 is 127.0.0.1 on a dual-stack socket
+
+
+def _listening(processes: list[psutil.Process]) -> set[tuple[str, int, str, int]]:
+    """(process name, pid, address, port) of every listening TCP socket of ``processes``."""
+    found = set()
+    for process in processes:
+        try:
+            name = process.name()
+            for conn in process.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((name, process.pid, conn.laddr.ip, conn.laddr.port))
+        except psutil.NoSuchProcess:  # a worker that exited meanwhile
+            pass
+    return found
+
+
+def _started_since(children_before: set[int]) -> list[psutil.Process]:
+    """This process's children started since ``children_before`` was taken, and all their descendants.
+
+    Not all descendants: a session fixture's ``ray start`` (``ray_cluster``) is a child of pytest too.
+    """
+    new = [child for child in psutil.Process().children() if child.pid not in children_before]
+    tree = []
+    for child in new:
+        try:
+            tree += [child, *child.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return tree
+
+
+class Echo:
+    """A Ray Data actor: its worker process is among those whose sockets are checked."""
+
+    def __call__(self, batch: dict) -> dict:
+        return batch
+
+
+@pytest.mark.slow
+def test_local_session_listens_on_loopback_only_and_refuses_calls_without_its_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import grpc
+    import ray
+    import ray.data
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    for name in ("RAY_ADDRESS", AUTH_MODE_ENV, AUTH_TOKEN_ENV, AUTH_TOKEN_PATH_ENV):
+        monkeypatch.delenv(name, raising=False)
+    default_token = Path.home() / ".ray" / "auth_token"
+    had_default_token = default_token.exists()
+    me = psutil.Process()
+    children_before = {child.pid for child in me.children()}
+    driver_before = _listening([me])
+    with ray_session(num_cpus=2) as session:
+        assert os.environ[AUTH_MODE_ENV] == "token" and len(os.environ[AUTH_TOKEN_ENV]) == 64
+        pool = ray.data.ActorPoolStrategy(size=1)
+        echoed = ray.data.range(8, override_num_blocks=4).map_batches(Echo, batch_size=2, compute=pool)
+        assert echoed.count() == 8
+        sockets = (_listening([me]) - driver_before) | _listening(_started_since(children_before))
+        with grpc.insecure_channel(session.address) as channel:  # the GCS, as anyone on this machine can
+            gcs = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+            request = gcs_service_pb2.GetAllNodeInfoRequest()
+            with pytest.raises(grpc.RpcError) as refused:
+                gcs.GetAllNodeInfo(request, timeout=10)
+            bearer = [("authorization", f"Bearer {os.environ[AUTH_TOKEN_ENV]}")]
+            nodes = gcs.GetAllNodeInfo(request, timeout=10, metadata=bearer).node_info_list
+
+    names = {name for name, *_ in sockets}
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::") for n in names), sorted(sockets)
+    assert all(address in LOOPBACK for _, _, address, _ in sockets), sorted(sockets)
+    assert session.address.startswith("127.0.0.1:")
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED and len(nodes) == 1
+    # The token lived in this process's environment for the session only, never in a file.
+    assert AUTH_MODE_ENV not in os.environ and AUTH_TOKEN_ENV not in os.environ
+    assert default_token.exists() == had_default_token
+
+
+def test_session_token_is_fresh_each_time_and_leaves_the_environment_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(AUTH_MODE_ENV, raising=False)
+    monkeypatch.setenv(AUTH_TOKEN_ENV, "the-caller's")
+    monkeypatch.setenv(AUTH_TOKEN_PATH_ENV, "/elsewhere/token")
+    tokens = []
+    for _ in range(2):
+        with _session_token():
+            assert os.environ[AUTH_MODE_ENV] == "token" and AUTH_TOKEN_PATH_ENV not in os.environ
+            tokens.append(os.environ[AUTH_TOKEN_ENV])
+        assert AUTH_MODE_ENV not in os.environ
+        assert os.environ[AUTH_TOKEN_ENV] == "the-caller's"
+        assert os.environ[AUTH_TOKEN_PATH_ENV] == "/elsewhere/token"
+    assert len(set(tokens)) == 2 and "the-caller's" not in tokens
 
 
 class NodeTagger:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from icg_core.data.importers import ImportSummary, import_movielens, import_pixelrec
 from icg_core.storage import ObjectStore
+from tests.icg_core.conftest import png_declaring
 
 DAY1 = int(dt.datetime(2020, 3, 1, tzinfo=dt.UTC).timestamp())
 DAY2 = DAY1 + 86_400
@@ -104,8 +105,8 @@ def test_movielens_catalog_maps_titles_genres_and_posters(movielens: Path, tmp_p
     assert catalog["182727"]["category"] == "unknown"
     assert catalog["182727"]["tags"] == []
     for item_id, row in catalog.items():
-        assert row["reference_image_uri"] == store.uri(f"raw/images/reference/{item_id}.jpg")
-        with Image.open(io.BytesIO(store.read_uri(row["reference_image_uri"]))) as img:
+        assert row["reference_image_uri"] == f"raw/images/reference/{item_id}.jpg"  # relative to the root
+        with Image.open(io.BytesIO(store.read_object(row["reference_image_uri"]))) as img:
             img.load()
             assert img.size == (24, 24)
     first_shown = min(r["shown_at"] for r in _all_impressions(store))
@@ -145,9 +146,29 @@ def test_movielens_reports_skipped_items_and_dropped_ratings(
     assert summary.items_skipped_no_image == 1 and summary.sample_no_image_ids == ["5"]
     assert summary.items_skipped_bad_image == 2 and sorted(summary.sample_bad_image_ids) == ["6", "7"]
     assert summary.interactions_dropped == 4  # items 5, 6, 7 and the unknown 999
-    assert "no image" in caplog.text and "undecodable" in caplog.text and "dropped 4" in caplog.text
+    assert "no image" in caplog.text and "unusable image" in caplog.text and "dropped 4" in caplog.text
     assert not any(key.rsplit("/", 1)[-1].startswith(("5.", "6.", "7.")) for key in store.list("raw/images"))
     assert summary.to_dict()["days"] == summary.days
+
+
+def test_movielens_applies_validates_image_limits_and_stays_in_its_folder(
+    movielens: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (movielens / "movies.csv").open("a", encoding="utf-8") as out:
+        out.write("8,Huge Poster (1995),Drama\n9,Linked Poster (1995),Drama\n10,Tiny Poster (1995),Drama\n")
+    posters = movielens / "posters"
+    (posters / "8.png").write_bytes(png_declaring(12_000, 12_000))  # 144 megapixels, from the header
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes(_jpeg((1, 2, 3)))
+    (posters / "9.jpg").symlink_to(outside)  # a valid image, but not one the import was given
+    (posters / "10.jpg").write_bytes(_jpeg((9, 9, 9), size=8))  # under validate's 16-pixel side
+    store = ObjectStore(str(tmp_path / "store"))
+    with caplog.at_level(logging.WARNING, logger="icg_core.data.importers"):
+        summary = import_movielens(movielens, store)
+    assert summary.items_imported == 4
+    assert sorted(summary.sample_bad_image_ids) == ["10", "6", "7", "8", "9"]
+    assert "8.png: too_many_pixels" in caplog.text and "144000000 pixels" in caplog.text
+    assert "9.jpg links outside" in caplog.text and "10.jpg: too_small" in caplog.text
 
 
 def test_movielens_click_threshold(movielens: Path, tmp_path: Path) -> None:
@@ -266,7 +287,7 @@ def test_pixelrec_public_layout(tmp_path: Path) -> None:
     ]
     for r in rows:
         assert r["cover_uri"] == catalog[r["item_id"]]["reference_image_uri"]
-        with Image.open(io.BytesIO(store.read_uri(r["cover_uri"]))) as img:
+        with Image.open(io.BytesIO(store.read_object(r["cover_uri"]))) as img:
             img.load()
     assert min(r["shown_at"] for r in rows) >= catalog["i0"]["updated_at"]
 

@@ -6,6 +6,7 @@ tiny day: world, validated tables, a tiny stage-1 generator, item features, segm
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -106,12 +107,24 @@ def test_covers_once_per_item_segment_then_reused_and_only_changed_items_regener
     for column in ("reward_aesthetic", "reward_relevance", "reward_preference"):
         assert pc.all(pc.is_finite(manifest[column])).as_py()
     row = manifest.slice(0, 1).to_pylist()[0]
-    assert store.exists(layout.cover(ds, row["segment_id"], row["item_id"]))
+    assert row["cover_uri"].startswith(f"covers/ds={ds}/segment=") and store.exists(row["cover_uri"])
     covers_before = {k: store.get_bytes(k) for k in store.list(f"covers/ds={ds}") if k.endswith(".png")}
+    assert set(manifest["cover_uri"].to_pylist()) == set(covers_before)
 
     again = generate_covers(store, cfg, ds)  # a rerun: everything kept, same bytes
     assert (again.generated, again.kept) == (0, n_items * n_segments)
     assert {k: store.get_bytes(k) for k in covers_before} == covers_before
+
+    # A regenerate that draws other pixels (another guidance scale) writes new keys: the images the
+    # first manifest points to (perhaps already published) are never overwritten.
+    plan = plan_generation(store, cfg, ds)
+    other = dataclasses.replace(plan, sampling=dataclasses.replace(plan.sampling, guidance_scale=9.0))
+    redrawn = generate_covers(store, cfg, ds, plan=other)
+    assert redrawn.generated == n_items * n_segments
+    assert {k: store.get_bytes(k) for k in covers_before} == covers_before
+    new_keys = set(layout.STAGED_COVERS.read(store, ds)["cover_uri"].to_pylist())
+    assert new_keys.isdisjoint(covers_before) and all(store.exists(k) for k in new_keys)
+    generate_covers(store, cfg, ds)  # back to the day's own plan: regenerated, same keys as at first
 
     # The next night: one title changed. Only its item is re-encoded and only its covers regenerated.
     changed = row["item_id"]

@@ -7,8 +7,10 @@ import pyarrow as pa
 import pytest
 
 from icg_core import layout
+from icg_core.config import ICGConfig
 from icg_core.stages.extract import extract_day
 from icg_core.stages.validate import format_failures, validate_day
+from icg_core.storage import ObjectStore, StorageError
 from tests.icg_core.conftest import RUN_DS, RawDay, png_bytes, png_declaring, utc
 
 
@@ -40,7 +42,7 @@ def test_valid_day_passes_and_is_published_unchanged(any_store):
         staged = raw.store.read_table(table_name, ds=RUN_DS, area="staging/extract")
         assert raw.store.read_table(table_name, ds=RUN_DS, area="validated").equals(staged)
         assert report.tables[table_name].success and report.tables[table_name].failed == 0
-    assert report.tables["impressions"].rows == 18
+    assert report.tables["impressions"].rows == 6 * 14
     document = raw.store.get_json(layout.validation_report(RUN_DS))
     assert document["summary"]["success"] is True
     assert document["suites"]["catalog_items"]["success"] is True
@@ -142,7 +144,7 @@ def test_non_image_cover_is_rejected(raw_day_store):
     message = assert_rejected(
         raw, report, "cover_image_check", "item_id='i3'", "not_an_image", "cover-i3.png"
     )
-    assert "6 unexpected" in message  # every impression that showed the bad cover
+    assert "28 unexpected" in message  # every impression that showed the bad cover (2 a day)
 
 
 def test_decompression_bomb_image_is_rejected(raw_day_store):
@@ -156,7 +158,7 @@ def test_decompression_bomb_image_is_rejected(raw_day_store):
 def test_missing_image_object_is_rejected(raw_day_store):
     raw = raw_day_store
     raw.populate()
-    raw.store.delete("images/ref-i3.png")
+    raw.store.delete("raw/images/test/ref-i3.png")
     report = extract_and_validate(raw)
     assert_rejected(raw, report, "reference_image_check", "item_id='i3'", "unreadable")
 
@@ -166,7 +168,7 @@ def test_a_reference_image_linked_out_of_the_root_is_rejected(raw_day_store, tmp
     raw.populate()
     outside = tmp_path_factory.mktemp("outside") / "outside.png"
     outside.write_bytes(png_bytes())  # a valid image, but not the root's
-    image = Path(raw.store.arrow_path("images/ref-i3.png"))
+    image = Path(raw.store.arrow_path("raw/images/test/ref-i3.png"))
     image.unlink()
     image.symlink_to(outside)
     report = extract_and_validate(raw)
@@ -240,9 +242,77 @@ def test_missing_column_is_reported_not_raised(raw_day_store):
     assert report.tables["impressions"].success
 
 
-def test_unextracted_day_is_reported_not_raised(raw_day_store):
-    report = validate_day(raw_day_store.store, RUN_DS, raw_day_store.cfg)
-    assert_rejected(raw_day_store, report, "partition_readable", "not committed")
+def test_an_unextracted_or_half_extracted_day_is_refused(raw_day_store):
+    raw = raw_day_store
+    with pytest.raises(
+        StorageError, match="no complete extraction of ds=2026-11-15.*run `icg extract` first"
+    ):
+        validate_day(raw.store, RUN_DS, raw.cfg)
+    # An extract that dies after one table (before its day commit) leaves nothing promotable either.
+    raw.populate()
+    extract_day(raw.store, RUN_DS, raw.cfg.extract)
+    real_write_day = raw.store.write_day
+
+    def crash_after_first_table(tables, *, ds, area, meta=None):
+        raw.store._write_part("catalog_items", tables["catalog_items"], ds=ds, area=area)
+        raise KeyboardInterrupt("killed between the two tables")
+
+    raw.store.write_day = crash_after_first_table
+    with pytest.raises(KeyboardInterrupt):
+        extract_day(raw.store, RUN_DS, raw.cfg.extract)
+    raw.store.write_day = real_write_day
+    with pytest.raises(StorageError, match="no complete extraction"):
+        validate_day(raw.store, RUN_DS, raw.cfg)
+    assert raw.validated_keys() == []
+
+
+def test_a_missing_or_truncated_day_of_impressions_is_refused(raw_day_store):
+    raw = raw_day_store
+    raw.populate()
+    raw.store.delete_prefix("raw/impressions/ds=2026-11-09")  # a dump that never arrived
+    rows = raw.store.read_table("impressions", ds="2026-11-12", area="raw").to_pylist()
+    raw.write_raw("impressions", rows[:1], ds="2026-11-12")  # and one cut short: 1 row of 6
+    report = extract_and_validate(raw)
+    assert_rejected(
+        raw,
+        report,
+        "impressions: window_day_complete",
+        "2 unexpected",
+        "day='2026-11-09', rows=0",
+        "day='2026-11-12', rows=1",
+        "median_day_rows=6.0",
+    )
+    # A young deployment is not missing the days before its logs began.
+    young = RawDay(ObjectStore(raw.store.root + "-young"))
+    young.populate()
+    for n in range(1, 8):
+        young.store.delete_prefix(f"raw/impressions/ds=2026-11-0{n}")
+    report = extract_and_validate(young)
+    assert report.success, format_failures(report)
+    assert [d["day"] for d in report.extraction["window_days"]][0] == "2026-11-08"
+
+
+def test_misdated_raw_rows_are_counted_and_refused_above_the_threshold(raw_day_store):
+    raw = raw_day_store
+    raw.populate()
+    rows = raw.store.read_table("impressions", ds="2026-11-05", area="raw").to_pylist()
+    rows[0]["shown_at"], rows[1]["shown_at"] = utc("2099-01-01"), utc("1960-01-01")
+    raw.write_raw("impressions", rows, ds="2026-11-05")
+    raw.cfg = raw.cfg.model_copy(
+        update={"validation": raw.cfg.validation.model_copy(update={"max_misdated_fraction": 0.05})}
+    )
+    report = extract_and_validate(raw)  # 2 of 84 rows (2.4%): under a 5% tolerance, reported
+    assert report.success, format_failures(report)
+    misdated = report.extraction["misdated"]
+    assert (misdated["rows"], misdated["rows_read"], misdated["partitions"]) == (2, 84, {"2026-11-05": 2})
+    assert {r["shown_at"][:4] for r in misdated["sample_rows"]} == {"2099", "1960"}
+    published = raw.validated_keys()
+    raw.cfg = ICGConfig()  # the default tolerance is 1%: refused, and the day published before stays
+    report = extract_and_validate(raw)
+    message = format_failures(report)
+    assert not report.success and "raw_rows_dated_in_their_dump" in message
+    assert "observed 2 of 84" in message and "'2026-11-05': 2" in message
+    assert raw.validated_keys() == published
 
 
 HOSTILE_IDS = ["", "../../etc/x", "a" * 5000, "x'; DROP TABLE items;--", ".hidden", "a/b", " item", "item\n"]

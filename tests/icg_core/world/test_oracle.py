@@ -37,7 +37,7 @@ def covers(world: tuple[ObjectStore, WorldSummary, Oracle]) -> tuple[np.ndarray,
     store, summary, _ = world
     catalog = store.read_table("catalog_items", ds=summary.ds_list[0], area="raw").to_pylist()
     catalog.sort(key=lambda r: r["item_id"])
-    references = np.stack([drawing.decode_png(store.read_uri(r["reference_image_uri"])) for r in catalog])
+    references = np.stack([drawing.decode_png(store.read_object(r["reference_image_uri"])) for r in catalog])
     variants = np.stack(
         [
             drawing.decode_png(store.get_bytes(layout.variant_image(r["item_id"], k)))
@@ -166,7 +166,7 @@ def test_empirical_ctr_matches_oracle_probability(world: tuple[ObjectStore, Worl
     decoded: dict[str, np.ndarray] = {}
     for row in impressions:
         if row["cover_uri"] not in decoded:
-            decoded[row["cover_uri"]] = drawing.decode_png(store.read_uri(row["cover_uri"]))
+            decoded[row["cover_uri"]] = drawing.decode_png(store.read_object(row["cover_uri"]))
     images = np.stack([decoded[r["cover_uri"]] for r in impressions])
     p = oracle.click_probability([r["user_id"] for r in impressions], images)
     clicked = np.array([r["clicked"] for r in impressions])
