@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -132,13 +133,11 @@ def _listening(processes: list[psutil.Process]) -> set[tuple[str, int, str, int]
     """(process name, pid, address, port) of every listening TCP socket of ``processes``."""
     found = set()
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a worker that exited meanwhile
             name = process.name()
             for conn in process.net_connections(kind="tcp"):
                 if conn.status == psutil.CONN_LISTEN:
                     found.add((name, process.pid, conn.laddr.ip, conn.laddr.port))
-        except psutil.NoSuchProcess:  # a worker that exited meanwhile
-            pass
     return found
 
 
@@ -150,10 +149,8 @@ def _started_since(children_before: set[int]) -> list[psutil.Process]:
     new = [child for child in psutil.Process().children() if child.pid not in children_before]
     tree = []
     for child in new:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # exited meanwhile: nothing left to check
             tree += [child, *child.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
     return tree
 
 
