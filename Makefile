@@ -9,7 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser run ui test test-quick lint clean
+.PHONY: install browser postgres run ui test test-quick lint clean
 
 install: $(STAMP)
 
@@ -32,13 +32,20 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# Debian's PostgreSQL server binaries, for the warehouse tests (tests/postgres.py starts a server on
+# 127.0.0.1 itself).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
 run: install
 	bash scripts/main.sh
 
 ui: install
 	bash scripts/ui.sh
 
-test: install browser lint
+test: install browser postgres lint
 	$(VENV)/bin/pytest
 
 test-quick: install

@@ -24,7 +24,13 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, chain, dag
 
-from pipelines.orchestration import ReportOperator, StageOperator, default_args, publish_deadline
+from pipelines.orchestration import (
+    ReportOperator,
+    StageOperator,
+    default_args,
+    publish_deadline,
+    warehouse_connection,
+)
 
 # Downstream DAGs schedule on this: it is updated when publish commits a day's manifest.
 COVERS_MANIFEST = Asset(name="icg_covers_manifest", uri="icg://manifests/covers")
@@ -68,7 +74,9 @@ def _generate_args(params: dict) -> list[str]:
 def icg_nightly() -> None:
     stages = [
         StageOperator(
-            stage="extract", doc="Catalog snapshot and impressions window for ds, by SQL over the raw tables."
+            stage="extract",
+            doc="Catalog snapshot and impressions window for ds, by SQL over the raw tables (dumps or warehouse).",
+            env=warehouse_connection,
         ),
         StageOperator(
             stage="validate",

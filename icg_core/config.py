@@ -64,6 +64,15 @@ class WorldConfig(_Section):
 
 class ExtractConfig(_Section):
     lookback_days: int = 14  # impressions window is [ds - lookback_days, ds)
+    source: Literal["parquet", "postgres"] = (
+        "parquet"  # raw tables: raw/ Parquet dumps, or a PostgreSQL warehouse
+    )
+    postgres_conn_id: str = (
+        "icg_warehouse"  # Airflow connection of the warehouse (AIRFLOW_CONN_<ID> for the stage)
+    )
+    postgres_schema: str = (
+        "public"  # warehouse schema with raw_catalog_items and raw_impressions (tables or views)
+    )
 
 
 class ValidationConfig(_Section):
@@ -317,6 +326,25 @@ class EvaluateConfig(_Section):
     max_relevance_drop_vs_base: float = 0.1  # relative drop of icg relevance below base that fails the gate
 
 
+class PublishConfig(_Section):
+    """What the published manifests say about where covers are served from (docs/consumers.md)."""
+
+    # CDN or HTTP gateway in front of the object root: cover_url = <base>/<cover key>; None = the
+    # cover's storage URI (s3://... or file://...)
+    public_base_url: str | None = None
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("https://", "http://")) or len(value.split("://", 1)[1].strip("/")) == 0:
+            raise ValueError(
+                f"public_base_url must be an http(s) URL such as https://cdn.example.com/icg, got {value!r}"
+            )
+        return value.rstrip("/")
+
+
 # Stages that hold a GPU on a cluster (models on CUDA): they share the Airflow pool operations.gpu_pool.
 GPU_STAGES: tuple[str, ...] = ("bootstrap", "rewards", "features", "finetune", "generate", "evaluate")
 # Stages that run longer than operations.default_timeout_minutes allows (minutes).
@@ -377,6 +405,7 @@ class ICGConfig(_Section):
     guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     operations: OperationsConfig = Field(default_factory=OperationsConfig)
 
     @model_validator(mode="after")

@@ -95,11 +95,12 @@ class Day:
     """
 
     area: str
+    in_place: bool = False  # one fixed-name file per table, for readers that glob (ObjectStore.write_day)
 
     def write(
         self, store: ObjectStore, tables: Mapping[str, pa.Table], ds: str, meta: Mapping[str, Any]
     ) -> dict[str, PartitionCommit]:
-        return store.write_day(tables, ds=ds, area=self.area, meta=meta)
+        return store.write_day(tables, ds=ds, area=self.area, meta=meta, in_place=self.in_place)
 
     def meta(self, store: ObjectStore, ds: str) -> dict[str, Any] | None:
         """The facts stored with the day's commit; None when the day is not committed."""
@@ -143,7 +144,10 @@ USER_SEGMENTS = Table(USERS, "user_segments")
 SEGMENT_CENTROIDS = Table(USERS, "segment_centroids")
 ITEM_FEATURES = Table(FEATURES, "item_features")
 STAGED_COVERS = Table(STAGING_COVERS, "covers")  # generate's manifest
-PUBLISHED_COVERS = Table(MANIFESTS, "covers")  # the downstream contract
+# The downstream contract (docs/consumers.md): the two tables below, each one file per day.
+PUBLISHED_DAY = Day(MANIFESTS, in_place=True)
+PUBLISHED_COVERS = Table(MANIFESTS, "covers")  # a cover per (item, segment)
+PUBLISHED_USER_SEGMENTS = Table(MANIFESTS, "user_segments")  # each user's segment that day
 
 
 # Tables whose columns name objects (icg_core.data.schemas.OBJECT_COLUMNS), in every area they live in.
@@ -158,7 +162,7 @@ OBJECT_TABLES = (
     STAGED_COVERS,
     PUBLISHED_COVERS,
 )
-DAY_AREAS = (STAGING_EXTRACT, VALIDATED)  # areas whose tables are committed as days
+DAYS = {day.area: day for day in (STAGED_DAY, VALIDATED_DAY, PUBLISHED_DAY)}  # areas committed as days
 _OBJECT_AREAS = (RAW, COVERS, FEATURES)  # where the objects tables point to live
 
 

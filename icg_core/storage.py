@@ -16,7 +16,10 @@ without ``_SUCCESS`` does not exist for them. Tables that must change together (
 catalog and impressions) are committed as one *day*: all their files first, then one marker
 ``<area>/_days/ds=<ds>/_SUCCESS`` naming every table's files, which readers of that area follow
 instead of per-table markers. A table's ``_latest`` object names its newest published ``ds``; it
-moves only after that partition is committed. A failed commit deletes what it wrote.
+moves only after that partition is committed. A failed commit deletes what it wrote. Days read by
+services that know nothing of the markers (the published manifests) are committed *in place*
+instead: one file per table and day under a fixed name, replaced by one atomic write, so a plain
+glob never sees a doubled or partial day (docs/consumers.md).
 
 **Errors.** Two kinds, because a scheduler must treat them differently (docs/operations.md, "Exit
 codes"): :class:`StorageError` is a verdict on the request (a missing object, a key outside the root,
@@ -56,7 +59,9 @@ log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS"
 LATEST = "_latest"
 DAYS = "_days"  # <area>/_days/ds=<ds>/_SUCCESS: the marker of a multi-table day commit
-TMP_MARKER = ".tmp-"  # local writes go to <key>.tmp-<hex> first, then rename(2)
+TMP_MARKER = (
+    ".tmp-"  # local writes go to <dir>/.<name>.tmp-<hex> first (hidden from globbing readers), then rename(2)
+)
 
 # Local errors that say the machine, not the request, is at fault.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM}
@@ -347,7 +352,8 @@ class ObjectStore:
             if self.scheme == "file":
                 path = self._path(key)
                 self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-                tmp = f"{path}{TMP_MARKER}{uuid.uuid4().hex}"
+                folder, name = path.rsplit("/", 1)
+                tmp = f"{folder}/.{name}{TMP_MARKER}{uuid.uuid4().hex}"
                 try:
                     with self.fs.open_output_stream(tmp) as out:
                         out.write(data)
@@ -438,13 +444,23 @@ class ObjectStore:
         """The marker of a multi-table day commit in ``area``."""
         return f"{area}/{DAYS}/ds={ds}/{SUCCESS}"
 
-    def _write_part(self, table_name: str, data: pa.Table, *, ds: str, area: str) -> tuple[str, pa.Table]:
-        """Write one uniquely named data file of a partition (not yet visible); returns (its key, the data)."""
+    def _write_part(
+        self, table_name: str, data: pa.Table, *, ds: str, area: str, in_place: bool = False
+    ) -> tuple[str, pa.Table]:
+        """Write one data file of a partition; returns (its key, the data).
+
+        By default the file gets a unique name and is not visible until a marker lists it. In place,
+        it is ``<table>.parquet`` and replaces the partition's previous file in one atomic write.
+        """
         _check_ds(ds)
         if "ds" in data.column_names:
             data = data.drop_columns(["ds"])
         data = conform(table_name, data)
-        name = f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+        name = (
+            f"{table_name}.parquet"
+            if in_place
+            else f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+        )
         buf = io.BytesIO()
         pq.write_table(data, buf, compression="zstd")
         return self.put_bytes(f"{self.partition_prefix(area, table_name, ds)}/{name}", buf.getvalue()), data
@@ -486,7 +502,13 @@ class ObjectStore:
         return PartitionCommit(table_name, ds, area, (key,), data.num_rows)
 
     def write_day(
-        self, tables: Mapping[str, pa.Table], *, ds: str, area: str, meta: Mapping[str, Any] | None = None
+        self,
+        tables: Mapping[str, pa.Table],
+        *,
+        ds: str,
+        area: str,
+        meta: Mapping[str, Any] | None = None,
+        in_place: bool = False,
     ) -> dict[str, PartitionCommit]:
         """Commit several tables of ``area`` for ``ds`` at once: readers see all the new ones or all the old.
 
@@ -495,12 +517,18 @@ class ObjectStore:
             ds: the day.
             area: the area every table lives in.
             meta: JSON-able facts stored in the day marker (e.g. the validation summary).
+            in_place: give each table one file of a fixed name, ``<table>.parquet``, replaced in one
+                atomic write. Readers that glob the partition instead of following the marker (DuckDB,
+                Spark, Athena) then see a table's old day or its new day, never both; the tables are
+                replaced one after the other, so such a reader can briefly see one table new and
+                another old. A failed in-place commit leaves what it replaced (there is no old copy to
+                return to); the rerun completes it.
         """
         written: builtins.list[str] = []
         commits: dict[str, PartitionCommit] = {}
         try:
             for name, data in tables.items():
-                key, conformed = self._write_part(name, data, ds=ds, area=area)
+                key, conformed = self._write_part(name, data, ds=ds, area=area, in_place=in_place)
                 written.append(key)
                 commits[name] = PartitionCommit(name, ds, area, (key,), conformed.num_rows)
             marker = {
@@ -513,7 +541,8 @@ class ObjectStore:
             }
             self.put_json(self.day_marker(area, ds), marker)
         except BaseException:
-            self._undo(written)
+            if not in_place:
+                self._undo(written)
             raise
         for name, commit in commits.items():
             self._drop_uncommitted(name, ds=ds, area=area, keep=set(commit.files))

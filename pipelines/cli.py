@@ -9,6 +9,7 @@ import typer
 
 from pipelines import (
     bootstrap,
+    cover,
     evaluate,
     extract,
     features,
@@ -48,6 +49,7 @@ app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
 app.command("migrate-keys")(migrate.migrate_keys)
+app.command("cover")(cover.cover)
 
 
 def main() -> None:

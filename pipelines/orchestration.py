@@ -51,6 +51,26 @@ def forwarded_settings(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def warehouse_connection(params: dict) -> dict[str, str]:
+    """The extract stage's environment: the warehouse's URI when ``extract.source`` is postgres.
+
+    The connection id (``extract.postgres_conn_id``) is resolved by Airflow, so a connection kept in
+    the metadata database or a secrets backend works as well as an ``AIRFLOW_CONN_<ID>`` variable; the
+    stage (a local process or a Ray job) receives it as ``AIRFLOW_CONN_<ID>``.
+    """
+    from icg_core.data.warehouse import connection_env_var
+
+    extract = load_config().extract
+    if extract.source != "postgres":
+        return {}
+    name = connection_env_var(extract.postgres_conn_id)
+    if os.environ.get(name):
+        return {name: os.environ[name]}
+    from airflow.sdk import Connection
+
+    return {name: Connection.get(extract.postgres_conn_id).get_uri()}
+
+
 def operations() -> OperationsConfig:
     """The ``operations`` section as this process's environment configures it."""
     return load_config().operations

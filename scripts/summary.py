@@ -35,6 +35,8 @@ def main() -> None:
     items = len(set(manifest.column("item_id").to_pylist()))
     print(f"  covers published:        {manifest.num_rows} ({items} items x {len(segments)} segments)")
     print(f"  manifest (readers):      {layout.PUBLISHED_COVERS.uri(store, args.ds)}/")
+    print(f"  user -> segment:         {layout.PUBLISHED_USER_SEGMENTS.uri(store, args.ds)}/")
+    print("  how to read them:        docs/consumers.md (or: icg cover --user U --item I)")
     print(f"  latest published day:    {layout.PUBLISHED_COVERS.latest(store)}")
     if store.exists(layout.metrics(args.ds)):
         metrics = store.get_json(layout.metrics(args.ds))

@@ -12,8 +12,8 @@ SELECT
     count(*) AS rows_read,
     count(*) FILTER (
         WHERE raw.shown_at IS NULL
-           OR raw.shown_at < CAST(raw.ds AS DATE) - INTERVAL 1 DAY
-           OR raw.shown_at >= CAST(raw.ds AS DATE) + INTERVAL 1 DAY
+           OR raw.shown_at < CAST(raw.ds AS DATE) - INTERVAL '1' DAY
+           OR raw.shown_at >= CAST(raw.ds AS DATE) + INTERVAL '1' DAY
     ) AS misdated
 FROM raw_impressions AS raw
 GROUP BY raw.ds

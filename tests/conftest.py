@@ -265,3 +265,7 @@ def read_only_disk(tmp_path: Path) -> Iterator[Path]:
 
 def remount_read_only(where: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True, capture_output=True)
+
+
+# A real PostgreSQL server on 127.0.0.1 (session-scoped; tests/postgres.py).
+from tests.postgres import postgres_server  # noqa: E402, F401

@@ -88,8 +88,25 @@ OBJECT_COLUMNS: dict[str, tuple[str, ...]] = {
     "covers": ("cover_uri",),
 }
 
+# Columns only the published manifests carry (docs/consumers.md): how to fetch a cover, which contract
+# version a row follows, and which publish wrote it (the two tables of one publish share the id).
+_PUBLISHED = {"schema_version": pa.int32(), "publish_id": pa.string()}
 OPTIONAL_COLUMNS: dict[str, dict[str, pa.DataType]] = {
     "catalog_items": {"description": pa.string(), "tags": pa.list_(pa.string())},
+    "covers": {"cover_url": pa.string(), **_PUBLISHED},
+    "user_segments": dict(_PUBLISHED),
+}
+
+# The published manifests' contract versions. A new version only adds columns: none is removed,
+# renamed or retyped (a test checks), so a reader written for version N reads every later one. Days
+# published before the column existed have no ``schema_version``: read them as version 1.
+MANIFEST_SCHEMA_VERSION = 2
+MANIFEST_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
+    1: {"covers": tuple(TABLES["covers"].names)},
+    2: {
+        "covers": (*TABLES["covers"].names, "cover_url", *_PUBLISHED),
+        "user_segments": (*TABLES["user_segments"].names, *_PUBLISHED),
+    },
 }
 
 # An id that becomes an object key or a file name (``covers/ds=D/segment=S/<item_id>-<digest>.png``): a letter

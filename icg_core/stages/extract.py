@@ -13,7 +13,9 @@ late rows of the window's last day; later dumps are the next run's business, whi
 changed months ago lives only in an old partition.
 
 Raw files are read as one :mod:`pyarrow.dataset` over ``store.fs`` (local or S3) registered in DuckDB,
-so filters push down into the Parquet scan. The SQL lives in ``sql/`` with bound parameters only;
+so filters push down into the Parquet scan. With ``extract.source: postgres`` the same queries run in
+a PostgreSQL warehouse instead (:mod:`icg_core.data.warehouse`), over its ``raw_catalog_items`` and
+``raw_impressions`` relations. The SQL lives in ``sql/`` with bound parameters only;
 the results go to ``staging/extract/<table>/ds=<ds>/`` for validation, even when empty, as one day
 commit (both tables appear together). The first thing a run does is retract the day it is about to
 write, so a failed or half-finished extract can never be promoted by validate.
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ import pyarrow.parquet as pq
 from icg_core import layout
 from icg_core.config import ExtractConfig
 from icg_core.data.schemas import OPTIONAL_COLUMNS, TABLES, SchemaError, conform
+from icg_core.data.warehouse import Warehouse, warehouse_uri
 from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,22 @@ class ExtractSummary:
     files_written: dict[str, list[str]] = field(default_factory=dict)  # table -> staging object keys
     window_days: list[dict[str, Any]] = field(default_factory=list)  # [{day, rows}] from the log's first day
     misdated: dict[str, Any] = field(default_factory=dict)  # raw impressions dated outside their dump's day
+    source: str = "parquet"  # where the raw tables were read: "parquet" (raw/ dumps) or "postgres"
+
+
+# Runs one sql/ file by name with its parameters bound, on DuckDB or on the warehouse.
+QueryRunner = Callable[[str, Mapping[str, object]], pa.Table]
+
+
+@dataclass
+class RawRead:
+    """What a source gave for the day: the two tables and where they came from."""
+
+    tables: dict[str, pa.Table]
+    partitions: dict[str, list[str]]  # table -> raw ds values read
+    files: dict[str, list[str]]  # table -> raw object keys read (none from a warehouse)
+    misdated: dict[str, Any]
+    first_logged: str | None  # the first day any raw impressions exist
 
 
 def load_sql(name: str) -> str:
@@ -212,7 +231,7 @@ def _extract_table(
     try:
         result = run_extract_query(connection, SQL_FILES[table_name], params)
         if table_name == IMPRESSIONS:
-            misdated = _misdated(connection)
+            misdated = _misdated(lambda name, p: run_extract_query(connection, name, p))
     finally:
         connection.unregister(relation)
     # The SQL selects every optional column; keep only those some raw file actually carried.
@@ -224,28 +243,34 @@ def _extract_table(
     return result.drop_columns(absent), partitions, keys, misdated
 
 
-def _misdated(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+def _misdated(run: QueryRunner) -> dict[str, Any]:
     """Raw impressions dated outside their dump's day: counts per partition and a few examples."""
-    per_partition = run_extract_query(connection, "raw_impressions_dates", {}).to_pylist()
-    sample = run_extract_query(connection, "misdated_impressions", {"limit": MISDATED_SAMPLE_ROWS})
+    per_partition = run("raw_impressions_dates", {}).to_pylist()
+    sample = run("misdated_impressions", {"limit": MISDATED_SAMPLE_ROWS})
     return {
         "rows_read": sum(int(p["rows_read"]) for p in per_partition),
         "rows": sum(int(p["misdated"]) for p in per_partition),
-        "partitions": {p["ds"]: int(p["misdated"]) for p in per_partition if p["misdated"]},
+        "partitions": {str(p["ds"]): int(p["misdated"]) for p in per_partition if p["misdated"]},
+        "read": sorted(str(p["ds"]) for p in per_partition),
         "sample_rows": [
-            {**row, "shown_at": None if row["shown_at"] is None else row["shown_at"].isoformat()}
+            {
+                **row,
+                "ds": str(row["ds"]),
+                "shown_at": None if row["shown_at"] is None else row["shown_at"].isoformat(),
+            }
             for row in sample.to_pylist()
         ],
     }
 
 
-def window_days(store: ObjectStore, impressions: pa.Table, window: ExtractWindow) -> list[dict[str, Any]]:
-    """Impressions per UTC day of the window, from the first day any raw impressions exist.
+def window_days(
+    first_logged: str | None, impressions: pa.Table, window: ExtractWindow
+) -> list[dict[str, Any]]:
+    """Impressions per UTC day of the window, from ``first_logged``, the first day any raw impressions exist.
 
     Days before the logs began are not listed: a young deployment is not missing them.
     """
-    logged = layout.RAW_IMPRESSIONS.days(store)
-    first = max(window.window_start.date(), dt.date.fromisoformat(logged[0])) if logged else None
+    first = max(window.window_start.date(), dt.date.fromisoformat(first_logged)) if first_logged else None
     counts: dict[str, int] = {}
     if impressions.num_rows:
         for day in pc.strftime(impressions.column("shown_at"), format="%Y-%m-%d").to_pylist():
@@ -258,16 +283,68 @@ def window_days(store: ObjectStore, impressions: pa.Table, window: ExtractWindow
     return days
 
 
+def read_parquet_dumps(
+    store: ObjectStore, window: ExtractWindow, params: Mapping[str, Mapping[str, object]]
+) -> RawRead:
+    """The day's tables from the committed ``raw/`` Parquet partitions, by the ``sql/`` files on DuckDB."""
+    read = RawRead({}, {}, {}, {}, None)
+    connection = duckdb.connect()
+    try:
+        # Session time zone fixed so timestamp results never depend on the host's zone.
+        connection.execute("SET TimeZone = 'UTC'")
+        with store.errors("scan the raw tables of", layout.RAW):
+            for table_name in (CATALOG, IMPRESSIONS):
+                read.tables[table_name], read.partitions[table_name], read.files[table_name], found = (
+                    _extract_table(store, connection, table_name, window, params[table_name])
+                )
+                read.misdated = read.misdated or found
+    finally:
+        connection.close()
+    logged = layout.RAW_IMPRESSIONS.days(store)
+    read.first_logged = logged[0] if logged else None
+    return read
+
+
+def read_warehouse(
+    cfg: ExtractConfig, window: ExtractWindow, params: Mapping[str, Mapping[str, object]]
+) -> RawRead:
+    """The day's tables from the PostgreSQL warehouse, by the same ``sql/`` files.
+
+    Impressions come from the loads ``date(window_start) .. ds``, as the Parquet path reads those
+    partitions. Optional catalog columns that are null in every row are dropped, as the Parquet path
+    drops those no raw file carries.
+    """
+    loads = (window.window_start.date().isoformat(), window.ds)
+    with Warehouse(warehouse_uri(cfg.postgres_conn_id), cfg.postgres_schema, loads) as warehouse:
+
+        def run(name: str, bound: Mapping[str, object]) -> pa.Table:
+            return warehouse.query(name, load_sql(name), bound)
+
+        tables = {name: run(SQL_FILES[name], params[name]) for name in (CATALOG, IMPRESSIONS)}
+        misdated = _misdated(run)
+        first_logged = warehouse.first_load()
+    catalog = tables[CATALOG]
+    empty = [
+        c
+        for c in OPTIONAL_COLUMNS[CATALOG]
+        if c in catalog.column_names and catalog[c].null_count == catalog.num_rows
+    ]
+    tables[CATALOG] = catalog.drop_columns(empty)
+    partitions = {CATALOG: [], IMPRESSIONS: misdated["read"]}
+    return RawRead(tables, partitions, {CATALOG: [], IMPRESSIONS: []}, misdated, first_logged)
+
+
 def extract_day(store: ObjectStore, ds: str, cfg: ExtractConfig) -> ExtractSummary:
     """Extract the catalog snapshot and the impressions window of ``ds`` into ``staging/extract``.
 
     Args:
-        store: the object store holding ``raw/`` partitions.
+        store: the object store holding ``raw/`` partitions (and receiving the staged day).
         ds: the run's date, ``YYYY-MM-DD``.
-        cfg: extraction settings (``lookback_days``).
+        cfg: extraction settings (``lookback_days``, ``source`` and the warehouse's connection).
 
     Raises:
-        SchemaError: a raw file drifted from its contract.
+        SchemaError: a raw file drifted from its contract, or the warehouse refused a query.
+        StorageUnavailable: the store or the warehouse did not answer.
     """
     window = extraction_window(ds, cfg.lookback_days)
     params = {
@@ -275,30 +352,23 @@ def extract_day(store: ObjectStore, ds: str, cfg: ExtractConfig) -> ExtractSumma
         IMPRESSIONS: {"window_start": window.window_start, "window_end": window.window_end},
     }
     layout.STAGED_DAY.retract(store, ds)  # from here on, only a complete run makes the day promotable
-    results, partitions_read, files_read = {}, {}, {}
-    misdated: dict[str, Any] = {}
-    connection = duckdb.connect()
-    try:
-        # Session time zone fixed so timestamp results never depend on the host's zone.
-        connection.execute("SET TimeZone = 'UTC'")
-        with store.errors("scan the raw tables of", layout.RAW):
-            for table_name in (CATALOG, IMPRESSIONS):
-                results[table_name], partitions_read[table_name], files_read[table_name], found = (
-                    _extract_table(store, connection, table_name, window, params[table_name])
-                )
-                misdated = misdated or found
-    finally:
-        connection.close()
-    days = window_days(store, results[IMPRESSIONS], window)
-    meta = {"window": window.as_dict(), "window_days": days, "misdated": misdated}
-    commits = layout.STAGED_DAY.write(store, results, ds, meta)
+    read = (
+        read_warehouse(cfg, window, params)
+        if cfg.source == "postgres"
+        else read_parquet_dumps(store, window, params)
+    )
+    misdated = read.misdated
+    days = window_days(read.first_logged, read.tables[IMPRESSIONS], window)
+    meta = {"window": window.as_dict(), "window_days": days, "misdated": misdated, "source": cfg.source}
+    commits = layout.STAGED_DAY.write(store, read.tables, ds, meta)
     for table_name, commit in commits.items():
         log.info(
-            "stage=extract ds=%s table=%s raw_partitions=%d raw_files=%d rows=%d window=[%s, %s)",
+            "stage=extract ds=%s source=%s table=%s raw_partitions=%d raw_files=%d rows=%d window=[%s, %s)",
             ds,
+            cfg.source,
             table_name,
-            len(partitions_read[table_name]),
-            len(files_read[table_name]),
+            len(read.partitions[table_name]),
+            len(read.files[table_name]),
             commit.rows,
             window.window_start.isoformat(),
             window.window_end.isoformat(),
@@ -321,9 +391,10 @@ def extract_day(store: ObjectStore, ds: str, cfg: ExtractConfig) -> ExtractSumma
         ds,
         window,
         {name: c.rows for name, c in commits.items()},
-        partitions_read,
-        files_read,
+        read.partitions,
+        read.files,
         {name: list(c.files) for name, c in commits.items()},
         days,
         misdated,
+        cfg.source,
     )

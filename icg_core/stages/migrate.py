@@ -32,15 +32,40 @@ class MigrationSummary:
     values_rewritten: int = 0
 
 
-def _relative(table: pa.Table, table_name: str) -> tuple[pa.Table, int]:
-    """``table`` with every absolute URI in its object columns turned into a key; and how many changed."""
+def _relative(store: ObjectStore, table: pa.Table, table_name: str) -> tuple[pa.Table, int]:
+    """``table`` with every absolute URI in its object columns turned into a key; and how many changed.
+
+    A published ``cover_url`` that names the storage (no public base URL was configured) is pointed at
+    this root; one behind a public base URL (``http(s)://``) is left as it is.
+    """
     changed = 0
     for column in OBJECT_COLUMNS.get(table_name, ()):
         values = table.column(column).to_pylist()
         keys = [layout.key_in_moved_root(v) if v is not None and "://" in v else v for v in values]
         changed += sum(a != b for a, b in zip(values, keys, strict=True))
         table = table.set_column(table.schema.get_field_index(column), column, pa.array(keys, pa.string()))
+    if "cover_url" in table.column_names:
+        urls = table.column("cover_url").to_pylist()
+        fresh = [
+            store.uri(key) if url is not None and not url.startswith(("https://", "http://")) else url
+            for url, key in zip(urls, table.column("cover_uri").to_pylist(), strict=True)
+        ]
+        changed += sum(a != b for a, b in zip(urls, fresh, strict=True))
+        table = table.set_column(
+            table.schema.get_field_index("cover_url"), "cover_url", pa.array(fresh, pa.string())
+        )
     return table, changed
+
+
+def _whole_day(store: ObjectStore, area: str, ds: str, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """``tables`` plus the day's other committed tables (those without object columns), unchanged."""
+    marker = store.day_commit(area, ds) or {}
+    others = {
+        name: layout.Table(area, name).read(store, ds)
+        for name in marker.get("tables", {})
+        if name not in tables
+    }
+    return {**others, **tables}
 
 
 def migrate_keys(store: ObjectStore, *, dry_run: bool = False) -> MigrationSummary:
@@ -50,14 +75,14 @@ def migrate_keys(store: ObjectStore, *, dry_run: bool = False) -> MigrationSumma
     for handle in layout.OBJECT_TABLES:
         for ds in handle.days(store):
             summary.partitions_checked += 1
-            table, changed = _relative(handle.read(store, ds), handle.name)
-            if handle.area in layout.DAY_AREAS:
+            table, changed = _relative(store, handle.read(store, ds), handle.name)
+            if handle.area in layout.DAYS:
                 days.setdefault((handle.area, ds), {})[handle.name] = table
             if not changed:
                 continue
             summary.values_rewritten += changed
             summary.partitions_rewritten.append(handle.prefix(ds))
-            if not dry_run and handle.area not in layout.DAY_AREAS:
+            if not dry_run and handle.area not in layout.DAYS:
                 handle.write(store, table, ds)
     rewritten = set(summary.partitions_rewritten)
     for (area, ds), tables in days.items():
@@ -67,7 +92,7 @@ def migrate_keys(store: ObjectStore, *, dry_run: bool = False) -> MigrationSumma
         meta = (marker or {}).get("meta", {})
         if marker is None:  # a day from before day commits: its tables move together from now on
             log.info("migrate: %s/ds=%s becomes a day commit", area, ds)
-        store.write_day(tables, ds=ds, area=area, meta=meta)
+        layout.DAYS[area].write(store, _whole_day(store, area, ds, tables), ds, meta)
     log.info(
         "migrate: root=%s partitions=%d rewritten=%d values=%d dry_run=%s",
         store.root,

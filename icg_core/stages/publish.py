@@ -1,29 +1,35 @@
 """Publishing a day's covers: validate the staged manifest, then make it visible to readers at once.
 
-The ``covers`` manifest is the downstream contract (docs/architecture.md, "Data contracts and object layout"): one row per (item,
-segment, ds) pointing at a PNG under ``covers/``. The generate stage commits its rows to
-``staging/covers/covers/ds=<ds>/``; :func:`publish_day` checks them and only then commits them to
-``manifests/covers/ds=<ds>/`` (one atomic ``_SUCCESS`` commit) and moves ``manifests/covers/_latest``.
-A day that fails any check is not published, and readers keep seeing the previous day.
+The published manifests are the downstream contract (docs/consumers.md): ``covers``, one row per
+(item, segment) pointing at a PNG under ``covers/``, and ``user_segments``, each user's segment that
+day. The generate stage commits its rows to ``staging/covers/covers/ds=<ds>/``; :func:`publish_day`
+checks them and only then writes both tables to ``manifests/<table>/ds=<ds>/<table>.parquet`` (one
+file each, replaced atomically, so even readers that only glob never see a doubled day) and moves
+each table's ``_latest``. A day that fails any check is not published, and readers keep the previous day.
 
-:func:`read_published` is the reader's side: the manifest of ``_latest`` (or of a given day).
+:func:`read_published` and :func:`cover_for` are the reader's side.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from icg_core import layout
 from icg_core.config import ICGConfig, ValidationConfig
 from icg_core.data.images import check_image_uris
-from icg_core.storage import ObjectStore, StorageError
+from icg_core.data.schemas import MANIFEST_SCHEMA_VERSION
+from icg_core.storage import ObjectStore, PartitionCommit, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +73,10 @@ class PublishSummary:
     rows: int
     items: int
     segments: int
+    users: int  # rows of the published user_segments
     images_checked: int
-    manifest_uri: str  # the committed partition
+    publish_id: str  # shared by both tables' rows of this publish
+    manifest_uri: str  # the committed covers partition
     files: list[str]
     latest: str  # the ds readers see after this publish
     latest_moved: bool  # False for a backfill of a day older than the current latest
@@ -210,28 +218,84 @@ def _under_covers(store: ObjectStore, uri: str) -> bool:
         return False
 
 
+def user_segment_problems(user_segments: pa.Table, segments: set[int]) -> list[ManifestProblem]:
+    """Every reason the day's user -> segment table cannot be published beside the covers."""
+    problems: list[ManifestProblem] = []
+    rows = user_segments.select(["user_id", "segment_id"]).to_pylist()
+    nulls = [f"user={r['user_id']} segment={r['segment_id']}" for r in rows if None in r.values()]
+    _add(problems, "user_segment_null", "user_id and segment_id must be set", nulls)
+    counts = Counter(r["user_id"] for r in rows if r["user_id"] is not None)
+    _add(problems, "user_segment_duplicate", "more than one segment for a user",
+         [f"user={u} x{n}" for u, n in sorted(counts.items()) if n > 1])  # fmt: skip
+    unknown = sorted({int(r["segment_id"]) for r in rows if r["segment_id"] is not None} - segments)
+    _add(problems, "user_segment_unknown", "segment without covers (not in the segment table)",
+         [f"segment={s}" for s in unknown])  # fmt: skip
+    return problems
+
+
+def cover_url(store: ObjectStore, cover_ref: str, public_base_url: str | None) -> str:
+    """Where a service fetches a cover: ``<public_base_url>/<key>``, or the store URI without a base URL."""
+    key = store.key(cover_ref)
+    return f"{public_base_url}/{quote(key, safe='/=')}" if public_base_url else store.uri(key)
+
+
+def _stamped(table: pa.Table, publish_id: str) -> pa.Table:
+    """``table`` with the published-contract columns every row carries."""
+    n = table.num_rows
+    table = table.append_column("schema_version", pa.array([MANIFEST_SCHEMA_VERSION] * n, pa.int32()))
+    return table.append_column("publish_id", pa.array([publish_id] * n, pa.string()))
+
+
+def _staged_manifest(store: ObjectStore, ds: str, previous: str | None) -> pa.Table:
+    if not layout.STAGED_COVERS.exists(store, ds):
+        where = layout.STAGED_COVERS.uri(store, ds)
+        problem = ManifestProblem(
+            "no_staged_manifest", f"no committed manifest at {where} (run generate first)", 0
+        )
+        raise PublishError(ds, [problem], _readers_keep(previous))
+    return layout.STAGED_COVERS.read(store, ds)
+
+
+def _commit(
+    store: ObjectStore, ds: str, manifest: pa.Table, user_segments: pa.Table, public_base_url: str | None
+) -> tuple[str, dict[str, PartitionCommit]]:
+    """Write the day's two published tables (user_segments first, then covers); returns (publish id, commits)."""
+    publish_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    urls = [cover_url(store, ref, public_base_url) for ref in manifest.column("cover_uri").to_pylist()]
+    tables = {
+        "user_segments": _stamped(user_segments.select(["user_id", "segment_id"]), publish_id),
+        "covers": _stamped(manifest.append_column("cover_url", pa.array(urls, pa.string())), publish_id),
+    }
+    meta = {"publish_id": publish_id, "schema_version": MANIFEST_SCHEMA_VERSION}
+    return publish_id, layout.PUBLISHED_DAY.write(store, tables, ds, meta=meta)
+
+
 def publish_day(
     store: ObjectStore,
     ds: str,
     *,
+    user_segments: pa.Table,
     expected_item_ids: Iterable[str],
     expected_segment_ids: Iterable[int],
+    public_base_url: str | None = None,
     max_image_bytes: int = _LIMITS.max_image_bytes,
     max_image_pixels: int = _LIMITS.max_image_pixels,
     min_image_side: int = 1,
 ) -> PublishSummary:
-    """Validate the staged covers manifest of ``ds`` and publish it atomically.
+    """Validate the staged covers manifest of ``ds`` and publish it, with the day's user segments, atomically.
 
-    The manifest is committed to ``manifests/covers/ds=<ds>/`` only if :func:`manifest_problems`
-    finds nothing; then ``_latest`` moves to ``ds`` unless a later day is already published (a
-    backfill republishes its own day without turning readers back in time). A rerun replaces the
-    day's manifest, never duplicates it.
+    Both tables are written to ``manifests/`` only if :func:`manifest_problems` and
+    :func:`user_segment_problems` find nothing; then each table's ``_latest`` moves to ``ds`` unless a
+    later day is already published (a backfill republishes its own day without turning readers back
+    in time). A rerun replaces the day, never duplicates it, even for readers that only glob.
 
     Args:
         store: the object store.
         ds: the day, YYYY-MM-DD.
+        user_segments: the day's ``user_segments`` rows (user_id, segment_id).
         expected_item_ids: item ids of the day's validated catalog.
         expected_segment_ids: segment ids of the day's segment table.
+        public_base_url: base of ``cover_url`` (see :func:`cover_url`).
         max_image_bytes, max_image_pixels, min_image_side: image limits.
 
     Returns:
@@ -245,49 +309,46 @@ def publish_day(
     items = list(dict.fromkeys(expected_item_ids))
     segments = sorted({int(s) for s in expected_segment_ids})
     previous = layout.PUBLISHED_COVERS.latest(store)
-    if not layout.STAGED_COVERS.exists(store, ds):
-        staged_uri = layout.STAGED_COVERS.uri(store, ds)
-        problem = ManifestProblem(
-            "no_staged_manifest", f"no committed manifest at {staged_uri} (run generate first)", 0
-        )
-        raise PublishError(ds, [problem], _readers_keep(previous))
-    manifest = layout.STAGED_COVERS.read(store, ds)
-    log.info("stage=publish ds=%s staged rows=%d expected items=%d segments=%d",
-             ds, manifest.num_rows, len(items), len(segments))  # fmt: skip
+    manifest = _staged_manifest(store, ds, previous)
+    log.info("stage=publish ds=%s staged rows=%d expected items=%d segments=%d users=%d",
+             ds, manifest.num_rows, len(items), len(segments), user_segments.num_rows)  # fmt: skip
     problems, images_checked = manifest_problems(
         store, ds, manifest, expected_item_ids=items, expected_segment_ids=segments,
         max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels, min_image_side=min_image_side,
     )  # fmt: skip
+    problems += user_segment_problems(user_segments, set(segments))
     if problems:
         expected = len(items) * len(segments)
         context = f"; staged rows={manifest.num_rows}, expected {len(items)} items x {len(segments)} segments = {expected}{_readers_keep(previous)}"
         log.warning("stage=publish ds=%s refused: %d problems", ds, len(problems))
         raise PublishError(ds, problems, context)
 
-    commit = layout.PUBLISHED_COVERS.write(store, manifest, ds)
+    publish_id, commits = _commit(store, ds, manifest, user_segments, public_base_url)
     latest_moved = previous is None or ds >= previous
     notes = []
     if latest_moved:
-        layout.PUBLISHED_COVERS.set_latest(store, ds)
+        layout.PUBLISHED_USER_SEGMENTS.set_latest(store, ds)
+        layout.PUBLISHED_COVERS.set_latest(store, ds)  # last: the pointer the documentation names
     else:
         notes.append(f"backfill: ds={ds} is older than the published latest ds={previous}, which stays")
     summary = PublishSummary(
         ds=ds,
-        rows=commit.rows,
+        rows=commits["covers"].rows,
         items=len(items),
         segments=len(segments),
+        users=commits["user_segments"].rows,
         images_checked=images_checked,
+        publish_id=publish_id,
         manifest_uri=layout.PUBLISHED_COVERS.uri(store, ds),
-        files=[store.uri(key) for key in commit.files],
+        files=[store.uri(key) for commit in commits.values() for key in commit.files],
         latest=ds if latest_moved else str(previous),
         latest_moved=latest_moved,
         previous_latest=previous,
         seconds=round(time.perf_counter() - started, 3),
         notes=notes,
     )
-    log.info(
-        "stage=publish ds=%s published rows=%d latest=%s (was %s)", ds, summary.rows, summary.latest, previous
-    )
+    log.info("stage=publish ds=%s published rows=%d users=%d publish_id=%s latest=%s (was %s)",
+             ds, summary.rows, summary.users, publish_id, summary.latest, previous)  # fmt: skip
     return summary
 
 
@@ -295,10 +356,15 @@ def run_publish(store: ObjectStore, cfg: ICGConfig, ds: str) -> PublishSummary:
     """The publish stage: the staged manifest of ``ds`` against the day's catalog x segments.
 
     Raises:
-        PublishError: the catalog or segment table of ``ds`` is missing (the stage to run is
+        PublishError: the catalog or a segment table of ``ds`` is missing (the stage to run is
             named), or :func:`publish_day` refused the manifest; nothing is published.
     """
-    for table, producer in ((layout.CATALOG, "validate"), (layout.SEGMENT_CENTROIDS, "users")):
+    inputs = (
+        (layout.CATALOG, "validate"),
+        (layout.SEGMENT_CENTROIDS, "users"),
+        (layout.USER_SEGMENTS, "users"),
+    )
+    for table, producer in inputs:
         if not table.exists(store, ds):
             detail = f"{table.name} for ds={ds} is missing ({table.uri(store, ds)}); run the {producer} stage first"
             previous = layout.PUBLISHED_COVERS.latest(store)
@@ -306,8 +372,10 @@ def run_publish(store: ObjectStore, cfg: ICGConfig, ds: str) -> PublishSummary:
     return publish_day(
         store,
         ds,
+        user_segments=layout.USER_SEGMENTS.read(store, ds),
         expected_item_ids=layout.CATALOG.read(store, ds).column("item_id").to_pylist(),
         expected_segment_ids=layout.SEGMENT_CENTROIDS.read(store, ds).column("segment_id").to_pylist(),
+        public_base_url=cfg.publish.public_base_url,
         max_image_bytes=cfg.validation.max_image_bytes,
         max_image_pixels=cfg.validation.max_image_pixels,
     )
@@ -317,19 +385,73 @@ def _readers_keep(previous: str | None) -> str:
     return f"; readers keep ds={previous}" if previous else "; nothing was published before"
 
 
-def read_published(store: ObjectStore, ds: str | None = None) -> pa.Table:
-    """The published covers manifest of ``ds``, or of the ``_latest`` day by default.
+def read_published(
+    store: ObjectStore, ds: str | None = None, table: layout.Table = layout.PUBLISHED_COVERS
+) -> pa.Table:
+    """A published manifest (``covers`` by default) of ``ds``, or of its ``_latest`` day.
 
     Returns:
-        The ``covers`` rows with a ``ds`` column (one row per item x segment).
+        The table's rows with a ``ds`` column.
 
     Raises:
         StorageError: nothing published yet, or ``ds`` was never published.
     """
     if ds is None:
-        ds = layout.PUBLISHED_COVERS.latest(store)
+        ds = table.latest(store)
         if ds is None:
-            raise StorageError(
-                f"no covers published yet under {layout.PUBLISHED_COVERS.root_uri(store)} (no latest pointer)"
-            )
-    return layout.PUBLISHED_COVERS.read_days(store, [ds])
+            raise StorageError(f"nothing published yet under {table.root_uri(store)} (no latest pointer)")
+    return table.read_days(store, [ds])
+
+
+@dataclass(frozen=True)
+class CoverForUser:
+    """The answer to "which cover does user U see for item I" on one published day."""
+
+    ds: str
+    user_id: str
+    item_id: str
+    segment_id: int
+    cover_uri: str  # the cover's key under the root
+    cover_url: str
+    generator_version: str
+    publish_id: str
+
+
+def cover_for(store: ObjectStore, user_id: str, item_id: str, ds: str | None = None) -> CoverForUser:
+    """The published cover user ``user_id`` sees for ``item_id`` on ``ds`` (``_latest`` by default).
+
+    The reference answer for the queries in docs/consumers.md: the user's row of ``user_segments``
+    joined with the item's row of ``covers`` for that segment, both from the same publish.
+
+    Raises:
+        StorageError: nothing published for ``ds``; the user has no segment that day (users without
+            impressions in the window have none: serve the item's reference image); the item is not
+            in that day's catalog; or the day is being republished (the tables' publish ids differ:
+            ask again).
+    """
+    day = ds or layout.PUBLISHED_COVERS.latest(store)
+    if day is None:
+        raise StorageError(f"nothing published yet under {layout.PUBLISHED_COVERS.root_uri(store)}")
+    if not layout.PUBLISHED_USER_SEGMENTS.exists(store, day):
+        raise StorageError(f"no user_segments published for ds={day} (published before user segments were)")
+    users = layout.PUBLISHED_USER_SEGMENTS.read(store, day)
+    users = users.filter(pc.equal(users["user_id"], user_id)).to_pylist()
+    if not users:
+        raise StorageError(
+            f"user {user_id!r} has no segment on ds={day} (no impressions in its window): serve the item's reference image"
+        )
+    covers = layout.PUBLISHED_COVERS.read(store, day)
+    mask = pc.and_(
+        pc.equal(covers["item_id"], item_id), pc.equal(covers["segment_id"], users[0]["segment_id"])
+    )
+    rows = covers.filter(mask).to_pylist()
+    if not rows:
+        raise StorageError(f"item {item_id!r} has no published cover on ds={day} (not in that day's catalog)")
+    row = rows[0]
+    if row["publish_id"] != users[0]["publish_id"]:
+        raise StorageError(f"ds={day} is being republished (publish ids differ); ask again")
+    return CoverForUser(
+        ds=day, user_id=user_id, item_id=item_id, segment_id=int(row["segment_id"]),
+        cover_uri=row["cover_uri"], cover_url=row["cover_url"],
+        generator_version=row["generator_version"], publish_id=row["publish_id"],
+    )  # fmt: skip

@@ -61,7 +61,7 @@ class World:
         return layout.PUBLISHED_COVERS.latest(self.store)
 
     def success_marker(self, ds: str) -> bytes:
-        return self.store.get_bytes(f"{layout.PUBLISHED_COVERS.prefix(ds)}/_SUCCESS")
+        return self.store.get_bytes(ObjectStore.day_marker(layout.PUBLISHED_DAY.area, ds))
 
 
 @pytest.fixture(scope="module")

@@ -289,7 +289,7 @@ def test_s3_stopped_before_publish_keeps_yesterdays_covers(own_s3_server: Seawee
 
 
 def _publishable_day(store: ObjectStore, ds: str) -> None:
-    """A validated catalog of 2 items, 2 segments and a staged manifest of their 4 covers."""
+    """A validated catalog of 2 items, 2 segments of 1 user each and a staged manifest of their 4 covers."""
     import datetime as dt
 
     from icg_core.data.schemas import TABLES
@@ -304,6 +304,8 @@ def _publishable_day(store: ObjectStore, ds: str) -> None:
     )  # fmt: skip
     centroids = pa.table({"segment_id": pa.array([0, 1], pa.int32()), "centroid": [[0.0, 1.0], [1.0, 0.0]]})
     layout.SEGMENT_CENTROIDS.write(store, centroids, ds)
+    users = pa.table({"user_id": ["u1", "u2"], "segment_id": pa.array([0, 1], pa.int32())})
+    layout.USER_SEGMENTS.write(store, users, ds)
     rows = []
     for item in ("i1", "i2"):
         for segment in (0, 1):

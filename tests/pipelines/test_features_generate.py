@@ -24,7 +24,7 @@ from icg_core import layout
 from icg_core.config import RewardWeights
 from icg_core.serving.policy import Sampling
 from icg_core.stages.generate import GenerateInputError, GeneratePlan, writer_fields, writer_plan
-from icg_core.stages.publish import publish_day
+from icg_core.stages.publish import run_publish
 from icg_core.storage import ObjectStore
 from pipelines.features import run_features
 from pipelines.generate import FAULT_ENV, run_generate
@@ -162,18 +162,16 @@ def test_generate_publish_on_s3_read_back_by_pandas_pyarrow_duckdb(
     generated = run_generate(store, cfg, ds)
     catalog = store.read_table("catalog_items", ds=ds, area="validated")["item_id"].to_pylist()
     segments = store.read_table("segment_centroids", ds=ds, area="users")["segment_id"].to_pylist()
-    published = publish_day(store, ds, expected_item_ids=catalog, expected_segment_ids=segments)
+    published = run_publish(store, cfg, ds)
     assert published.rows == generated["rows"] == len(catalog) * len(segments)
 
-    # A downstream service: follow _latest, read the committed files listed in _SUCCESS.
+    # A downstream service (docs/consumers.md): follow _latest, read the day's Parquet files.
     fs = store.fsspec()
     table_dir = store.fsspec_path("manifests/covers")  # the documented downstream path
     latest = json.loads(fs.cat(f"{table_dir}/_latest"))["ds"]
     assert latest == ds
-    files = [
-        f"{table_dir}/ds={latest}/{name}"
-        for name in json.loads(fs.cat(f"{table_dir}/ds={latest}/_SUCCESS"))["files"]
-    ]
+    files = [f"s3://{f}" for f in fs.glob(f"{table_dir}/ds={latest}/*.parquet")]
+    assert len(files) == 1
 
     frame = pd.concat([pd.read_parquet(f, filesystem=fs) for f in files])
     dataset = pads.dataset([f.removeprefix("s3://") for f in files], format="parquet", filesystem=store.fs)

@@ -14,7 +14,7 @@ from icg_core import layout
 from icg_core.stages.publish import read_published
 from icg_core.storage import ObjectStore
 from tests.icg_core.conftest import table_of, utc
-from tests.icg_core.stages.test_publish import ITEMS, SEGMENTS, _corrupt_image, full_day, stage
+from tests.icg_core.stages.test_publish import ITEMS, SEGMENTS, _corrupt_image, full_day, stage, user_segments
 
 DS = "2026-11-16"
 
@@ -37,6 +37,7 @@ def prepare_day(store: ObjectStore, *, segments: bool = True) -> list[dict]:
             }
         )
         store.write_table("segment_centroids", centroids, ds=DS, area="users")
+        layout.USER_SEGMENTS.write(store, user_segments(), DS)
     rows = full_day(store, DS)
     stage(store, DS, rows)
     return rows

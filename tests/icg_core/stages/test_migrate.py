@@ -9,9 +9,11 @@ from icg_core import layout
 from icg_core.data.schemas import OBJECT_COLUMNS
 from icg_core.stages.extract import extract_day
 from icg_core.stages.migrate import migrate_keys
+from icg_core.stages.publish import read_published
 from icg_core.stages.validate import format_failures, validate_day
 from icg_core.storage import ObjectStore
 from tests.icg_core.conftest import RUN_DS, RawDay
+from tests.icg_core.stages.test_publish import USERS, full_day, publish, stage
 
 
 def _validate(store: ObjectStore, raw: RawDay):
@@ -65,3 +67,30 @@ def test_an_old_root_moved_elsewhere_is_refused_until_migrated_once(tmp_path: Pa
     again = migrate_keys(moved)
     assert (again.values_rewritten, again.partitions_rewritten) == (0, [])  # idempotent
     assert again.partitions_checked == done.partitions_checked
+
+
+def test_a_moved_published_day_migrates_in_place_with_its_user_segments(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path / "old"))
+    stage(store, RUN_DS, full_day(store, RUN_DS))
+    publish(store, RUN_DS)
+    covers = layout.PUBLISHED_COVERS.read(store, RUN_DS)  # as published before relative keys
+    absolute = [store.uri(key) for key in covers.column("cover_uri").to_pylist()]
+    covers = covers.set_column(covers.schema.get_field_index("cover_uri"), "cover_uri", [absolute])
+    users = layout.PUBLISHED_USER_SEGMENTS.read(store, RUN_DS)
+    layout.PUBLISHED_DAY.write(store, {"user_segments": users, "covers": covers}, RUN_DS, meta={})
+    shutil.move(tmp_path / "old", tmp_path / "moved")
+    moved = ObjectStore(str(tmp_path / "moved"))
+
+    done = migrate_keys(moved)
+    assert layout.PUBLISHED_COVERS.prefix(RUN_DS) in done.partitions_rewritten
+    for table in ("covers", "user_segments"):  # still one file per table: plain readers see one day
+        assert moved.list(f"manifests/{table}/ds={RUN_DS}") == [
+            f"manifests/{table}/ds={RUN_DS}/{table}.parquet"
+        ]
+    published = read_published(moved, RUN_DS)
+    keys = published.column("cover_uri").to_pylist()
+    assert all(key.startswith("covers/") for key in keys)
+    assert published.column("cover_url").to_pylist() == [moved.uri(key) for key in keys]  # the new root
+    users = read_published(moved, RUN_DS, table=layout.PUBLISHED_USER_SEGMENTS)
+    assert dict(zip(users["user_id"].to_pylist(), users["segment_id"].to_pylist(), strict=True)) == USERS
+    assert migrate_keys(moved).values_rewritten == 0

@@ -9,9 +9,10 @@ import pyarrow as pa
 import pytest
 
 from icg_core import layout
-from icg_core.data.schemas import TABLES
+from icg_core.data.schemas import MANIFEST_SCHEMA_VERSION, TABLES
 from icg_core.stages.publish import (
     PublishError,
+    cover_for,
     publish_day,
     read_published,
 )
@@ -21,6 +22,7 @@ from tests.icg_core.conftest import png_bytes
 YESTERDAY, TODAY = "2026-11-15", "2026-11-16"
 ITEMS = ["i1", "i2", "i3"]
 SEGMENTS = [0, 1]
+USERS = {"u1": 0, "u2": 1, "u3": 1}  # user -> segment
 SIZE = 32
 
 
@@ -46,17 +48,46 @@ def full_day(store: ObjectStore, ds: str) -> list[dict]:
     return [cover_row(store, ds, item, segment) for item in ITEMS for segment in SEGMENTS]
 
 
-def publish(store: ObjectStore, ds: str, items: list[str] = ITEMS, segments: list[int] = SEGMENTS):
-    return publish_day(store, ds, expected_item_ids=items, expected_segment_ids=segments)
+def user_segments(users: dict[str, int | None] = USERS) -> pa.Table:
+    return pa.table({"user_id": list(users), "segment_id": pa.array(list(users.values()), pa.int32())})
+
+
+def publish(
+    store: ObjectStore,
+    ds: str,
+    items: list[str] = ITEMS,
+    segments: list[int] = SEGMENTS,
+    users: pa.Table | None = None,
+    public_base_url: str | None = None,
+):
+    return publish_day(
+        store,
+        ds,
+        user_segments=user_segments() if users is None else users,
+        expected_item_ids=items,
+        expected_segment_ids=segments,
+        public_base_url=public_base_url,
+    )
 
 
 def test_complete_day_is_published_and_read_back(any_store: ObjectStore) -> None:
     stage(any_store, TODAY, full_day(any_store, TODAY))
     summary = publish(any_store, TODAY)
-    assert (summary.rows, summary.items, summary.segments, summary.images_checked) == (6, 3, 2, 6)
+    assert (summary.rows, summary.items, summary.segments, summary.users, summary.images_checked) == (
+        6,
+        3,
+        2,
+        3,
+        6,
+    )
     assert summary.latest == TODAY and summary.latest_moved and summary.previous_latest is None
-    assert layout.PUBLISHED_COVERS.latest(any_store) == TODAY
-    assert any_store.exists(f"manifests/covers/ds={TODAY}/_SUCCESS")  # the documented path
+    assert (
+        layout.PUBLISHED_COVERS.latest(any_store) == layout.PUBLISHED_USER_SEGMENTS.latest(any_store) == TODAY
+    )
+    for table in ("covers", "user_segments"):  # the documented paths: one file per table and day
+        assert any_store.list(f"manifests/{table}/ds={TODAY}") == [
+            f"manifests/{table}/ds={TODAY}/{table}.parquet"
+        ]
     published = read_published(any_store)
     assert published.num_rows == 6
     assert set(published.column("ds").to_pylist()) == {TODAY}
@@ -65,6 +96,66 @@ def test_complete_day_is_published_and_read_back(any_store: ObjectStore) -> None
     )
     assert pairs == {(i, s) for i in ITEMS for s in SEGMENTS}
     assert read_published(any_store, TODAY).equals(published)
+    users = read_published(any_store, table=layout.PUBLISHED_USER_SEGMENTS)
+    assert dict(zip(users["user_id"].to_pylist(), users["segment_id"].to_pylist(), strict=True)) == USERS
+    for table in (published, users):  # one publish: one id and the current contract version on every row
+        assert set(table["publish_id"].to_pylist()) == {summary.publish_id}
+        assert set(table["schema_version"].to_pylist()) == {MANIFEST_SCHEMA_VERSION}
+    assert published["cover_url"].to_pylist() == [
+        any_store.uri(k) for k in published["cover_uri"].to_pylist()
+    ]
+
+
+def test_cover_url_uses_the_public_base_url(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    stage(store, TODAY, full_day(store, TODAY))
+    publish(store, TODAY, public_base_url="https://cdn.example.com/icg")
+    published = read_published(store)
+    for key, url in zip(published["cover_uri"].to_pylist(), published["cover_url"].to_pylist(), strict=True):
+        assert not key.startswith("/") and "://" not in key
+        assert url == f"https://cdn.example.com/icg/{key}"
+
+
+def test_cover_for_joins_the_users_segment_with_the_items_cover(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    stage(store, TODAY, full_day(store, TODAY))
+    publish(store, TODAY)
+    found = cover_for(store, "u2", "i3")
+    published = read_published(store).to_pylist()
+    expected = next(r for r in published if (r["item_id"], r["segment_id"]) == ("i3", USERS["u2"]))
+    assert (found.ds, found.segment_id, found.cover_uri, found.cover_url) == (
+        TODAY, 1, expected["cover_uri"], expected["cover_url"]
+    )  # fmt: skip
+    with pytest.raises(StorageError, match="user 'nobody' has no segment on ds=2026-11-16"):
+        cover_for(store, "nobody", "i3")
+    with pytest.raises(StorageError, match="item 'ghost' has no published cover"):
+        cover_for(store, "u2", "ghost")
+    with pytest.raises(StorageError, match="nothing published yet"):
+        cover_for(ObjectStore(str(tmp_path / "empty")), "u2", "i3")
+
+
+@pytest.mark.parametrize(
+    ("users", "kind", "mention"),
+    [
+        ({**USERS, "u4": 7}, "user_segment_unknown", "segment=7"),
+        ({**USERS, "u4": None}, "user_segment_null", "user=u4 segment=None"),
+    ],
+)
+def test_bad_user_segments_are_refused(tmp_path, users: dict, kind: str, mention: str) -> None:
+    store = ObjectStore(str(tmp_path))
+    stage(store, TODAY, full_day(store, TODAY))
+    with pytest.raises(PublishError) as raised:
+        publish(store, TODAY, users=user_segments(users))
+    assert kind in [p.kind for p in raised.value.problems] and mention in str(raised.value)
+    assert layout.PUBLISHED_COVERS.latest(store) is None
+
+
+def test_a_user_twice_is_refused(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    stage(store, TODAY, full_day(store, TODAY))
+    twice = pa.concat_tables([user_segments(), user_segments({"u1": 1})])
+    with pytest.raises(PublishError, match=r"user_segment_duplicate \(1\).*user=u1 x2"):
+        publish(store, TODAY, users=twice)
 
 
 def _duplicate(store: ObjectStore, rows: list[dict]) -> list[dict]:
@@ -199,6 +290,7 @@ def test_rerun_replaces_the_day_never_duplicates(tmp_path) -> None:
     assert published.num_rows == 6
     assert set(published.column("generator_version").to_pylist()) == {"gen-v2"}
     assert len(layout.PUBLISHED_COVERS.files(store, TODAY)) == 1
+    assert store.list(f"manifests/covers/ds={TODAY}") == [f"manifests/covers/ds={TODAY}/covers.parquet"]
 
 
 def test_backfill_of_an_older_day_keeps_latest(tmp_path) -> None:
@@ -213,5 +305,5 @@ def test_backfill_of_an_older_day_keeps_latest(tmp_path) -> None:
 
 
 def test_nothing_published_yet_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(StorageError, match="no covers published yet"):
+    with pytest.raises(StorageError, match="nothing published yet"):
         read_published(ObjectStore(str(tmp_path)))

@@ -253,7 +253,7 @@ def test_an_unextracted_or_half_extracted_day_is_refused(raw_day_store):
     extract_day(raw.store, RUN_DS, raw.cfg.extract)
     real_write_day = raw.store.write_day
 
-    def crash_after_first_table(tables, *, ds, area, meta=None):
+    def crash_after_first_table(tables, *, ds, area, meta=None, in_place=False):
         raw.store._write_part("catalog_items", tables["catalog_items"], ds=ds, area=area)
         raise KeyboardInterrupt("killed between the two tables")
 
