@@ -14,7 +14,6 @@ other producers' days).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -26,7 +25,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from PIL import Image
 
 from icg_core import layout
 from icg_core.config import ValidationConfig
@@ -243,9 +241,7 @@ def import_pixelrec(
             "clicked": np.ones(len(raw_interactions), dtype=bool),
         }
     )
-    return _write_raw(
-        "pixelrec", store, items, interactions, covers_dir, items_file=items_csv, limits=limits
-    )
+    return _write_raw("pixelrec", store, items, interactions, covers_dir, items_file=items_csv, limits=limits)
 
 
 def _pixelrec_tags(raw_items: pd.DataFrame, category_column: str | None) -> pd.Series:
@@ -318,7 +314,10 @@ def _write_raw(
     bad_image_ids = [i for i in candidates["item_id"] if uris[i] is None]
     catalog = candidates.loc[candidates["item_id"].map(uris).notna()].copy()
     catalog["reference_image_uri"] = catalog["item_id"].map(uris)
-    for ids, why in ((no_image_ids, "have no image"), (bad_image_ids, "have an unusable image (reasons above)")):
+    for ids, why in (
+        (no_image_ids, "have no image"),
+        (bad_image_ids, "have an unusable image (reasons above)"),
+    ):
         if ids:
             log.warning("import[%s]: %d items %s in %s, skipped (e.g. %s)",
                         source, len(ids), why, images_dir, ids[:SAMPLE_IDS])  # fmt: skip

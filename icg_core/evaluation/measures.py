@@ -39,6 +39,16 @@ HEADLINE = (
     "diversity",
 )
 ORACLE_METRICS = ("category_top1", "oracle_ctr")
+# What an evaluation on real data (a root without the embedded world's oracle) cannot measure, and why.
+NOT_MEASURED_WITHOUT_ORACLE = {
+    "oracle_ctr": "needs each user's true click probability on a cover never shown; known only to the "
+    "embedded world's oracle (on real data: an online A/B test)",
+    "category_top1": "needs the oracle's pixel classifier of categories",
+    "oracle_best": "the ceiling variant is drawn from the users' hidden tastes",
+    "preference_model.oracle_auc": "the ceiling AUC of the true click model on the held-out clicks",
+    "segments.ari_vs_taste_groups": "needs the users' hidden taste groups",
+    "finetune_curve.oracle_ctr": "as oracle_ctr, for the generator's fine-tuning snapshots",
+}
 UPLIFT_METRICS = ("oracle_ctr", "preference", "relevance", "aesthetic", "aesthetic_heldout")
 
 

@@ -233,6 +233,18 @@ def _gate(metrics: Mapping[str, Any]) -> tuple[str, str]:
     return status, table
 
 
+def _not_measured_section(not_measured: Mapping[str, str]) -> str:
+    """On real data: the metrics this run could not measure, each with the reason."""
+    if not not_measured:
+        return ""
+    items = "".join(f"<li><code>{esc(name)}</code>: {esc(why)}</li>" for name, why in not_measured.items())
+    return (
+        '<section id="not-measured"><h2>Not measured on this data</h2>'
+        "<p>This root has no embedded-world oracle, so these metrics are n/a below; "
+        f"aesthetic, relevance, preference and diversity are measured.</p><ul>{items}</ul></section>"
+    )
+
+
 def _run_section(metrics: Mapping[str, Any]) -> str:
     run = metrics.get("run") or {}
     versions = [(k, f"<code>{esc(v)}</code>") for k, v in (run.get("model_versions") or {}).items()]
@@ -654,6 +666,7 @@ def render_report(
             f"{warning}</header>",
             failure_section(failures),
             _verdict(metrics.get("variants") or {}),
+            _not_measured_section(metrics.get("not_measured") or {}),
             _run_section(metrics),
             _ablation_section(metrics.get("variants") or {}),
             _per_segment_section(metrics),

@@ -18,7 +18,8 @@ metrics.json keys::
     finetune_curve [{step, preference, oracle_ctr}] (the production generator's stage-2 snapshots),
     run {data_interval {start, end}, items, item_ids, bootstrap_samples, model_versions {...},
          timings {evaluate phase: seconds}, stage_seconds {finetune..., evaluate}, finished_at},
-    samples [{item_id, title, segment_id, variant, image_key}], gate {passed, baseline_ds, checks}
+    samples [{item_id, title, segment_id, variant, image_key}], gate {passed, baseline_ds, checks},
+    not_measured {metric: why} (empty in the embedded world; on real data, what needs the oracle)
     M = {aesthetic, aesthetic_heldout, relevance, category_top1, preference, oracle_ctr, diversity (each with
          <metric>_ci [lo, hi]), oracle_ctr_by_segment, preference_by_segment, seconds_per_cover, n_covers,
          generator_version, source, fallback_rate,
@@ -47,6 +48,7 @@ from icg_core.evaluation.downstream import downstream_auc, load_click_window, pr
 from icg_core.evaluation.gates import GateResult, check_gates, published_baseline
 from icg_core.evaluation.measures import (
     HEADLINE,
+    NOT_MEASURED_WITHOUT_ORACLE,
     Judges,
     by_segment,
     measure_covers,
@@ -349,6 +351,7 @@ def run_evaluation(
         "downstream": downstream,
         "finetune_curve": curve,
         "samples": samples,
+        "not_measured": {} if setup.oracle is not None else dict(NOT_MEASURED_WITHOUT_ORACLE),
     }
     baseline_ds, baseline = published_baseline(store, ds)
     gate = check_gates(metrics, baseline, baseline_ds, cfg.evaluate)

@@ -57,7 +57,9 @@ def _extract_and_validate(raw: RawDay, source: str) -> tuple[dict[str, list[dict
     report = validate_day(raw.store, RUN_DS, raw.cfg)
     assert report.success, format_failures(report)
     tables = {
-        handle.name: sorted(handle.read(raw.store, RUN_DS).to_pylist(), key=lambda r: json.dumps(r, default=str))
+        handle.name: sorted(
+            handle.read(raw.store, RUN_DS).to_pylist(), key=lambda r: json.dumps(r, default=str)
+        )
         for handle in (layout.CATALOG, layout.IMPRESSIONS)
     }
     meta = layout.STAGED_DAY.meta(raw.store, RUN_DS) or {}
@@ -140,8 +142,20 @@ def test_named_parameters_become_positional_and_comments_never_bind() -> None:
 
 
 def test_the_connection_comes_as_an_airflow_uri_or_json() -> None:
-    assert warehouse_uri("icg_warehouse", {WAREHOUSE: "postgres://u:p@db:5432/shop"}) == "postgresql://u:p@db:5432/shop"
-    form = {"conn_type": "postgres", "host": "db", "port": 5432, "login": "u", "password": "p@ss", "schema": "shop"}
-    assert warehouse_uri("icg_warehouse", {WAREHOUSE: json.dumps(form)}) == "postgresql://u:p%40ss@db:5432/shop"
+    assert (
+        warehouse_uri("icg_warehouse", {WAREHOUSE: "postgres://u:p@db:5432/shop"})
+        == "postgresql://u:p@db:5432/shop"
+    )
+    form = {
+        "conn_type": "postgres",
+        "host": "db",
+        "port": 5432,
+        "login": "u",
+        "password": "p@ss",
+        "schema": "shop",
+    }
+    assert (
+        warehouse_uri("icg_warehouse", {WAREHOUSE: json.dumps(form)}) == "postgresql://u:p%40ss@db:5432/shop"
+    )
     with pytest.raises(SchemaError, match="must be a postgresql:// connection"):
         warehouse_uri("icg_warehouse", {WAREHOUSE: "mysql://u@db/shop"})

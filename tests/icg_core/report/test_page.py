@@ -269,6 +269,19 @@ def test_minimal_metrics_render(store) -> None:
     )
 
 
+def test_a_run_without_an_oracle_says_what_it_did_not_measure_and_why(store) -> None:
+    from icg_core.evaluation.measures import NOT_MEASURED_WITHOUT_ORACLE
+
+    metrics = {"ds": DS, "variants": {"icg": {"aesthetic": 0.5, "oracle_ctr": None}}}
+    store.put_json(layout.metrics(DS), {**metrics, "not_measured": NOT_MEASURED_WITHOUT_ORACLE})
+    page = page_of(store)
+    assert "Not measured on this data" in page
+    assert all(f"<code>{name}</code>" in page for name in NOT_MEASURED_WITHOUT_ORACLE)
+    assert "an online A/B test" in page
+    store.put_json(layout.metrics(DS), {**metrics, "not_measured": {}})  # the embedded world: no such section
+    assert "Not measured on this data" not in page_of(store)
+
+
 def test_evaluate_stage_extras_are_shown(store) -> None:
     """Gate, per-segment oracle CTR, failed ablations and extra scalar keys reach the page."""
     metrics = write_fixture_run(store)
