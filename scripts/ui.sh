@@ -46,12 +46,33 @@ setsid bash -c '
   kill 0
 ' &
 group=$!
+descendants() {  # every process below $1, recursively
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do echo "$child"; descendants "$child"; done
+}
+running() {  # those of the given pids still running (an exited zombie waiting to be reaped is not)
+  local pid state
+  for pid in "$@"; do
+    state=$(ps -o stat= -p "$pid" 2>/dev/null) || continue
+    [[ $state == Z* ]] || echo "$pid"
+  done
+}
 stop() {
   trap - TERM INT
   echo "== stopping Airflow (process group $group)"
-  kill -TERM -- "-$group" 2>/dev/null || true
-  for _ in $(seq 1 30); do kill -0 -- "-$group" 2>/dev/null || exit 0; sleep 1; done
-  kill -KILL -- "-$group" 2>/dev/null || true
+  # A task's supervisor (`airflow worker -- ...`) starts a session of its own, which a signal to the
+  # group misses: every descendant is signalled by pid too, recorded before the group goes away.
+  local family
+  family=$(descendants "$group")
+  # shellcheck disable=SC2086  # one pid per word
+  kill -TERM -- "-$group" $family 2>/dev/null || true
+  for _ in $(seq 1 30); do
+    # shellcheck disable=SC2086
+    if ! kill -0 -- "-$group" 2>/dev/null && [ -z "$(running $family)" ]; then exit 0; fi
+    sleep 1
+  done
+  # shellcheck disable=SC2086
+  kill -KILL -- "-$group" $(running $family) 2>/dev/null || true
   exit 0
 }
 trap stop TERM INT
