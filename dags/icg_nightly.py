@@ -16,7 +16,12 @@ gate too and opens with the failure. See docs/operations.md.
 
 Backfills: every stage reads only its ``ds`` data interval and rewrites only its ``ds`` partition, so
 ``airflow backfill create --dag-id icg_nightly --from-date ... --to-date ...`` (or the UI's backfill
-form) recomputes past days; publishing an old day never moves ``latest`` backwards.
+form) recomputes past days; publishing an old day never moves ``latest`` backwards, and a backfill
+never changes the production generator.
+
+Champion and challenger: finetune saves the night's generator as the challenger; generate draws the
+covers with the champion (production); evaluate measures both and promotes the challenger only when
+it wins with intervals (icg_core/evaluation/promotion.py). The next night's covers come from the winner.
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ def _generate_args(params: dict) -> list[str]:
     return _items_limit(params) + (["--force"] if params.get("force") else [])
 
 
+def _cover_budget(params: dict) -> dict[str, str]:
+    budget = params.get("max_covers_per_night")
+    return {"ICG__GENERATE__MAX_COVERS_PER_NIGHT": str(budget)} if budget is not None else {}
+
+
 @dag(
     dag_id="icg_nightly",
     schedule="@daily",
@@ -67,6 +77,8 @@ def _generate_args(params: dict) -> list[str]:
         "skip_training": Param(False, type="boolean",
                                description="Reuse the latest reward models and generator (skip rewards and finetune)."),
         "force": Param(False, type="boolean", description="Regenerate every cover, ignoring covers already written."),
+        "max_covers_per_night": Param(None, type=["null", "integer"], minimum=0,
+                                      description="Covers drawn tonight at most (new items always); empty = the config's."),
         "ray_address": Param(None, type=["null", "string"],
                              description="Ray dashboard address to submit stages to; empty = run locally."),
     },
@@ -99,18 +111,19 @@ def icg_nightly() -> None:
         ),
         StageOperator(
             stage="finetune",
-            doc="Stage-2 reward-weighted fine-tuning; gate: relevance must not collapse.",
+            doc="Stage-2 reward-weighted fine-tuning into tonight's challenger; gate: relevance must not collapse.",
             skip_when="skip_training",
         ),
         StageOperator(
             stage="generate",
-            doc="One cover per (item, segment) on Ray, staged for publish.",
+            doc="One cover per (item, segment) on Ray with the champion generator, staged for publish.",
             args=_generate_args,
+            env=_cover_budget,
             trigger_rule="none_failed",
         ),
         StageOperator(
             stage="evaluate",
-            doc="Variants, metrics and intervals; gate: no regression versus the last published run.",
+            doc="Variants, metrics and intervals; promotes the challenger if it wins; gate: no regression versus the last published run.",
         ),
         StageOperator(
             stage="publish",

@@ -154,6 +154,9 @@ class UsersConfig(_Section):
     visual_prior_impressions: float = 5.0  # shrinkage of the clicked-minus-skipped attribute gap
     visual_weight: float = 2.0  # scale of the visual block against the collaborative block
     n_segments: int = 8  # K of k-means
+    # a full k-means every N days (and on the first day, or when K changes); the nights between keep
+    # yesterday's segments, re-averaged (1 = a new k-means every night)
+    resegment_every_days: int = 7
     kmeans_restarts: int = 10  # k-means initializations, best inertia kept
     seed: int = 0  # seeds BPR and k-means
     import_uri: str | None = None  # Parquet (user_id, embedding) of a platform's own embeddings
@@ -307,7 +310,15 @@ class GenerateConfig(_Section):
     gpu_dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # model dtype on GPU actors
     max_actor_restarts: int = 3  # restarts of a crashed actor (its batch retried); one more fails the stage
     items_limit: int | None = None  # only the first N catalog items (by item_id); None = all
-    reuse_previous_days: bool = True  # copy an earlier day's cover whose inputs are unchanged
+    reuse_previous_days: bool = (
+        True  # copy yesterday's covers forward unless out of date (icg_core.serving.refresh)
+    )
+    segment_tolerance: float = (
+        0.02  # a segment keeps its covers while its centroid moved less (cosine distance)
+    )
+    max_covers_per_night: int | None = (
+        None  # covers drawn per night at most (new pairs always); None = no budget
+    )
 
 
 class EvaluateConfig(_Section):

@@ -219,6 +219,11 @@ def cover_sidecar(ds: str, segment_id: int, item_id: str) -> str:
     return f"{COVERS}/ds={ds}/segment={int(segment_id)}/{item_id}.json"
 
 
+def cover_plan(ds: str) -> str:
+    """What the covers of ``ds`` were drawn with (generator, sampling digest): the next night's refresh reads it."""
+    return f"{STAGING_COVERS}/_plans/ds={ds}.json"
+
+
 def is_cover(key: str) -> bool:
     """Whether ``key`` names an object in the covers area."""
     return key.startswith(f"{COVERS}/")
@@ -295,6 +300,34 @@ def latest_version(store: ObjectStore, name: str) -> str | None:
 
 def latest_pointer_uri(store: ObjectStore, name: str) -> str:
     return store.uri(_latest_model(name))
+
+
+def _challenger_model(name: str) -> str:
+    return f"{MODELS}/{name}/_challenger"
+
+
+def set_challenger(store: ObjectStore, name: str, version: str, ds: str) -> None:
+    """Name ``version`` the challenger of ``ds``: the evaluation decides whether it replaces ``_latest``."""
+    store.put_json(
+        _challenger_model(name),
+        {"version": version, "ds": ds, "updated_at": dt.datetime.now(dt.UTC).isoformat()},
+    )
+
+
+def challenger(store: ObjectStore, name: str) -> dict[str, str] | None:
+    """``{"version", "ds"}`` of the newest challenger of ``name`` (None before the first fine-tune)."""
+    key = _challenger_model(name)
+    return dict(store.get_json(key)) if store.exists(key) else None
+
+
+def promotion_records(name: str) -> str:
+    """The prefix of a generator's promotion events."""
+    return f"{MODELS}/{name}/_promotions"
+
+
+def promotion_record(name: str, ds: str, version: str) -> str:
+    """One promotion event: the evaluation of ``ds`` made ``version`` the champion."""
+    return f"{promotion_records(name)}/ds={ds}/{version}.json"
 
 
 # ---------------------------------------------------------------------------- reports

@@ -9,6 +9,7 @@ import typer
 
 from pipelines import (
     bootstrap,
+    champion,
     cover,
     evaluate,
     extract,
@@ -50,6 +51,7 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
 app.command("migrate-keys")(migrate.migrate_keys)
 app.command("cover")(cover.cover)
+app.command("champion")(champion.champion)
 
 
 def main() -> None:

@@ -153,7 +153,7 @@ def run_generate(
     """
     import ray.data
 
-    from icg_core.stages.generate import commit_manifest, plan_generation, writer_fields
+    from icg_core.stages.generate import commit_manifest, plan_generation, with_actions, writer_fields
     from pipelines.ray_runtime import gpus_per_actor, ray_session
 
     started = time.perf_counter()
@@ -167,7 +167,7 @@ def run_generate(
         # (node) gets work at once; expanded by Ray tasks, blocks trickled in and the first ready
         # actor could take them all. The table is ids only (actors read images and features).
         blocks = [
-            expand_segments(block, plan.segment_ids)
+            with_actions(expand_segments(block, plan.segment_ids), plan)
             for block in split_blocks(
                 plan.items,
                 block_count(plan.items.num_rows, len(plan.segment_ids), cfg.generate.batch_size, largest),

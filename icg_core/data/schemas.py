@@ -88,12 +88,13 @@ OBJECT_COLUMNS: dict[str, tuple[str, ...]] = {
     "covers": ("cover_uri",),
 }
 
-# Columns only the published manifests carry (docs/consumers.md): how to fetch a cover, which contract
-# version a row follows, and which publish wrote it (the two tables of one publish share the id).
+# Columns only the manifests carry (docs/consumers.md): the day a cover was drawn for (earlier than the
+# manifest's day when copied forward), how to fetch it, which contract version a row follows, and
+# which publish wrote it (the two tables of one publish share the id).
 _PUBLISHED = {"schema_version": pa.int32(), "publish_id": pa.string()}
 OPTIONAL_COLUMNS: dict[str, dict[str, pa.DataType]] = {
     "catalog_items": {"description": pa.string(), "tags": pa.list_(pa.string())},
-    "covers": {"cover_url": pa.string(), **_PUBLISHED},
+    "covers": {"made_ds": pa.string(), "cover_url": pa.string(), **_PUBLISHED},
     "user_segments": dict(_PUBLISHED),
 }
 
@@ -104,7 +105,7 @@ MANIFEST_SCHEMA_VERSION = 2
 MANIFEST_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
     1: {"covers": tuple(TABLES["covers"].names)},
     2: {
-        "covers": (*TABLES["covers"].names, "cover_url", *_PUBLISHED),
+        "covers": (*TABLES["covers"].names, "made_ds", "cover_url", *_PUBLISHED),
         "user_segments": (*TABLES["user_segments"].names, *_PUBLISHED),
     },
 }

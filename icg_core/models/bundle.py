@@ -278,15 +278,26 @@ def _backbone_dtype(cfg: ModelsConfig) -> torch.dtype:
 
 
 def save_bundle(
-    store: ObjectStore, bundle: ICGBundle, name: str, version: str, extra: dict[str, Any] | None = None
+    store: ObjectStore,
+    bundle: ICGBundle,
+    name: str,
+    version: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    set_latest: bool = True,
 ) -> str:
-    """Save meta tokens, refiner and adapter as ``models/<name>/<version>/`` (base checkpoints by reference)."""
+    """Save meta tokens, refiner and adapter as ``models/<name>/<version>/`` (base checkpoints by reference).
+
+    ``set_latest`` moves ``models/<name>/_latest`` to the version (not for a challenger).
+    """
     modules: dict[str, torch.nn.Module | Mapping[str, torch.Tensor]] = {
         "meta_tokens": bundle.encoder.trainable_state_dict(),
         "refiner": bundle.refiner,
         "adapter": bundle.adapter,
     }
-    uri = save_module_checkpoint(store, name, version, modules, {**bundle.module_config(), **(extra or {})})
+    uri = save_module_checkpoint(
+        store, name, version, modules, {**bundle.module_config(), **(extra or {})}, set_latest=set_latest
+    )
     bundle.version = version
     return uri
 

@@ -24,6 +24,12 @@ users (a new segment takes the id of the old segment it shares most users with),
 overlap, on centroid distance when the embedding spaces agree (same dimension). Clusters left
 unmatched (K grew) get fresh ids.
 
+That full re-segmentation runs on a schedule (``resegment_every_days``, weekly by default), on the
+first day, and when K changes. The nights between keep yesterday's segments (:func:`keep_segments`):
+each user joins the nearest of yesterday's centroids and each centroid becomes its users' mean, so a
+segment drifts slowly with its users, and its covers stay while it moved less than the generate
+stage's tolerance (:mod:`icg_core.serving.refresh`).
+
 Day to day: BPR factors are only defined up to a rotation, so a retrained collaborative block is
 rotated onto the previous day's (orthogonal Procrustes over the users both days share,
 :func:`align_to_previous`). Centroids then stay comparable across days, which matters when a run
@@ -38,6 +44,7 @@ reads the embedded world's hidden truth.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -397,7 +404,9 @@ class Segments:
     user_ids: np.ndarray  # [U] str
     segment_ids: np.ndarray  # [U] int32, stable ids
     centroids: dict[int, np.ndarray]  # segment id -> [D]
-    matched_by: str  # "users", "centroids" or "none"
+    matched_by: (
+        str  # "users", "centroids", "none" (new k-means), or "kept" (yesterday's segments, re-averaged)
+    )
 
     def centroid_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids ``[K]`` sorted, centroids ``[K, D]`` in that order)."""
@@ -467,6 +476,32 @@ def assign_segments(
         centroids={int(ids[c]): centroids[c] for c in range(len(centroids))},
         matched_by=how,
     )
+
+
+def resegment_today(ds: str, every_days: int, previous: Segments | None, k: int, dim: int) -> bool:
+    """Whether ``ds`` runs a full k-means: on schedule (every ``every_days`` days), or when nothing can be kept."""
+    if previous is None or len(previous.centroids) != k or every_days <= 1:
+        return True
+    if any(c.shape != (dim,) for c in previous.centroids.values()):
+        return True
+    return dt.date.fromisoformat(ds).toordinal() % every_days == 0
+
+
+def keep_segments(embeddings: UserEmbeddings, previous: Segments) -> Segments:
+    """Yesterday's segments on today's embeddings: nearest centroid per user, then each centroid its users' mean.
+
+    One k-means step from yesterday's centroids, ids unchanged; a segment left without users keeps
+    yesterday's centroid.
+    """
+    ids, centroids = previous.centroid_matrix()
+    vectors = embeddings.embeddings.astype(np.float32)
+    # ||x - c||^2 up to the per-user constant ||x||^2: [U, K], never [U, K, D]
+    labels = ((centroids**2).sum(axis=1)[None, :] - 2.0 * vectors @ centroids.T).argmin(axis=1)
+    moved = {
+        int(ids[c]): vectors[labels == c].mean(axis=0) if np.any(labels == c) else centroids[c]
+        for c in range(len(ids))
+    }
+    return Segments(embeddings.user_ids, ids[labels].astype(np.int32), moved, matched_by="kept")
 
 
 def load_segments(store: ObjectStore, ds: str) -> Segments:

@@ -37,6 +37,7 @@ VARIANT_LABELS = {
     "icg_no_aesthetic": "ICG without aesthetic reward",
     "icg_unguided": "ICG without reward guidance",
     "icg": "ICG (full)",
+    "challenger": "Challenger: tonight's fine-tune",
     "oracle_best": "Ceiling: best world-drawn cover (oracle)",
 }
 BASELINES = ("reference", "selection", "base")  # what ICG must beat: the verdict names the best of them
@@ -231,6 +232,22 @@ def _gate(metrics: Mapping[str, Any]) -> tuple[str, str]:
     head = "<tr><th>Check</th><th></th><th>Drop</th><th>Allowed</th><th>Detail</th></tr>"
     table = f'<h3>Quality gate checks</h3><table class="kv gate">{head}{rows}</table>' if rows else ""
     return status, table
+
+
+def _promotion_section(promotion: Mapping[str, Any]) -> str:
+    """Champion and challenger: which generator drew tonight's covers, and whether tonight's fine-tune replaces it."""
+    if not promotion:
+        return ""
+    champion = f"<code>{esc(promotion.get('champion'))}</code>"
+    if not promotion.get("challenger"):
+        return f'<section id="promotion"><h2>Generator</h2><p>Champion {champion}; {esc(promotion.get("reason"))}.</p></section>'
+    verdict = '<b class="ok">PROMOTED</b>' if promotion.get("promoted") else "<b>kept the champion</b>"
+    return (
+        '<section id="promotion"><h2>Champion and challenger</h2>'
+        f"<p>Challenger <code>{esc(promotion.get('challenger'))}</code> against champion {champion} on "
+        f"{esc(promotion.get('metric'))}: {fmt_pct(promotion.get('uplift'))}{_interval(promotion.get('uplift_ci'), fmt_pct)}. "
+        f"{verdict}: {esc(promotion.get('reason'))}.</p></section>"
+    )
 
 
 def _not_measured_section(not_measured: Mapping[str, str]) -> str:
@@ -666,6 +683,7 @@ def render_report(
             f"{warning}</header>",
             failure_section(failures),
             _verdict(metrics.get("variants") or {}),
+            _promotion_section(metrics.get("promotion") or {}),
             _not_measured_section(metrics.get("not_measured") or {}),
             _run_section(metrics),
             _ablation_section(metrics.get("variants") or {}),

@@ -15,15 +15,18 @@ metrics.json keys::
     ds, variants {name: M}, preference_model {auc, oracle_auc, log_loss, auc_reproduced, n_eval, roc {fpr, tpr}},
     segments {k, ari_vs_taste_groups, sizes {segment_id: n_users}, taste {segment_id: {attribute: mean hidden taste}}},
     downstream {auc_without_covers, auc_with_covers, n_train, n_eval, judged_by},
-    finetune_curve [{step, preference, oracle_ctr}] (the production generator's stage-2 snapshots),
+    finetune_curve [{step, preference, oracle_ctr}] (the stage-2 snapshots of the challenger, else of the champion),
     run {data_interval {start, end}, items, item_ids, bootstrap_samples, model_versions {...},
          timings {evaluate phase: seconds}, stage_seconds {finetune..., evaluate}, finished_at},
     samples [{item_id, title, segment_id, variant, image_key}], gate {passed, baseline_ds, checks},
+    promotion {champion, challenger, metric, uplift, uplift_ci, promoted, reason} (icg_core.evaluation.promotion),
     not_measured {metric: why} (empty in the embedded world; on real data, what needs the oracle)
     M = {aesthetic, aesthetic_heldout, relevance, category_top1, preference, oracle_ctr, diversity (each with
          <metric>_ci [lo, hi]), oracle_ctr_by_segment, preference_by_segment, seconds_per_cover, n_covers,
          generator_version, source, fallback_rate,
-         uplift_vs_reference {<metric>, <metric>_ci}, uplift_vs_base {...}}
+         uplift_vs_reference {<metric>, <metric>_ci}, uplift_vs_base {...}, and for the challenger uplift_vs_icg}
+    variants: reference, selection, base, icg (the champion, as published), icg_unguided, challenger (the
+    day's fine-tuned generator, when it is not the champion), oracle_best (embedded world), ablations
 
 A rerun for the same ``ds`` keeps the variants it did not recompute (the nightly run keeps the
 ablations of an earlier ``--ablations`` run). Oracle fields are null when the root has no oracle.
@@ -35,7 +38,7 @@ import datetime as dt
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -56,6 +59,7 @@ from icg_core.evaluation.measures import (
     uplift,
     variant_metrics,
 )
+from icg_core.evaluation.promotion import PromotionDecision, decide_promotion, primary_metric, promote
 from icg_core.evaluation.stats import resample_indices, rounded
 from icg_core.evaluation.variants import (
     EvalItems,
@@ -232,6 +236,21 @@ def _segments_report(segments: EvalSegments, oracle: Oracle | None) -> dict[str,
     return {"k": len(segments), "ari_vs_taste_groups": ari, "sizes": sizes, "taste": taste}
 
 
+def day_challenger(store: ObjectStore, cfg: ICGConfig, ds: str, champion: str) -> str | None:
+    """The generator fine-tuned for ``ds`` when it is not already the champion (None: nothing to decide)."""
+    found = layout.challenger(store, cfg.models.generator_name)
+    if found is None or found.get("ds") != ds or found.get("version") == champion:
+        return None
+    return str(found["version"])
+
+
+def is_backfill(store: ObjectStore, cfg: ICGConfig, ds: str, champion: str) -> bool:
+    """Whether ``ds`` lies before the champion's training day or the newest published day."""
+    trained = checkpoint_config(store, cfg.models.generator_name, champion).get("stage2", {}).get("ds")
+    published = layout.PUBLISHED_COVERS.latest(store)
+    return any(day is not None and ds < day for day in (trained, published))
+
+
 def generator_versions(store: ObjectStore, cfg: ICGConfig) -> tuple[str, str]:
     """(production generator version, the stage-1 version it was fine-tuned from; itself for a stage-1 one)."""
     name = cfg.models.generator_name
@@ -282,11 +301,12 @@ class EvalSetup:
     reward_versions: dict[str, str]
     preference: PreferenceModel
     rewards: CoverRewards
-    icg_version: str
+    icg_version: str  # the champion: the production generator the generate stage used
     base_version: str
     bundle: Any  # the production generator (ICGBundle)
     items: EvalItems
     seeds: list[int]  # item-major seeds of every (item, segment) pair
+    challenger: str | None = None  # the day's fine-tuned generator, when it is not the champion
 
 
 def load_setup(store: ObjectStore, cfg: ICGConfig, ds: str, items_limit: int | None) -> EvalSetup:
@@ -301,7 +321,7 @@ def load_setup(store: ObjectStore, cfg: ICGConfig, ds: str, items_limit: int | N
     )
     seeds = pair_seeds(items.item_ids, segments.segment_ids.tolist(), icg_version)
     return EvalSetup(oracle, segments, judges, reward_versions, preference, rewards, icg_version, base_version,
-                     bundle, items, seeds)  # fmt: skip
+                     bundle, items, seeds, day_challenger(store, cfg, ds, icg_version))  # fmt: skip
 
 
 def run_evaluation(
@@ -327,6 +347,8 @@ def run_evaluation(
     versions = {"generator": setup.icg_version, "base": setup.base_version} | {
         f"reward_{k}": v for k, v in setup.reward_versions.items()
     }
+    if setup.challenger is not None:
+        versions["generator_challenger"] = setup.challenger
     # 2. Every variant's covers on the same items, segments and seeds; the fine-tuning curve.
     covers, curve = _variant_covers(store, cfg, ds, setup, clock)
     failed = _ablation_covers(store, cfg, ds, setup, covers, versions, clock) if ablations else {}
@@ -345,7 +367,8 @@ def run_evaluation(
     metrics: dict[str, Any] = store.get_json(layout.metrics(ds)) if store.exists(layout.metrics(ds)) else {}
     metrics |= {
         "ds": ds,
-        "variants": metrics.get("variants", {}) | variants,
+        # a rerun keeps earlier ablations; a challenger is this run's or none
+        "variants": {k: v for k, v in metrics.get("variants", {}).items() if k != "challenger"} | variants,
         "preference_model": preference_report,
         "segments": _segments_report(setup.segments, setup.oracle),
         "downstream": downstream,
@@ -355,13 +378,33 @@ def run_evaluation(
     }
     baseline_ds, baseline = published_baseline(store, ds)
     gate = check_gates(metrics, baseline, baseline_ds, cfg.evaluate)
+    decision = _promotion(store, cfg, ds, setup, variants, gate)
     seconds = clock.total()
     metrics["gate"] = gate.to_dict()
+    metrics["promotion"] = decision.to_dict()
     metrics["run"] = _run_section(store, cfg, ds, setup, metrics, versions, seconds)
     uri = store.uri(store.put_json(layout.metrics(ds), metrics))
+    if decision.promoted:  # after the metrics are written: the event points at them
+        promote(store, cfg.models.generator_name, ds, decision)
     log.info("stage=evaluate ds=%s metrics=%s gate=%s seconds=%s", ds, uri, gate.passed, seconds)
     headline = {name: {k: variants[name].get(k) for k in HEADLINE_KEYS} for name in variants}
     return EvaluationSummary(ds, uri, headline, gate.to_dict(), seconds), gate
+
+
+def _promotion(
+    store: ObjectStore, cfg: ICGConfig, ds: str, setup: EvalSetup, variants: dict[str, Any], gate: GateResult
+) -> PromotionDecision:
+    """Whether the day's challenger replaces the champion (never on a failed gate)."""
+    decision = decide_promotion(
+        setup.icg_version, setup.challenger, (variants.get("challenger") or {}).get("uplift_vs_icg"),
+        metric=primary_metric(setup.oracle is not None), max_relevance_drop=cfg.evaluate.max_relevance_drop_vs_base,
+        backfill=is_backfill(store, cfg, ds, setup.icg_version),
+    )  # fmt: skip
+    if decision.promoted and not gate.passed:
+        return replace(decision, promoted=False, reason=f"{decision.reason}, but the quality gate failed")
+    log.info("stage=evaluate ds=%s champion=%s challenger=%s promoted=%s: %s",
+             ds, decision.champion, decision.challenger, decision.promoted, decision.reason)  # fmt: skip
+    return decision
 
 
 def _variant_covers(
@@ -376,6 +419,11 @@ def _variant_covers(
     clock.lap("selection")
     covers["icg"] = _icg_covers(store, cfg, ds, setup.bundle, items, segments, seeds, setup.rewards)
     clock.lap("icg")
+    tuned = setup.bundle  # whose fine-tuning curve is drawn: tonight's run when there is one
+    if setup.challenger is not None:  # the same policy, items, segments and seeds as the champion's
+        tuned = load_bundle(store, cfg.models, setup.challenger)
+        covers["challenger"] = _icg_covers(store, cfg, ds, tuned, items, segments, seeds, setup.rewards)
+        clock.lap("challenger")
     sampling = Sampling.from_config(cfg)
     plain = Sampling(sampling.steps, sampling.guidance_scale, sampling.scheduler)
     covers["icg_unguided"] = generate_covers(
@@ -391,7 +439,7 @@ def _variant_covers(
     clock.lap("base")
     curve_items = items.head(cfg.evaluate.curve_items)
     n_curve = len(curve_items) * len(segments)
-    curve = finetune_curve(store, cfg.models.generator_name, setup.bundle, curve_items, segments, setup.judges,
+    curve = finetune_curve(store, cfg.models.generator_name, tuned, curve_items, segments, setup.judges,
                            seeds[:n_curve], plain, covers["base"].images[:n_curve], batch_size=batch)  # fmt: skip
     clock.lap("finetune_curve")
     if setup.oracle is not None:
@@ -446,6 +494,8 @@ def _measure(covers: dict[str, VariantCovers], setup: EvalSetup, ecfg: EvaluateC
         for baseline in ("reference", "base"):
             if name != baseline:
                 variants[name][f"uplift_vs_{baseline}"] = uplift(per_item[name], per_item[baseline], indices)
+    if "challenger" in variants:
+        variants["challenger"]["uplift_vs_icg"] = uplift(per_item["challenger"], per_item["icg"], indices)
     return variants
 
 

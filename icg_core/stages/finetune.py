@@ -1,8 +1,10 @@
 """The finetune stage: stage 2 (:mod:`icg_core.training.stage2`) from the stage-1 generator of a day.
 
 :func:`run_finetune` reads the day's catalog features, reference latents and segments, loads the
-day's reward models, trains, and saves the generator as a new version (``_latest`` moves only when
-training completed). The version hashes the recipe (config, reward weights, reward and user
+day's reward models, trains, and saves the generator as a new version: the day's *challenger*. It
+does not touch ``_latest``, the production generator (the champion); the evaluate stage promotes the
+challenger only when it beats the champion (:mod:`icg_core.evaluation.promotion`). The one exception
+is the first fine-tune after the bootstrap, which replaces the untuned stage-1 champion at once. The version hashes the recipe (config, reward weights, reward and user
 versions, base generator, ds) and spells out the weights, e.g. ``s2-a0.5-r1-p0-<hash>`` for a
 w_p = 0 ablation; a version that exists is reused, not retrained. Summary and reward curves go to
 ``reports/ds=<ds>/finetune-<version>.json``.
@@ -21,6 +23,7 @@ import torch
 
 from icg_core import layout
 from icg_core.config import ICGConfig, recipe_digest
+from icg_core.evaluation.promotion import promote_over_untuned
 from icg_core.models.bundle import ICGBundle, load_bundle, save_bundle
 from icg_core.models.checkpoint import (
     checkpoint_config,
@@ -57,11 +60,12 @@ class FinetuneSummary:
     generator_version: str
     base_version: str
     reused: bool  # the version existed: nothing trained
-    latest_moved: bool
+    challenger: bool  # saved (or found) and named the day's challenger
     reward_versions: dict[str, str]
     users_version: str
     items: dict[str, int]
     seconds: dict[str, float]
+    promoted: bool = False  # made the champion at once: it replaced the untuned stage-1 generator
     result: dict[str, Any] = field(default_factory=dict)
     report: str = ""
 
@@ -162,7 +166,8 @@ def run_finetune(
         rewards: build the reward fns from the segment centroids (tests); default the saved rewards of ``ds``.
 
     Returns:
-        The summary. ``_latest`` moves only when training completed without a relevance collapse.
+        The summary. The version becomes the day's challenger only when training completed without a
+        relevance collapse; ``_latest`` never moves here.
 
     Raises:
         RelevanceCollapse: the guard stopped training (report written, no generator saved).
@@ -175,12 +180,12 @@ def run_finetune(
     users_version = str(layout.USER_EMBEDDINGS.read(store, ds).column("model_version")[0])
     version = generator_version(cfg, base_version, ds, reward_versions, users_version)
     summary = FinetuneSummary(ds=ds, generator_version=version, base_version=base_version, reused=False,
-                              latest_moved=False, reward_versions=reward_versions, users_version=users_version,
+                              challenger=False, reward_versions=reward_versions, users_version=users_version,
                               items={}, seconds={})  # fmt: skip
-    # 2. Done before (only ever saved after a successful run): point production at it again.
+    # 2. Done before (only ever saved after a successful run): it is the day's challenger again.
     if checkpoint_exists(store, name, version):
-        layout.set_latest(store, name, version)
-        summary.reused, summary.latest_moved = True, True
+        summary.reused = True
+        _name_challenger(store, name, ds, summary)
         summary.seconds = {"total": round(time.perf_counter() - started, 2)}
         log.info("stage=finetune ds=%s version=%s exists: reused", ds, version)
         return summary
@@ -203,14 +208,14 @@ def run_finetune(
         summary.seconds = {"load": load_seconds, "total": round(time.perf_counter() - started, 2)}
         summary.report = _write_report(store, summary)
         raise
-    # 5. Save the generator (production moves to it) and the run's report.
+    # 5. Save the generator as the day's challenger, and the run's report.
     summary.result = asdict(result)
     if result.complete:
         lineage = {"base_version": base_version, "ds": ds, "reward_versions": reward_versions,
                    "users_version": users_version, "weights": cfg.rewards.weights.model_dump(),
                    "finetune": cfg.finetune.model_dump(), "guard": result.guard}  # fmt: skip
-        save_bundle(store, bundle, name, version, {"stage2": lineage})  # moves _latest
-        summary.latest_moved = True
+        save_bundle(store, bundle, name, version, {"stage2": lineage}, set_latest=False)
+        _name_challenger(store, name, ds, summary)
     summary.seconds = {"load": load_seconds, **{f"train_{k}": v for k, v in result.seconds.items()},
                        "total": round(time.perf_counter() - started, 2)}  # fmt: skip
     summary.report = _write_report(store, summary)
@@ -222,6 +227,13 @@ def run_finetune(
         summary.seconds,
     )
     return summary
+
+
+def _name_challenger(store: ObjectStore, name: str, ds: str, summary: FinetuneSummary) -> None:
+    """Make the run the day's challenger (the champion at once if the champion was never fine-tuned)."""
+    layout.set_challenger(store, name, summary.generator_version, ds)
+    summary.challenger = True
+    summary.promoted = promote_over_untuned(store, name, summary.generator_version, ds)
 
 
 def _write_report(store: ObjectStore, summary: FinetuneSummary) -> str:

@@ -18,6 +18,10 @@ generating, a writer looks for a sidecar with the same fingerprint: today's (a r
 rerun after a crash: the cover is kept) or the previous day's (a nightly run: the PNG is copied,
 not regenerated). The sidecar is written after its PNG, so a sidecar always names a complete cover.
 
+Which pairs are drawn at all is decided first, for the whole day (:mod:`icg_core.serving.refresh`):
+new pairs, changed items and out-of-date covers, within the night's budget; every other pair copies
+yesterday's cover forward (``made_ds`` keeps the day it was drawn for).
+
 The VLM does not run here: covers read the per-item feature cache (:mod:`icg_core.serving.features`),
 so the encoder's cost grows with items, and only diffusion with items x segments.
 """
@@ -58,6 +62,7 @@ from icg_core.serving.policy import (
     base_seed,
     load_cover_rewards,
 )
+from icg_core.serving.refresh import GENERATE, REUSE, RefreshPlan, centroid_drift, plan_refresh
 from icg_core.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -104,6 +109,7 @@ class GeneratePlan:
         previous_ds: the latest earlier day with covers (reuse source), or None.
         sampling: how covers are made (:class:`icg_core.serving.policy.Sampling`).
         reward_weights: the weights of R that candidates are chosen by.
+        refresh: the night's :class:`icg_core.serving.refresh.RefreshPlan`.
     """
 
     ds: str
@@ -114,6 +120,7 @@ class GeneratePlan:
     previous_ds: str | None
     sampling: Sampling
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
+    refresh: RefreshPlan | None = None  # which pairs tonight draws (None in a worker: rows carry it)
 
     @property
     def segment_ids(self) -> list[int]:
@@ -122,6 +129,11 @@ class GeneratePlan:
     @property
     def rows(self) -> int:
         return self.items.num_rows * len(self.centroids)
+
+    @property
+    def sampling_digest(self) -> str:
+        """Digest of the sampling settings: covers drawn with other settings are out of date."""
+        return hashlib.sha256(json.dumps(list(astuple(self.sampling))).encode()).hexdigest()[:16]
 
     @property
     def reward_fingerprint(self) -> dict[str, Any]:
@@ -238,11 +250,34 @@ def plan_generation(
         sampling=Sampling.from_config(cfg),
         reward_weights=cfg.rewards.weights,
     )
+    plan.refresh = _refresh(store, cfg, plan)
     log.info(
-        "stage=generate ds=%s plan items=%d segments=%d rows=%d generator=%s previous_ds=%s",
+        "stage=generate ds=%s plan items=%d segments=%d rows=%d generator=%s previous_ds=%s refresh=%s budget=%s",
         ds, items.num_rows, len(centroids), plan.rows, generator_version, plan.previous_ds,
+        plan.refresh.counts(), cfg.generate.max_covers_per_night,
     )  # fmt: skip
     return plan
+
+
+def _refresh(store: ObjectStore, cfg: ICGConfig, plan: GeneratePlan) -> RefreshPlan:
+    """Which pairs tonight draws, from yesterday's manifest, segments and sampling (:mod:`icg_core.serving.refresh`)."""
+    previous, drift, same_sampling = None, {}, False
+    if plan.previous_ds is not None:
+        previous = layout.STAGED_COVERS.read(store, plan.previous_ds)
+        if layout.SEGMENT_CENTROIDS.exists(store, plan.previous_ds):
+            drift = centroid_drift(plan.centroids, read_centroids(store, plan.previous_ds))
+        record = layout.cover_plan(plan.previous_ds)
+        same_sampling = (
+            store.exists(record) and store.get_json(record).get("sampling") == plan.sampling_digest
+        )
+    traffic: dict[str, int] = {}
+    if layout.IMPRESSIONS.exists(store, plan.ds):
+        counts = pc.value_counts(layout.IMPRESSIONS.read(store, plan.ds).column("item_id"))
+        traffic = {c["values"]: c["counts"] for c in counts.to_pylist()}
+    return plan_refresh(
+        requests(plan), previous, generator_version=plan.generator_version, sampling_unchanged=same_sampling,
+        drift=drift, tolerance=cfg.generate.segment_tolerance, traffic=traffic, budget=cfg.generate.max_covers_per_night,
+    )  # fmt: skip
 
 
 def writer_fields(plan: GeneratePlan) -> dict[str, Any]:
@@ -296,14 +331,29 @@ def _cover_days(store: ObjectStore) -> list[str]:
 
 
 def requests(plan: GeneratePlan, items: pa.Table | None = None) -> pa.Table:
-    """Items x segments as request rows (``REQUEST_COLUMNS``), item-major."""
+    """Items x segments as request rows (``REQUEST_COLUMNS``, plus ``action`` once the plan has its refresh), item-major."""
     items = plan.items if items is None else items
     segments = plan.segment_ids
     index = np.repeat(np.arange(items.num_rows), len(segments))
     expanded = items.take(pa.array(index, pa.int64()))
-    return expanded.append_column("segment_id", pa.array(segments * items.num_rows, pa.int32())).select(
-        list(REQUEST_COLUMNS)
+    rows = expanded.append_column("segment_id", pa.array(segments * items.num_rows, pa.int32()))
+    return with_actions(rows.select(list(REQUEST_COLUMNS)), plan)
+
+
+def with_actions(rows: pa.Table, plan: GeneratePlan) -> pa.Table:
+    """``rows`` with the night's ``action`` of each (item, segment) (all ``generate`` before the refresh is planned)."""
+    if plan.refresh is None:
+        return rows.append_column("action", pa.array([GENERATE] * rows.num_rows, pa.string()))
+    decided = plan.refresh.actions
+    lookup = dict(
+        zip(
+            zip(decided.column("item_id").to_pylist(), decided.column("segment_id").to_pylist(), strict=True),
+            decided.column("action").to_pylist(),
+            strict=True,
+        )
     )
+    keys = zip(rows.column("item_id").to_pylist(), rows.column("segment_id").to_pylist(), strict=True)
+    return rows.append_column("action", pa.array([lookup.get(k, GENERATE) for k in keys], pa.string()))
 
 
 # ------------------------------------------------------------------ rewards and the writer
@@ -374,7 +424,8 @@ class CoverWriter:
                 self.plan.sampling,
                 self.plan.reward_fingerprint,
             )
-            out[i] = None if self.force else self._reuse(row)
+            if not self.force:
+                out[i] = self._carry(row) if row.get("action") == REUSE else self._reuse(row)
             if out[i] is None:
                 todo.append(i)
         if todo:
@@ -392,13 +443,34 @@ class CoverWriter:
                 continue
             if status == COPIED:
                 data = self.store.get_bytes(saved["cover_key"])
-                saved = {**saved, "cover_key": self._put_cover(ds, segment, item, data)}
+                saved = {
+                    **saved,
+                    "made_ds": _made_ds(saved),
+                    "cover_key": self._put_cover(ds, segment, item, data),
+                }
                 self.store.put_json(layout.cover_sidecar(ds, segment, item), saved)
                 self.counts.copied += 1
             else:
                 self.counts.kept += 1
             return self._manifest_row(saved, status)
         return None
+
+    def _carry(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Yesterday's cover of the pair, copied forward as it is (None: there is none to copy, so draw it)."""
+        ds, segment, item, previous = (
+            self.plan.ds,
+            int(row["segment_id"]),
+            row["item_id"],
+            self.plan.previous_ds,
+        )
+        saved = None if previous is None else self._sidecar(previous, segment, item)
+        if saved is None:
+            return None
+        data = self.store.get_bytes(saved["cover_key"])
+        saved = {**saved, "made_ds": _made_ds(saved), "cover_key": self._put_cover(ds, segment, item, data)}
+        self.store.put_json(layout.cover_sidecar(ds, segment, item), saved)
+        self.counts.copied += 1
+        return self._manifest_row(saved, COPIED)
 
     def _sidecar(self, day: str, segment: int, item: str) -> dict[str, Any] | None:
         """The sidecar of a complete cover of ``day``, with its ``cover_key``; None when there is none."""
@@ -458,6 +530,7 @@ class CoverWriter:
                 "seed": seeds[i],
                 "content_hash": row["content_hash"],
                 "created_at": created_at,
+                "made_ds": plan.ds,
                 "fingerprint": row["fingerprint"],
             }
             # PNG first, sidecar second: a sidecar always names a complete cover.
@@ -471,15 +544,22 @@ class CoverWriter:
     def _manifest_row(self, saved: Mapping[str, Any], status: str) -> dict[str, Any]:
         row = {name: saved[name] for name in MANIFEST_SCHEMA.names if name in saved}
         row["cover_uri"] = saved["cover_key"]  # relative to the root (icg_core.storage)
+        row["made_ds"] = _made_ds(saved)
         row["created_at"] = dt.datetime.fromisoformat(saved["created_at"])
         row["status"] = status
         return row
+
+
+def _made_ds(saved: Mapping[str, Any]) -> str:
+    """The day a cover was drawn for (sidecars from before ``made_ds`` say it in their key)."""
+    return str(saved.get("made_ds") or layout.partition_day(saved["cover_key"]))
 
 
 # The covers contract plus the row's status and source (dropped by the contract when the manifest is written).
 MANIFEST_SCHEMA = pa.schema(
     [
         *[pa.field(f.name, f.type) for f in TABLES[layout.STAGED_COVERS.name]],
+        pa.field("made_ds", pa.string()),  # the day the cover was drawn for (earlier when copied forward)
         pa.field("status", pa.string()),
         pa.field("source", pa.string()),  # "personalized", or "base" where the base cover won (the fallback)
     ]
@@ -504,6 +584,7 @@ class GenerateSummary:
     manifest_uri: str
     previous_ds: str | None
     seconds: float
+    refresh: dict[str, Any] = field(default_factory=dict)  # pairs per reason, drawn and carried; the budget
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -529,6 +610,11 @@ def commit_manifest(
             f"generate ds={plan.ds}: {len(keys)} rows ({len(set(keys))} distinct) for {plan.rows} expected; manifest not committed"
         )
     layout.STAGED_COVERS.write(store, manifest, plan.ds)
+    # What tomorrow's refresh compares against (the sampling these covers were drawn with).
+    store.put_json(
+        layout.cover_plan(plan.ds),
+        {"generator_version": plan.generator_version, "sampling": plan.sampling_digest},
+    )
     statuses = manifest.column("status").to_pylist()
     summary = GenerateSummary(
         ds=plan.ds,
@@ -544,6 +630,7 @@ def commit_manifest(
         manifest_uri=layout.STAGED_COVERS.uri(store, plan.ds),
         previous_ds=plan.previous_ds,
         seconds=round(seconds, 3),
+        refresh={} if plan.refresh is None else {**plan.refresh.counts(), "budget": plan.refresh.budget},
         extra=dict(extra or {}),
     )
     log.info(

@@ -246,6 +246,13 @@ def _stamped(table: pa.Table, publish_id: str) -> pa.Table:
     return table.append_column("publish_id", pa.array([publish_id] * n, pa.string()))
 
 
+def _day_of(store: ObjectStore, cover_ref: str, default: str) -> str:
+    try:
+        return layout.partition_day(store.key(cover_ref))
+    except StorageError:
+        return default
+
+
 def _staged_manifest(store: ObjectStore, ds: str, previous: str | None) -> pa.Table:
     if not layout.STAGED_COVERS.exists(store, ds):
         where = layout.STAGED_COVERS.uri(store, ds)
@@ -261,7 +268,12 @@ def _commit(
 ) -> tuple[str, dict[str, PartitionCommit]]:
     """Write the day's two published tables (user_segments first, then covers); returns (publish id, commits)."""
     publish_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    urls = [cover_url(store, ref, public_base_url) for ref in manifest.column("cover_uri").to_pylist()]
+    refs = manifest.column("cover_uri").to_pylist()
+    urls = [cover_url(store, ref, public_base_url) for ref in refs]
+    if "made_ds" not in manifest.column_names:  # staged before covers said the day they were drawn for
+        manifest = manifest.append_column(
+            "made_ds", pa.array([_day_of(store, ref, ds) for ref in refs], pa.string())
+        )
     tables = {
         "user_segments": _stamped(user_segments.select(["user_id", "segment_id"]), publish_id),
         "covers": _stamped(manifest.append_column("cover_url", pa.array(urls, pa.string())), publish_id),

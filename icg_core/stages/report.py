@@ -86,7 +86,9 @@ def find_finetune_log(store: ObjectStore, ds: str, generator_version: str) -> di
         return None
     newest_day = logs[-1][0]
     candidates = [store.get_json(key) for day, _, key in logs if day == newest_day]
-    moved = [c for c in candidates if c.get("latest_moved")]
+    moved = [
+        c for c in candidates if c.get("challenger") or c.get("latest_moved")
+    ]  # latest_moved: older logs
     return (moved or candidates)[-1]
 
 

@@ -30,9 +30,11 @@ from icg_core.models.users import (
     assign_segments,
     cover_attributes,
     import_user_embeddings,
+    keep_segments,
     load_user_embeddings,
     model_version,
     previous_segments,
+    resegment_today,
     train_user_embeddings,
 )
 from icg_core.storage import ObjectStore
@@ -89,7 +91,11 @@ def run_users(store: ObjectStore, ds: str, cfg: UsersConfig) -> UsersSummary:
         embeddings, alignment = align_to_previous(
             embeddings, load_user_embeddings(store, prev_ds), cfg.collab_dim, prev_ds
         )
-    segments = assign_segments(embeddings, cfg, previous)
+    if resegment_today(ds, cfg.resegment_every_days, previous, cfg.n_segments, embeddings.dim):
+        segments = assign_segments(embeddings, cfg, previous)
+    else:
+        assert previous is not None  # resegment_today is True without one
+        segments = keep_segments(embeddings, previous)
 
     _write_tables(store, ds, embeddings, segments)
     if embeddings.source == "learned":

@@ -150,13 +150,23 @@ def test_nightly_trigger_form_validates_its_params(dagbag) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
     params = dagbag.dags["icg_nightly"].params
-    assert set(params) == {"segments", "items_limit", "skip_training", "force", "ray_address"}
+    assert set(params) == {
+        "segments",
+        "items_limit",
+        "skip_training",
+        "force",
+        "max_covers_per_night",
+        "ray_address",
+    }
     assert params.validate() == {
         "segments": None,
         "items_limit": None,
         "skip_training": False,
         "force": False,
+        "max_covers_per_night": None,
         "ray_address": None,
     }
+    with pytest.raises(ParamValidationError, match="minimum"):
+        params["max_covers_per_night"] = -1
     with pytest.raises(ParamValidationError, match="minimum"):
         params["segments"] = 0  # the trigger form refuses it

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from icg_core import layout
 from icg_core.config import load_config
+from icg_core.evaluation.promotion import promotions
 from icg_core.models.checkpoint import resolve_version
 from icg_core.runtime import torch_threads
 from icg_core.stages.finetune import run_finetune
@@ -40,16 +42,41 @@ def tiny_day(tmp_path: Path) -> tuple[ObjectStore, Path, str]:
     store = ObjectStore(cfg.storage.root)
     ds = prepare_tiny_day(store, cfg)
     with torch_threads(1):
-        assert run_finetune(store, cfg, ds).latest_moved
+        assert run_finetune(store, cfg, ds).promoted  # the first fine-tune replaces the untuned champion
         generate_covers(store, cfg, ds)
+        # Tonight's challenger: another recipe (preference weighted 2, not 4) from the same stage-1 model.
+        weights = cfg.rewards.weights.model_copy(update={"preference": 2.0})
+        other = cfg.model_copy(update={"rewards": cfg.rewards.model_copy(update={"weights": weights})})
+        assert not run_finetune(store, other, ds).promoted
     return store, config, ds
+
+
+def _check_promotion(store: ObjectStore, metrics: dict, champion: str, challenger: str) -> None:
+    """The decision is recorded, and production moved exactly when it says it was promoted."""
+    decision = metrics["promotion"]
+    assert (decision["champion"], decision["challenger"], decision["metric"]) == (
+        champion,
+        challenger,
+        "oracle_ctr",
+    )
+    uplift = metrics["variants"]["challenger"]["uplift_vs_icg"]
+    assert decision["uplift_ci"] == uplift["oracle_ctr_ci"]
+    assert decision["promoted"] == (uplift["oracle_ctr_ci"][0] > 0 and uplift["relevance"] >= -0.1)
+    assert resolve_version(store, "icg_generator") == (challenger if decision["promoted"] else champion)
+    events = promotions(store, "icg_generator")  # the first: the fine-tune that replaced stage 1 at once
+    assert (
+        events[0]["reason"].startswith("first fine-tuned generator") and events[0]["challenger"] == champion
+    )
+    assert [e["challenger"] for e in events[1:]] == ([challenger] if decision["promoted"] else [])
 
 
 @pytest.mark.slow
 def test_evaluate_writes_metrics_gates_ablations_and_nulls_without_oracle(tiny_day) -> None:
     store, config, ds = tiny_day
     common = ["--root", store.root, "--config", str(config), "--ds", ds]
-    production = resolve_version(store, "icg_generator")
+    production = resolve_version(store, "icg_generator")  # the champion, which drew the covers
+    challenger = layout.challenger(store, "icg_generator")
+    assert challenger is not None and challenger["ds"] == ds and challenger["version"] != production
 
     result = invoke("evaluate", *common)
     assert result.exit_code == 0, result.output
@@ -72,8 +99,10 @@ def test_evaluate_writes_metrics_gates_ablations_and_nulls_without_oracle(tiny_d
         "base",
         "icg",
         "icg_unguided",
+        "challenger",
         "oracle_best",
     }
+    _check_promotion(store, metrics, production, challenger["version"])
     icg = metrics["variants"]["icg"]
     assert M_KEYS <= set(icg) and icg["source"] == "staged" and icg["generator_version"] == production
     assert 0.0 <= icg["fallback_rate"] <= 1.0 and metrics["variants"]["icg_unguided"]["fallback_rate"] == 0.0
@@ -104,7 +133,7 @@ def test_evaluate_writes_metrics_gates_ablations_and_nulls_without_oracle(tiny_d
     assert 0 <= downstream["auc_without_covers"] <= 1 and 0 <= downstream["auc_with_covers"] <= 1
     assert metrics["run"]["model_versions"]["generator"] == production
     assert metrics["run"]["data_interval"]["end"] == ds
-    assert set(metrics["run"]["stage_seconds"]) == {"finetune", "evaluate"}
+    assert set(metrics["run"]["stage_seconds"]) == {"finetune", "finetune_challenger", "evaluate"}
     samples = metrics["samples"]
     assert len(samples) == 2 * (1 + 2 * 4)  # sheet items x (reference + 4 variants per segment)
     assert all(store.exists(s["image_key"]) for s in samples)
@@ -115,6 +144,7 @@ def test_evaluate_writes_metrics_gates_ablations_and_nulls_without_oracle(tiny_d
     assert isinstance(forced.exception, StageFailed) and "relevance" in str(forced.exception)
     assert store.get_json(f"reports/ds={ds}/metrics.json")["gate"]["passed"] is False
 
+    champion = resolve_version(store, "icg_generator")  # after the first run's decision
     ablated = invoke("evaluate", *common, "--ablations")
     assert ablated.exit_code == 0, ablated.output
     metrics = store.get_json(f"reports/ds={ds}/metrics.json")
@@ -122,7 +152,7 @@ def test_evaluate_writes_metrics_gates_ablations_and_nulls_without_oracle(tiny_d
     versions = metrics["run"]["model_versions"]
     assert versions["generator_icg_no_preference"].startswith("s2-a0.25-r0.5-p0-")
     assert versions["generator_icg_no_aesthetic"].startswith("s2-a0-r0.5-p4-")
-    assert resolve_version(store, "icg_generator") == production  # ablations never move production
+    assert resolve_version(store, "icg_generator") == champion  # ablations never move production
     assert resolve_version(store, "icg_generator-no_preference") == versions["generator_icg_no_preference"]
     assert "finetune_icg_no_aesthetic" in metrics["run"]["stage_seconds"]
 

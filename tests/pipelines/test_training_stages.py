@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from icg_core import layout
 from icg_core.config import load_config
 from icg_core.models.checkpoint import resolve_version
 from icg_core.stages.bootstrap import bootstrap
@@ -66,9 +67,11 @@ def test_users_rewards_finetune_end_to_end_and_gates(tiny_world, tmp_path) -> No
     tuned = invoke("finetune", *common)
     assert tuned.exit_code == 0, tuned.output
     summary = json.loads(tuned.stdout)
-    assert summary["latest_moved"] and summary["base_version"] == stage1
+    assert summary["challenger"] and summary["base_version"] == stage1
     assert summary["generator_version"].startswith("s2-a0.25-r0.5-p4-")
-    assert resolve_version(store, "icg_generator") == summary["generator_version"]
+    # The first fine-tune replaces the untuned stage-1 champion at once; later ones wait for evaluate.
+    assert summary["promoted"] and resolve_version(store, "icg_generator") == summary["generator_version"]
+    assert layout.challenger(store, "icg_generator")["version"] == summary["generator_version"]
     assert len(summary["result"]["guard"]) == 3 and store.exists(store.key(summary["report"]))
 
     # The ablation is its own version, still fine-tuned from the stage-1 generator.
@@ -77,3 +80,5 @@ def test_users_rewards_finetune_end_to_end_and_gates(tiny_world, tmp_path) -> No
     assert again.exit_code == 0, again.output
     ablated = json.loads(again.stdout)
     assert ablated["generator_version"].startswith("s2-a0.25-r0.5-p0-") and ablated["base_version"] == stage1
+    assert ablated["challenger"] and not ablated["promoted"]  # a tuned champion is only replaced by evaluate
+    assert resolve_version(store, "icg_generator") == summary["generator_version"]

@@ -17,10 +17,12 @@ from icg_core.models.users import (
     assign_segments,
     cover_attributes,
     import_user_embeddings,
+    keep_segments,
     load_segments,
     load_user_embeddings,
     match_segment_ids,
     pixel_attributes,
+    resegment_today,
     train_bpr,
     train_user_embeddings,
     visual_preferences,
@@ -179,7 +181,12 @@ def test_run_users_writes_tables_and_keeps_ids_next_day(tmp_path):
     assert set(segments.centroids) == set(summary.segment_sizes)
     assert store.exists(f"models/users/{summary.model_version}/_SUCCESS")
     day2 = planted_logs(store, ds="2026-11-11", per_day=600, strength=5.0, log_seed=1)
-    second = run_users(store, day2.ds, SMALL)
+    kept = run_users(store, day2.ds, SMALL.model_copy(update={"resegment_every_days": 10_000}))
+    assert kept.matched_to_ds == day1.ds and kept.matched_by == "kept"  # between re-segmentations
+    assert set(load_segments(store, day2.ds).centroids) == set(segments.centroids)
+    second = run_users(
+        store, day2.ds, SMALL.model_copy(update={"resegment_every_days": 1})
+    )  # k-means every night
     assert second.matched_to_ds == day1.ds and second.matched_by == "users"
     new = load_segments(store, day2.ds)
     old_of = dict(zip(segments.user_ids, segments.segment_ids, strict=True))
@@ -195,6 +202,23 @@ def test_run_users_writes_tables_and_keeps_ids_next_day(tmp_path):
     ]
     spread = np.mean([np.linalg.norm(c) for c in segments.centroids.values()])
     assert np.mean(moved) < 0.5 * spread
+
+
+def test_segments_are_kept_between_scheduled_resegmentations() -> None:
+    previous = Segments(np.array(["a", "b", "c"]), np.array([3, 3, 5], np.int32),
+                        {3: np.array([0.0, 0.0], np.float32), 5: np.array([4.0, 4.0], np.float32)}, "none")  # fmt: skip
+    today = UserEmbeddings(
+        np.array(["a", "b", "c", "d"]), np.array([[0, 1], [1, 0], [5, 5], [3, 4]], np.float32), "v"
+    )
+    kept = keep_segments(today, previous)
+    assert kept.segment_ids.tolist() == [3, 3, 5, 5] and kept.matched_by == "kept"
+    assert np.allclose(kept.centroids[3], [0.5, 0.5]) and np.allclose(kept.centroids[5], [4.0, 4.5])
+    assert resegment_today("2026-11-11", 7, previous, k=3, dim=2)  # K changed
+    assert resegment_today("2026-11-11", 7, None, k=2, dim=2) and resegment_today(
+        "2026-11-11", 1, previous, k=2, dim=2
+    )
+    weekly = [resegment_today(f"2026-11-{d:02d}", 7, previous, k=2, dim=2) for d in range(1, 15)]
+    assert sum(weekly) == 2  # once a week
 
 
 def test_align_to_previous_undoes_a_rotation_of_the_collaborative_block_only():

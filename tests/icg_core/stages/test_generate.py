@@ -157,3 +157,36 @@ def test_bad_inputs_fail_before_any_work(world, tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="cannot write"):
         plan_generation(ObjectStore(str(blocked)), cfg, ds)
     assert not layout.STAGED_COVERS.exists(store, "2030-01-01")
+
+
+@pytest.mark.slow
+def test_a_promotion_under_a_quarter_budget_reaches_every_cover_in_four_nights(world) -> None:
+    """Each night draws at most a quarter of the covers, busiest items first; every manifest is complete."""
+    store, cfg, ds = world
+    old = generate_covers(store, cfg, ds).generator_version
+    rows = layout.STAGED_COVERS.read(store, ds).num_rows
+    # The promotion: the champion becomes another version (the same weights under a new name: other seeds).
+    name = cfg.models.generator_name
+    source, target = layout.model(name, old), layout.model(name, "s1-promoted")
+    for key in sorted(store.list(source), key=lambda k: k.endswith("_SUCCESS")):
+        store.put_bytes(target + key[len(source) :], store.get_bytes(key))
+    layout.set_latest(store, name, "s1-promoted")
+    budgeted = cfg.model_copy(
+        update={"generate": cfg.generate.model_copy(update={"max_covers_per_night": rows // 4 + 1})}
+    )
+
+    day, promoted = ds, 0
+    for _ in range(4):
+        previous, day = day, next_day(store, day)
+        layout.ITEM_FEATURES.write(store, layout.ITEM_FEATURES.read(store, previous), day)  # nothing changed
+        summary = generate_covers(store, budgeted, day)
+        manifest = layout.STAGED_COVERS.read(store, day).to_pylist()
+        assert len(manifest) == rows and summary.generated <= rows // 4 + 1  # complete, within budget
+        fresh = [r for r in manifest if r["generator_version"] == "s1-promoted"]
+        carried = [r for r in manifest if r["generator_version"] == old]
+        assert len(fresh) == min(rows, promoted + summary.generated) and len(fresh) + len(carried) == rows
+        assert all(r["made_ds"] < day for r in carried)  # carried rows say the night they were drawn
+        assert summary.refresh["carried"] == len(carried)
+        promoted = len(fresh)
+    assert promoted == rows  # converged in four nights
+    layout.set_latest(store, name, old)  # the module's other tests use the stage-1 champion
