@@ -7,6 +7,7 @@ two doors). Heavy libraries are imported inside the commands so ``--help`` stays
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -35,11 +36,9 @@ def ds_option(value: str | None) -> str | None:
 
     if value is None:
         return None
-    try:
+    with contextlib.suppress(ValueError):  # not a date at all: the same message as a non-canonical one
         if dt.date.fromisoformat(value).isoformat() == value:
             return value
-    except ValueError:
-        pass
     raise typer.BadParameter(f"expected a date as YYYY-MM-DD, got {value!r}")
 
 

@@ -18,6 +18,7 @@ Ray a stage starts on its own is loopback-only with token auth (pipelines.ray_ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -125,11 +126,9 @@ def _wait_for_nodes(dashboard_url: str, count: int, nodes: list[tuple[subprocess
                 raise RuntimeError(
                     f"ray start exited early ({process.returncode}):\n{log.read_text(errors='replace')[-3000:]}"
                 )
-        try:
+        with contextlib.suppress(Exception):  # the dashboard answers only once it is up
             if _alive_nodes(dashboard_url) >= count:
                 return
-        except Exception:  # noqa: BLE001 - the dashboard answers only once it is up
-            pass
         time.sleep(0.5)
     logs = "\n".join(log.read_text(errors="replace")[-2000:] for _, log in nodes)
     raise RuntimeError(f"Ray cluster did not reach {count} alive nodes in {NODE_START_TIMEOUT_S}s:\n{logs}")
@@ -159,10 +158,8 @@ def stop_node(process: subprocess.Popen, known: list[psutil.Process], grace_s: f
         process.wait(timeout=10)
     _, alive = psutil.wait_procs(list(tree.values()), timeout=10)
     for leftover in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # exited meanwhile
             leftover.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=10)
 
 
