@@ -100,8 +100,9 @@ def promote(store: ObjectStore, name: str, ds: str, decision: PromotionDecision)
     event = {**decision.to_dict(), "ds": ds, "promoted_at": dt.datetime.now(dt.UTC).isoformat()}
     store.put_json(layout.promotion_record(name, ds, decision.challenger), event)
     log.warning(
-        "stage=evaluate ds=%s PROMOTED generator %s -> %s (%s)",
+        "ds=%s PROMOTED generator %s: %s -> %s (%s)",
         ds,
+        name,
         decision.champion,
         decision.challenger,
         decision.reason,
