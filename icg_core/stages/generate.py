@@ -434,29 +434,19 @@ class CoverWriter:
         return pa.Table.from_pylist(out, schema=MANIFEST_SCHEMA)
 
     def _reuse(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Today's cover of the same fingerprint (kept), or yesterday's (copied forward); None: draw it."""
         ds, segment, item = self.plan.ds, int(row["segment_id"]), row["item_id"]
-        for day, status in ((ds, KEPT), (self.plan.previous_ds, COPIED)):
-            if day is None:
-                continue
-            saved = self._sidecar(day, segment, item)
-            if saved is None or saved["fingerprint"] != row["fingerprint"]:
-                continue
-            if status == COPIED:
-                data = self.store.get_bytes(saved["cover_key"])
-                saved = {
-                    **saved,
-                    "made_ds": _made_ds(saved),
-                    "cover_key": self._put_cover(ds, segment, item, data),
-                }
-                self.store.put_json(layout.cover_sidecar(ds, segment, item), saved)
-                self.counts.copied += 1
-            else:
-                self.counts.kept += 1
-            return self._manifest_row(saved, status)
-        return None
+        today = self._sidecar(ds, segment, item)
+        if today is not None and today["fingerprint"] == row["fingerprint"]:
+            self.counts.kept += 1
+            return self._manifest_row(today, KEPT)
+        return self._carry(row, fingerprint=row["fingerprint"])
 
-    def _carry(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        """Yesterday's cover of the pair, copied forward as it is (None: there is none to copy, so draw it)."""
+    def _carry(self, row: dict[str, Any], fingerprint: str | None = None) -> dict[str, Any] | None:
+        """Yesterday's cover of the pair, copied forward as it is (only one of ``fingerprint`` when given).
+
+        None: there is none to copy, so the caller draws it.
+        """
         ds, segment, item, previous = (
             self.plan.ds,
             int(row["segment_id"]),
@@ -464,7 +454,7 @@ class CoverWriter:
             self.plan.previous_ds,
         )
         saved = None if previous is None else self._sidecar(previous, segment, item)
-        if saved is None:
+        if saved is None or (fingerprint is not None and saved["fingerprint"] != fingerprint):
             return None
         data = self.store.get_bytes(saved["cover_key"])
         saved = {**saved, "made_ds": _made_ds(saved), "cover_key": self._put_cover(ds, segment, item, data)}
