@@ -70,7 +70,7 @@ def scratch_day(
 def throughput(store: ObjectStore, cfg, ds: str, items: int) -> dict:
     from icg_core.models.bundle import load_bundle
     from icg_core.runtime import torch_threads
-    from icg_core.stages.generate import CoverWriter, commit_manifest, load_plan_rewards, requests
+    from icg_core.stages.generate import CoverWriter, load_plan_rewards, request_batches, stage_manifest
 
     plan = plan_generation(store, cfg, ds, items_limit=items)
     with torch_threads(cfg.models.cpu_threads):
@@ -78,12 +78,9 @@ def throughput(store: ObjectStore, cfg, ds: str, items: int) -> dict:
         bundle = load_bundle(store, cfg.models, plan.generator_version)
         writer = CoverWriter(store, bundle, load_plan_rewards(store, plan), plan, force=True)
         loaded = time.perf_counter()
-        table, size = requests(plan), cfg.generate.batch_size
-        manifest = pa.concat_tables(
-            [writer.write(table.slice(s, size)) for s in range(0, table.num_rows, size)]
-        )
+        batches = request_batches(plan, cfg.generate.batch_size)
+        stage_manifest(store, plan, (writer.write(batch) for batch in batches))
         done = time.perf_counter()
-    commit_manifest(store, plan, manifest, seconds=done - started, encoder_calls=writer.counts.encoder_calls)
     loop = {
         "covers": plan.rows,
         "load_seconds": round(loaded - started, 2),

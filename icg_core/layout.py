@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from icg_core.storage import LATEST, SUCCESS, ObjectStore, PartitionCommit, StorageError
+from icg_core.storage import LATEST, SUCCESS, ObjectStore, ParquetStream, PartitionCommit, StorageError
 
 # ---------------------------------------------------------------------------- areas
 RAW = "raw"  # platform dumps, or the simulator / importers
@@ -61,11 +61,21 @@ class Table:
     def read(self, store: ObjectStore, ds: str) -> pa.Table:
         return store.read_table(self.name, ds=ds, area=self.area)
 
+    def iter_batches(
+        self, store: ObjectStore, ds: str, batch_rows: int = 8192, columns: list[str] | None = None
+    ) -> Iterator[pa.Table]:
+        """The committed day ``batch_rows`` rows at a time (memory: one batch; see :meth:`ObjectStore.iter_table`)."""
+        return store.iter_table(self.name, ds=ds, area=self.area, batch_rows=batch_rows, columns=columns)
+
+    def read_columns(self, store: ObjectStore, ds: str, columns: list[str]) -> pa.Table:
+        """Only ``columns`` of the committed day (the others are never decoded)."""
+        return pa.concat_tables(self.iter_batches(store, ds, columns=columns))
+
     def read_days(self, store: ObjectStore, dss: list[str]) -> pa.Table:
         """Several days in one table, with a ``ds`` column."""
         return store.read_tables(self.name, dss=dss, area=self.area)
 
-    def write(self, store: ObjectStore, data: pa.Table, ds: str) -> PartitionCommit:
+    def write(self, store: ObjectStore, data: pa.Table | ParquetStream, ds: str) -> PartitionCommit:
         return store.write_table(self.name, data, ds=ds, area=self.area)
 
     def drop(self, store: ObjectStore, ds: str) -> None:
@@ -98,7 +108,11 @@ class Day:
     in_place: bool = False  # one fixed-name file per table, for readers that glob (ObjectStore.write_day)
 
     def write(
-        self, store: ObjectStore, tables: Mapping[str, pa.Table], ds: str, meta: Mapping[str, Any]
+        self,
+        store: ObjectStore,
+        tables: Mapping[str, pa.Table | ParquetStream],
+        ds: str,
+        meta: Mapping[str, Any],
     ) -> dict[str, PartitionCommit]:
         return store.write_day(tables, ds=ds, area=self.area, meta=meta, in_place=self.in_place)
 

@@ -39,8 +39,9 @@ import json
 import logging
 import os
 import re
+import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -350,22 +351,39 @@ class ObjectStore:
         """Write one object atomically (readers see the old or the new object, never a part). Returns its key."""
         with self.errors("write", key):
             if self.scheme == "file":
-                path = self._path(key)
-                self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-                folder, name = path.rsplit("/", 1)
-                tmp = f"{folder}/.{name}{TMP_MARKER}{uuid.uuid4().hex}"
-                try:
-                    with self.fs.open_output_stream(tmp) as out:
-                        out.write(data)
-                    self.fs.move(tmp, path)  # rename(2): atomic on one filesystem
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)  # a failed write leaves nothing behind
-                    raise
+                self._write_local(key, lambda out: out.write(data))
             else:
                 # One PutObject is atomic on S3.
                 self._s3_client().put_object(Bucket=self._bucket, Key=self._s3_key(key), Body=data)
         return key.lstrip("/")
+
+    def put_file(self, key: str, path: str | Path) -> str:
+        """Upload the local file ``path`` as one object, atomically, without reading it into memory.
+
+        On S3 a large file goes up in parts (boto3's managed transfer), and the object appears only
+        when the upload completes. Returns the key.
+        """
+        with self.errors("write", key):
+            if self.scheme == "file":
+                self._write_local(key, lambda out: _copy_into(path, out))
+            else:
+                self._s3_client().upload_file(str(path), self._bucket, self._s3_key(key))
+        return key.lstrip("/")
+
+    def _write_local(self, key: str, write: Callable[[Any], object]) -> None:
+        """Write a local object through a hidden temporary file and rename(2), atomic on one filesystem."""
+        path = self._path(key)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        folder, name = path.rsplit("/", 1)
+        tmp = f"{folder}/.{name}{TMP_MARKER}{uuid.uuid4().hex}"
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                write(out)
+            self.fs.move(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a failed write leaves nothing behind
+            raise
 
     def get_bytes(self, key: str) -> bytes:
         with self.errors("read", key):
@@ -445,25 +463,30 @@ class ObjectStore:
         return f"{area}/{DAYS}/ds={ds}/{SUCCESS}"
 
     def _write_part(
-        self, table_name: str, data: pa.Table, *, ds: str, area: str, in_place: bool = False
-    ) -> tuple[str, pa.Table]:
-        """Write one data file of a partition; returns (its key, the data).
+        self, table_name: str, data: pa.Table | ParquetStream, *, ds: str, area: str, in_place: bool = False
+    ) -> tuple[str, int]:
+        """Write one data file of a partition; returns (its key, its rows).
 
         By default the file gets a unique name and is not visible until a marker lists it. In place,
         it is ``<table>.parquet`` and replaces the partition's previous file in one atomic write.
+        ``data`` is a table, or a :class:`ParquetStream` already written batch by batch (uploaded
+        from its local file, never held in memory).
         """
         _check_ds(ds)
-        if "ds" in data.column_names:
-            data = data.drop_columns(["ds"])
-        data = conform(table_name, data)
         name = (
             f"{table_name}.parquet"
             if in_place
             else f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
         )
+        key = f"{self.partition_prefix(area, table_name, ds)}/{name}"
+        if isinstance(data, ParquetStream):
+            if data.table_name != table_name:
+                raise StorageError(f"a stream of {data.table_name!r} cannot be written as {table_name!r}")
+            return self.put_file(key, data.finish()), data.rows
+        data = conform(table_name, data.drop_columns(["ds"]) if "ds" in data.column_names else data)
         buf = io.BytesIO()
         pq.write_table(data, buf, compression="zstd")
-        return self.put_bytes(f"{self.partition_prefix(area, table_name, ds)}/{name}", buf.getvalue()), data
+        return self.put_bytes(key, buf.getvalue()), data.num_rows
 
     def _drop_uncommitted(self, table_name: str, *, ds: str, area: str, keep: set[str]) -> None:
         """Remove the files of earlier commits (and per-table markers superseded by a day marker)."""
@@ -479,17 +502,19 @@ class ObjectStore:
             except (StorageError, StorageUnavailable) as exc:
                 log.warning("could not remove %s after a failed commit: %s", self.uri(key), exc)
 
-    def write_table(self, table_name: str, data: pa.Table, *, ds: str, area: str) -> PartitionCommit:
+    def write_table(
+        self, table_name: str, data: pa.Table | ParquetStream, *, ds: str, area: str
+    ) -> PartitionCommit:
         """Replace partition ``area/table_name/ds=ds`` with ``data`` (checked against its contract).
 
         The new file is written under a unique name, ``_SUCCESS`` then switches readers to it, and
         only then are the previous commit's files removed.
         """
-        key, data = self._write_part(table_name, data, ds=ds, area=area)
+        key, rows = self._write_part(table_name, data, ds=ds, area=area)
         prefix = self.partition_prefix(area, table_name, ds)
         marker = {
             "files": [key.rsplit("/", 1)[-1]],
-            "rows": data.num_rows,
+            "rows": rows,
             "committed_at": dt.datetime.now(dt.UTC).isoformat(),
         }
         try:
@@ -498,12 +523,12 @@ class ObjectStore:
             self._undo([key])
             raise
         self._drop_uncommitted(table_name, ds=ds, area=area, keep={key, f"{prefix}/{SUCCESS}"})
-        log.info("committed %s rows=%d ds=%s", prefix, data.num_rows, ds)
-        return PartitionCommit(table_name, ds, area, (key,), data.num_rows)
+        log.info("committed %s rows=%d ds=%s", prefix, rows, ds)
+        return PartitionCommit(table_name, ds, area, (key,), rows)
 
     def write_day(
         self,
-        tables: Mapping[str, pa.Table],
+        tables: Mapping[str, pa.Table | ParquetStream],
         *,
         ds: str,
         area: str,
@@ -528,9 +553,9 @@ class ObjectStore:
         commits: dict[str, PartitionCommit] = {}
         try:
             for name, data in tables.items():
-                key, conformed = self._write_part(name, data, ds=ds, area=area, in_place=in_place)
+                key, rows = self._write_part(name, data, ds=ds, area=area, in_place=in_place)
                 written.append(key)
-                commits[name] = PartitionCommit(name, ds, area, (key,), conformed.num_rows)
+                commits[name] = PartitionCommit(name, ds, area, (key,), rows)
             marker = {
                 "tables": {
                     name: {"files": [k.rsplit("/", 1)[-1] for k in c.files], "rows": c.rows}
@@ -616,6 +641,37 @@ class ObjectStore:
         tables = [self.read_parquet(k) for k in self.committed_files(table_name, ds=ds, area=area)]
         return conform(table_name, pa.concat_tables(tables) if tables else pa.table({}))
 
+    def iter_table(
+        self,
+        table_name: str,
+        *,
+        ds: str,
+        area: str,
+        batch_rows: int = 8192,
+        columns: builtins.list[str] | None = None,
+    ) -> Iterator[pa.Table]:
+        """One committed partition, ``batch_rows`` rows at a time, each checked against its contract.
+
+        Memory stays at one batch however large the partition (the manifests of a large catalog).
+        With ``columns``, only those are decoded (as the files hold them; the contract is not checked).
+        """
+        for key in self.committed_files(table_name, ds=ds, area=area):
+            with self.errors("read", key):
+                source = self.fs.open_input_file(self.arrow_path(key))
+            try:
+                parquet = pq.ParquetFile(source)
+                check = (lambda t: t.select(columns)) if columns else (lambda t: conform(table_name, t))
+                if parquet.metadata.num_rows == 0:  # still one (empty) batch: readers keep the columns
+                    yield check(parquet.schema_arrow.empty_table())
+                for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+                    yield check(pa.Table.from_batches([batch]))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise StorageError(
+                    f"{self.uri(key)} is not a readable Parquet file: {_one_line(exc)}"
+                ) from exc
+            finally:
+                source.close()
+
     def read_tables(self, table_name: str, *, dss: builtins.list[str], area: str) -> pa.Table:
         """Read several committed partitions into one table with a ``ds`` column appended."""
         parts = []
@@ -649,3 +705,59 @@ def _check_ds(ds: str) -> None:
         ok = False
     if not ok:
         raise StorageError(f"ds must be YYYY-MM-DD, got {ds!r}")
+
+
+def _copy_into(path: str | Path, out: Any, chunk: int = 8 << 20) -> None:
+    with open(path, "rb") as src:
+        while block := src.read(chunk):
+            out.write(block)
+
+
+class ParquetStream:
+    """A table written batch by batch to a local temporary Parquet file, then committed as one data file.
+
+    For tables too large to hold in memory (a large catalog's covers manifest): the writer keeps one
+    batch; :meth:`ObjectStore.write_table` and :meth:`ObjectStore.write_day` upload the file. Use it as
+    a context manager, so the temporary file is removed however the write ends.
+
+    Args:
+        table_name: the contract each batch is checked against (:func:`icg_core.data.schemas.conform`).
+    """
+
+    def __init__(self, table_name: str) -> None:
+        self.table_name = table_name
+        self.rows = 0
+        handle, self.path = tempfile.mkstemp(prefix=f"icg-{table_name}-", suffix=".parquet")
+        os.close(handle)
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, batch: pa.Table) -> None:
+        """Append ``batch`` (checked against the contract; a ``ds`` column is dropped: it is the partition key)."""
+        if "ds" in batch.column_names:
+            batch = batch.drop_columns(["ds"])
+        batch = conform(self.table_name, batch)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, batch.schema, compression="zstd")
+        self._writer.write_table(batch)
+        self.rows += batch.num_rows
+
+    def finish(self) -> str:
+        """Close the file (an empty table of the contract if nothing was written); returns its path."""
+        if self._writer is None:
+            from icg_core.data.schemas import empty_table
+
+            self._writer = pq.ParquetWriter(
+                self.path, conform(self.table_name, empty_table(self.table_name)).schema
+            )
+        self._writer.close()
+        return self.path
+
+    def __enter__(self) -> ParquetStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)

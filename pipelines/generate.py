@@ -7,7 +7,8 @@
 2. streams items x segments through a pool of actors; each loads the generator bundle and the
    reward models once and writes covers in batches (:class:`icg_core.stages.generate.CoverWriter`): PNG at
    ``covers/ds=<ds>/segment=<s>/<item_id>-<digest>.png``, a sidecar next to it, and the manifest row;
-3. checks one row per (item, segment) and commits the manifest to ``staging/covers`` for publish.
+3. streams the rows to the staged manifest as they arrive (no process holds the day), checks one row
+   per (item, segment) and only then commits it to ``staging/covers`` for publish.
 
 Resumable: a cover whose fingerprint (item content hash, generator version, centroid, sampling) is
 already written today is kept, and one written on the previous day is copied; ``--force``
@@ -27,6 +28,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import pyarrow as pa
@@ -42,12 +44,11 @@ from pipelines.ray_runtime import (
     actor_models,
     actor_pool,
     block_count,
-    collect,
+    block_ranges,
     open_actor,
     pool_bounds,
     pool_size,
     restart_ledger,
-    split_blocks,
     start_actors_before_work,
 )
 from pipelines.runtime import ConfigOpt, DsOpt, JsonOpt, RootOpt, main, open_stage, print_summary
@@ -121,13 +122,6 @@ class CoverActor:
         )
 
 
-def expand_segments(items: pa.Table, segment_ids: list[int]) -> pa.Table:
-    """A block of items -> its (item, segment) request rows."""
-    count = len(segment_ids)
-    expanded = items.take(pa.array([i for i in range(items.num_rows) for _ in range(count)], pa.int64()))
-    return expanded.append_column("segment_id", pa.array(segment_ids * items.num_rows, pa.int32()))
-
-
 def run_generate(
     store: Any,
     cfg: ICGConfig,
@@ -153,7 +147,7 @@ def run_generate(
     """
     import ray.data
 
-    from icg_core.stages.generate import commit_manifest, plan_generation, with_actions, writer_fields
+    from icg_core.stages.generate import plan_generation, requests, stage_manifest, summarize, writer_fields
     from pipelines.ray_runtime import gpus_per_actor, ray_session
 
     started = time.perf_counter()
@@ -165,18 +159,15 @@ def run_generate(
         smallest, largest = pool_bounds(cfg.generate, largest)
         # Requests are expanded here, so every block is ready when the pool starts and each actor
         # (node) gets work at once; expanded by Ray tasks, blocks trickled in and the first ready
-        # actor could take them all. The table is ids only (actors read images and features).
-        blocks = [
-            with_actions(expand_segments(block, plan.segment_ids), plan)
-            for block in split_blocks(
-                plan.items,
-                block_count(plan.items.num_rows, len(plan.segment_ids), cfg.generate.batch_size, largest),
-            )
-        ]
+        # actor could take them all. The blocks are ids only (actors read images and features).
+        blocks = block_ranges(
+            plan.items.num_rows,
+            block_count(plan.items.num_rows, len(plan.segment_ids), cfg.generate.batch_size, largest),
+        )
         start_actors_before_work()
         progress = Progress(f"generate ds={ds}", plan.rows, "covers", progress_every_s)
         generating, generating_wall = time.perf_counter(), time.time()
-        covers = ray.data.from_arrow(blocks).map_batches(
+        covers = ray.data.from_arrow([requests(plan, start, count) for start, count in blocks]).map_batches(
             CoverActor,
             fn_constructor_kwargs={
                 **actor_arguments(store, cfg, ledger),
@@ -188,43 +179,76 @@ def run_generate(
             num_cpus=cfg.generate.cpus_per_actor,
             num_gpus=gpus,
         )  # fmt: skip
-        rows = collect(covers, progress.add)
+        actors = ActorFacts()
+        tally = stage_manifest(store, plan, actors.manifest_rows(covers, progress))
         progress.finish()
         ray_seconds = time.perf_counter() - generating
         finished_wall = time.time()
         init_seconds = session.init_seconds
     extra = {"actors": largest, "min_actors": smallest, "gpus_per_actor": gpus}
     extra |= {"ray_init_seconds": round(init_seconds, 2)}
-    extra |= _placement_facts(rows, ray_seconds, generating_wall, finished_wall)
-    encoder_calls = int(pc.sum(rows.column("encoder_calls")).as_py())
-    manifest = rows.drop_columns(list(ACTOR_COLUMNS)).sort_by(
-        [("item_id", "ascending"), ("segment_id", "ascending")]
-    )
-    summary = commit_manifest(
-        store, plan, manifest, seconds=time.perf_counter() - started, encoder_calls=encoder_calls, extra=extra
+    extra |= actors.facts(tally.rows, ray_seconds, generating_wall, finished_wall)
+    summary = summarize(
+        store,
+        plan,
+        tally,
+        seconds=time.perf_counter() - started,
+        encoder_calls=actors.encoder_calls,
+        extra=extra,
     )
     return dataclasses.asdict(summary)
 
 
-def _placement_facts(
-    rows: pa.Table, ray_seconds: float, started_wall: float, finished_wall: float
-) -> dict[str, Any]:
-    """Nodes, throughput and memory of a run. Actor start-up (model and reward loading) is reported
-    apart: "steady" throughput counts from the moment the first actor was ready."""
-    first_ready = float(pc.min(rows.column("actor_ready_at")).as_py()) if rows.num_rows else finished_wall
-    steady_seconds = finished_wall - first_ready
-    return {
-        "nodes": sorted(set(rows.column("node_id").to_pylist())),
-        "restarted_actors": len(
-            set(rows.filter(pc.greater(rows.column("actor_restarts"), 0))["actor_id"].to_pylist())
-        ),
-        "ray_seconds": round(ray_seconds, 2),
-        "covers_per_second": round(rows.num_rows / ray_seconds, 2) if ray_seconds > 0 else None,
-        "actor_startup_seconds": round(first_ready - started_wall, 2),
-        "steady_covers_per_second": round(rows.num_rows / steady_seconds, 2) if steady_seconds > 0 else None,
-        "driver_peak_rss_mb": peak_rss_mb(),
-        "actor_peak_rss_mb": float(pc.max(rows.column("actor_rss_mb")).as_py()) if rows.num_rows else None,
-    }
+@dataclasses.dataclass
+class ActorFacts:
+    """Where and how the covers were made, gathered from the actors' columns batch by batch."""
+
+    nodes: set[str] = dataclasses.field(default_factory=set)
+    restarted: set[str] = dataclasses.field(default_factory=set)  # actors that ran after a restart
+    encoder_calls: int = 0
+    first_ready: float | None = None  # wall time the first actor had its models loaded
+    actor_peak_rss_mb: float | None = None
+
+    def manifest_rows(self, covers: Any, progress: Progress) -> Iterator[pa.Table]:
+        """The actors' output batches as manifest rows, their facts gathered on the way: one batch in memory."""
+        for batch in covers.iter_batches(batch_size=None, batch_format="pyarrow"):
+            self.add(batch)
+            progress.add(batch.num_rows)
+            yield batch.drop_columns(list(ACTOR_COLUMNS))
+
+    def add(self, batch: pa.Table) -> None:
+        self.nodes |= set(pc.unique(batch.column("node_id")).to_pylist())
+        restarted = batch.filter(pc.greater(batch.column("actor_restarts"), 0))
+        self.restarted |= set(pc.unique(restarted.column("actor_id")).to_pylist())
+        self.encoder_calls += int(pc.sum(batch.column("encoder_calls")).as_py() or 0)
+        ready, rss = (
+            pc.min(batch.column("actor_ready_at")).as_py(),
+            pc.max(batch.column("actor_rss_mb")).as_py(),
+        )
+        if ready is not None:
+            self.first_ready = ready if self.first_ready is None else min(self.first_ready, ready)
+        if rss is not None:
+            self.actor_peak_rss_mb = (
+                rss if self.actor_peak_rss_mb is None else max(self.actor_peak_rss_mb, rss)
+            )
+
+    def facts(
+        self, rows: int, ray_seconds: float, started_wall: float, finished_wall: float
+    ) -> dict[str, Any]:
+        """Nodes, throughput and memory of a run. Actor start-up (model and reward loading) is reported
+        apart: "steady" throughput counts from the moment the first actor was ready."""
+        first_ready = finished_wall if self.first_ready is None else self.first_ready
+        steady_seconds = finished_wall - first_ready
+        return {
+            "nodes": sorted(self.nodes),
+            "restarted_actors": len(self.restarted),
+            "ray_seconds": round(ray_seconds, 2),
+            "covers_per_second": round(rows / ray_seconds, 2) if ray_seconds > 0 else None,
+            "actor_startup_seconds": round(first_ready - started_wall, 2),
+            "steady_covers_per_second": round(rows / steady_seconds, 2) if steady_seconds > 0 else None,
+            "driver_peak_rss_mb": peak_rss_mb(),
+            "actor_peak_rss_mb": self.actor_peak_rss_mb,
+        }
 
 
 def generate(

@@ -323,11 +323,15 @@ def block_count(items: int, rows_per_item: int, batch_size: int, actors: int) ->
     return max(actors * BLOCKS_PER_ACTOR, -(-items // items_per_block))
 
 
+def block_ranges(rows: int, blocks: int) -> list[tuple[int, int]]:
+    """(start, count) of at most ``blocks`` contiguous slices of ``rows`` rows (Ray Data gives each block to one task at a time)."""
+    step = max(1, -(-rows // max(1, min(blocks, rows))))
+    return [(start, min(step, rows - start)) for start in range(0, rows, step)]
+
+
 def split_blocks(table: pa.Table, blocks: int) -> list[pa.Table]:
-    """``table`` cut into ``blocks`` contiguous slices (Ray Data gives each block to one task at a time)."""
-    blocks = max(1, min(blocks, table.num_rows))
-    step = -(-table.num_rows // blocks)
-    return [table.slice(start, step) for start in range(0, table.num_rows, step)]
+    """``table`` cut into :func:`block_ranges`."""
+    return [table.slice(start, count) for start, count in block_ranges(table.num_rows, blocks)]
 
 
 def start_actors_before_work() -> None:

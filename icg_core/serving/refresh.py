@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 GENERATE, REUSE = "generate", "reuse"  # what the writer does with a row
 NEW, CHANGED, STALE, FRESH = "new", "changed", "stale", "fresh"  # why (FRESH: nothing changed)
@@ -49,12 +50,15 @@ class RefreshPlan:
 
     def counts(self) -> dict[str, int]:
         """Pairs per reason, drawn (``generate``) and carried over (out of date but kept: ``carried``)."""
-        reasons = self.actions.column("reason").to_pylist()
-        actions = self.actions.column("action").to_pylist()
-        out = {reason: reasons.count(reason) for reason in (NEW, CHANGED, STALE, FRESH)}
-        out[GENERATE] = actions.count(GENERATE)
-        out["carried"] = sum(a == REUSE and r != FRESH for a, r in zip(actions, reasons, strict=True))
+        reasons = _tally(self.actions.column("reason"))
+        out = {reason: reasons.get(reason, 0) for reason in (NEW, CHANGED, STALE, FRESH)}
+        out[GENERATE] = _tally(self.actions.column("action")).get(GENERATE, 0)
+        out["carried"] = sum(out[r] for r in (NEW, CHANGED, STALE)) - out[GENERATE]
         return out
+
+
+def _tally(column: pa.ChunkedArray) -> dict[str, int]:
+    return {c["values"]: c["counts"] for c in pc.value_counts(column).to_pylist()}
 
 
 def centroid_drift(today: Mapping[int, np.ndarray], yesterday: Mapping[int, np.ndarray]) -> dict[int, float]:
@@ -94,52 +98,80 @@ def plan_refresh(
         traffic: item id -> impressions in the day's window (the priority among out-of-date covers).
         budget: covers to draw at most (new pairs are drawn regardless); None: no budget.
     """
-    before: dict[tuple[str, int], tuple[str, str]] = {}
-    if previous is not None:
-        for item, segment, content, generator in zip(
-            *(
-                previous.column(c).to_pylist()
-                for c in ("item_id", "segment_id", "content_hash", "generator_version")
-            ),
-            strict=True,
-        ):
-            before[(item, int(segment))] = (content, generator)
-    items = requests.column("item_id").to_pylist()
-    segments = [int(s) for s in requests.column("segment_id").to_pylist()]
-    contents = requests.column("content_hash").to_pylist()
-    reasons = []
-    for item, segment, content in zip(items, segments, contents, strict=True):
-        old = before.get((item, segment))
-        if old is None:
-            reasons.append(NEW)
-        elif old[0] != content:
-            reasons.append(CHANGED)
-        elif old[1] != generator_version or not sampling_unchanged or drift.get(segment, 2.0) > tolerance:
-            reasons.append(STALE)
-        else:
-            reasons.append(FRESH)
-    drawn = _within_budget(items, reasons, traffic, budget)
-    actions = [GENERATE if i in drawn else REUSE for i in range(len(items))]
+    pairs = requests.select(["item_id", "segment_id", "content_hash"]).cast(
+        pa.schema([("item_id", pa.string()), ("segment_id", pa.int32()), ("content_hash", pa.string())])
+    )
+    n = pairs.num_rows
+    pairs = pairs.append_column("_row", pa.array(np.arange(n), pa.int64()))
+    if previous is not None and previous.num_rows:
+        before = pa.table(
+            {
+                "item_id": previous.column("item_id").cast(pa.string()),
+                "segment_id": previous.column("segment_id").cast(pa.int32()),
+                "_content": previous.column("content_hash").cast(pa.string()),
+                "_generator": previous.column("generator_version").cast(pa.string()),
+            }
+        )
+        pairs = pairs.join(before, ["item_id", "segment_id"], join_type="left outer").sort_by("_row")
+        old_content = pairs.column("_content")
+        is_new = pc.is_null(old_content).to_numpy(zero_copy_only=False)
+        changed = pc.fill_null(pc.not_equal(old_content, pairs.column("content_hash")), False)
+        other_generator = pc.fill_null(pc.not_equal(pairs.column("_generator"), generator_version), False)
+        is_changed = changed.to_numpy(zero_copy_only=False)
+        moved = _segment_values(pairs.column("segment_id"), drift, default=2.0) > tolerance
+        is_stale = other_generator.to_numpy(zero_copy_only=False) | moved | (not sampling_unchanged)
+    else:
+        is_new, is_changed, is_stale = np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+    # Reason codes in priority order: 0 new, 1 changed, 2 stale, 3 fresh.
+    codes = np.where(is_new, 0, np.where(is_changed, 1, np.where(is_stale, 2, 3))).astype(np.int8)
+    impressions = _item_values(pairs.column("item_id"), traffic)
+    drawn = _within_budget(codes, impressions, pairs.column("item_id"), budget)
+    reasons = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array([NEW, CHANGED, STALE, FRESH]))
+    actions = pa.DictionaryArray.from_arrays(pa.array(np.where(drawn, 0, 1).astype(np.int8)),
+                                             pa.array([GENERATE, REUSE]))  # fmt: skip
     table = pa.table(
         {
-            "item_id": pa.array(items, pa.string()),
-            "segment_id": pa.array(segments, pa.int32()),
-            "action": pa.array(actions, pa.string()),
-            "reason": pa.array(reasons, pa.string()),
+            "item_id": pairs.column("item_id"),
+            "segment_id": pairs.column("segment_id"),
+            "action": actions.cast(pa.string()),
+            "reason": reasons.cast(pa.string()),
         }
     )
     return RefreshPlan(table, budget)
 
 
+def _segment_values(segments: pa.ChunkedArray, values: Mapping[int, float], default: float) -> np.ndarray:
+    """``values[segment]`` per row (``default`` for a segment without one)."""
+    ids = segments.to_numpy()
+    unique, inverse = np.unique(ids, return_inverse=True)
+    return np.array([values.get(int(s), default) for s in unique], np.float64)[inverse]
+
+
+def _item_values(items: pa.ChunkedArray, values: Mapping[str, int]) -> np.ndarray:
+    """``values[item]`` per row, 0 for an item without one."""
+    if not values:
+        return np.zeros(len(items), np.int64)
+    keys = pa.array(list(values), pa.string())
+    index = pc.index_in(items, value_set=keys).to_numpy(zero_copy_only=False)
+    counts = np.append(np.asarray(list(values.values()), np.int64), 0)
+    return counts[np.where(np.isnan(index.astype(float)), len(keys), index).astype(np.int64)]
+
+
 def _within_budget(
-    items: list[str], reasons: list[str], traffic: Mapping[str, int], budget: int | None
-) -> set[int]:
-    """Row indices to draw: every new pair, then changed, then stale ones by traffic, up to ``budget``."""
-    drawn = {i for i, reason in enumerate(reasons) if reason == NEW}
-    rank = {CHANGED: 0, STALE: 1}
-    out_of_date = sorted(
-        (i for i, reason in enumerate(reasons) if reason in rank),
-        key=lambda i: (rank[reasons[i]], -traffic.get(items[i], 0), items[i]),
-    )
-    room = len(out_of_date) if budget is None else max(budget - len(drawn), 0)
-    return drawn | set(out_of_date[:room])
+    codes: np.ndarray, impressions: np.ndarray, items: pa.ChunkedArray, budget: int | None
+) -> np.ndarray:
+    """Rows to draw: every new pair, then changed, then stale ones by traffic, up to ``budget``."""
+    drawn = codes == 0
+    out_of_date = np.flatnonzero((codes == 1) | (codes == 2))
+    room = len(out_of_date) if budget is None else max(budget - int(drawn.sum()), 0)
+    if room and len(out_of_date):
+        order = pa.table(
+            {
+                "rank": codes[out_of_date],
+                "impressions": impressions[out_of_date],
+                "item_id": items.take(pa.array(out_of_date)),
+                "row": out_of_date,
+            }
+        ).sort_by([("rank", "ascending"), ("impressions", "descending"), ("item_id", "ascending")])
+        drawn[order.column("row").to_numpy()[:room]] = True
+    return drawn

@@ -34,7 +34,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, astuple, dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ from icg_core.models.checkpoint import (
 from icg_core.models.generator import seed_for
 from icg_core.rewards.common import model_name
 from icg_core.serving.features import load_features
+from icg_core.serving.pairs import PairCounts
 from icg_core.serving.policy import (
     REWARD_KINDS,
     CoverPolicy,
@@ -63,7 +65,7 @@ from icg_core.serving.policy import (
     load_cover_rewards,
 )
 from icg_core.serving.refresh import GENERATE, REUSE, RefreshPlan, centroid_drift, plan_refresh
-from icg_core.storage import ObjectStore, StorageError
+from icg_core.storage import ObjectStore, ParquetStream, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -263,19 +265,24 @@ def _refresh(store: ObjectStore, cfg: ICGConfig, plan: GeneratePlan) -> RefreshP
     """Which pairs tonight draws, from yesterday's manifest, segments and sampling (:mod:`icg_core.serving.refresh`)."""
     previous, drift, same_sampling = None, {}, False
     if plan.previous_ds is not None:
-        previous = layout.STAGED_COVERS.read(store, plan.previous_ds)
+        previous = layout.STAGED_COVERS.read_columns(
+            store, plan.previous_ds, ["item_id", "segment_id", "content_hash", "generator_version"]
+        )
         if layout.SEGMENT_CENTROIDS.exists(store, plan.previous_ds):
             drift = centroid_drift(plan.centroids, read_centroids(store, plan.previous_ds))
         record = layout.cover_plan(plan.previous_ds)
         same_sampling = (
             store.exists(record) and store.get_json(record).get("sampling") == plan.sampling_digest
         )
-    traffic: dict[str, int] = {}
+    traffic: Counter[str] = Counter()  # impressions per item: counted a batch at a time
     if layout.IMPRESSIONS.exists(store, plan.ds):
-        counts = pc.value_counts(layout.IMPRESSIONS.read(store, plan.ds).column("item_id"))
-        traffic = {c["values"]: c["counts"] for c in counts.to_pylist()}
+        for batch in layout.IMPRESSIONS.iter_batches(store, plan.ds, 1 << 16, columns=["item_id"]):
+            traffic.update(
+                {c["values"]: c["counts"] for c in pc.value_counts(batch.column("item_id")).to_pylist()}
+            )
+    pairs = expand_segments(plan.items.select(["item_id", "content_hash"]), plan.segment_ids)
     return plan_refresh(
-        requests(plan), previous, generator_version=plan.generator_version, sampling_unchanged=same_sampling,
+        pairs, previous, generator_version=plan.generator_version, sampling_unchanged=same_sampling,
         drift=drift, tolerance=cfg.generate.segment_tolerance, traffic=traffic, budget=cfg.generate.max_covers_per_night,
     )  # fmt: skip
 
@@ -330,30 +337,38 @@ def _cover_days(store: ObjectStore) -> list[str]:
     return layout.STAGED_COVERS.days(store)
 
 
-def requests(plan: GeneratePlan, items: pa.Table | None = None) -> pa.Table:
-    """Items x segments as request rows (``REQUEST_COLUMNS``, plus ``action`` once the plan has its refresh), item-major."""
-    items = plan.items if items is None else items
-    segments = plan.segment_ids
-    index = np.repeat(np.arange(items.num_rows), len(segments))
+def expand_segments(items: pa.Table, segment_ids: list[int]) -> pa.Table:
+    """Item rows -> one row per (item, segment), item-major, with ``segment_id`` appended."""
+    index = np.repeat(np.arange(items.num_rows), len(segment_ids))
     expanded = items.take(pa.array(index, pa.int64()))
-    rows = expanded.append_column("segment_id", pa.array(segments * items.num_rows, pa.int32()))
-    return with_actions(rows.select(list(REQUEST_COLUMNS)), plan)
+    return expanded.append_column("segment_id", pa.array(segment_ids * items.num_rows, pa.int32()))
 
 
-def with_actions(rows: pa.Table, plan: GeneratePlan) -> pa.Table:
-    """``rows`` with the night's ``action`` of each (item, segment) (all ``generate`` before the refresh is planned)."""
-    if plan.refresh is None:
+def requests(plan: GeneratePlan, start: int = 0, count: int | None = None) -> pa.Table:
+    """Request rows (``REQUEST_COLUMNS`` and the night's ``action``) of items ``[start, start + count)`` x segments.
+
+    Item-major, in the plan's item order (all items by default). The refresh decided every pair in
+    this same order, so a range's actions are a slice of it: no lookup over the whole day.
+    """
+    items = plan.items.slice(start, count)
+    rows = expand_segments(items, plan.segment_ids).select(list(REQUEST_COLUMNS))
+    if plan.refresh is None:  # before the refresh is planned: draw everything
         return rows.append_column("action", pa.array([GENERATE] * rows.num_rows, pa.string()))
-    decided = plan.refresh.actions
-    lookup = dict(
-        zip(
-            zip(decided.column("item_id").to_pylist(), decided.column("segment_id").to_pylist(), strict=True),
-            decided.column("action").to_pylist(),
-            strict=True,
-        )
+    decided = plan.refresh.actions.slice(start * len(plan.segment_ids), rows.num_rows)
+    aligned = decided.num_rows == rows.num_rows and all(
+        decided.column(key).equals(rows.column(key).cast(decided.column(key).type))
+        for key in ("item_id", "segment_id")
     )
-    keys = zip(rows.column("item_id").to_pylist(), rows.column("segment_id").to_pylist(), strict=True)
-    return rows.append_column("action", pa.array([lookup.get(k, GENERATE) for k in keys], pa.string()))
+    if not aligned:
+        raise GenerateInputError(f"the refresh plan of ds={plan.ds} does not match its items; plan again")
+    return rows.append_column("action", decided.column("action"))
+
+
+def request_batches(plan: GeneratePlan, batch_rows: int) -> Iterator[pa.Table]:
+    """:func:`requests` about ``batch_rows`` rows at a time (whole items), built as they are needed."""
+    per_batch = max(1, batch_rows // max(1, len(plan.segment_ids)))
+    for start in range(0, plan.items.num_rows, per_batch):
+        yield requests(plan, start, per_batch)
 
 
 # ------------------------------------------------------------------ rewards and the writer
@@ -578,45 +593,86 @@ class GenerateSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def commit_manifest(
-    store: ObjectStore,
-    plan: GeneratePlan,
-    manifest: pa.Table,
-    *,
-    seconds: float,
-    encoder_calls: int,
-    extra: dict[str, Any] | None = None,
-) -> GenerateSummary:
-    """Check the rows cover items x segments once each, then commit them to ``staging/covers`` for publish.
+class ManifestTally:
+    """What a streamed manifest holds, checked batch by batch against the plan without keeping its rows.
+
+    The plan's (item, segment) pairs counted (:class:`icg_core.serving.pairs.PairCounts`), and the
+    rows per status and source: enough to refuse a manifest with lost or repeated work.
+    """
+
+    def __init__(self, plan: GeneratePlan) -> None:
+        self.pairs = PairCounts(plan.items.column("item_id").to_pylist(), plan.segment_ids)
+        self.statuses: dict[str, int] = {}
+        self.fallbacks = 0  # covers where the base cover won (source "base")
+
+    @property
+    def rows(self) -> int:
+        return self.pairs.rows
+
+    def add(self, batch: pa.Table) -> None:
+        self.pairs.add(batch.column("item_id"), batch.column("segment_id"))
+        for value in pc.value_counts(batch.column("status")).to_pylist():
+            self.statuses[value["values"]] = self.statuses.get(value["values"], 0) + value["counts"]
+        self.fallbacks += int(pc.sum(pc.equal(batch.column("source"), "base")).as_py() or 0)
+
+    def problem(self) -> str | None:
+        """Why the manifest cannot be committed (rows missing, repeated or outside the plan), or None."""
+        pairs = self.pairs
+        if pairs.complete:
+            return None
+        return (
+            f"{pairs.rows} rows for {pairs.counts.size} expected: {len(pairs.missing())} (item, segment) "
+            f"missing, {len(pairs.repeated())} repeated, {pairs.outside} outside the plan"
+        )
+
+
+def stage_manifest(store: ObjectStore, plan: GeneratePlan, batches: Iterable[pa.Table]) -> ManifestTally:
+    """Stream manifest rows to ``staging/covers`` for publish, committing only if they cover items x segments once each.
+
+    The rows go to a local Parquet file as they arrive (:class:`icg_core.storage.ParquetStream`): no
+    process holds the day's manifest.
 
     Raises:
         StorageError: rows missing or duplicated (a worker lost or repeated work); nothing committed.
     """
-    keys = list(
-        zip(manifest.column("item_id").to_pylist(), manifest.column("segment_id").to_pylist(), strict=True)
-    )
-    if len(keys) != plan.rows or len(set(keys)) != len(keys):
-        raise StorageError(
-            f"generate ds={plan.ds}: {len(keys)} rows ({len(set(keys))} distinct) for {plan.rows} expected; manifest not committed"
-        )
-    layout.STAGED_COVERS.write(store, manifest, plan.ds)
+    tally = ManifestTally(plan)
+    with ParquetStream(layout.STAGED_COVERS.name) as stream:
+        for batch in batches:
+            tally.add(batch)
+            stream.write(batch)
+        problem = tally.problem()
+        if problem is not None:
+            raise StorageError(f"generate ds={plan.ds}: {problem}; manifest not committed")
+        layout.STAGED_COVERS.write(store, stream, plan.ds)
     # What tomorrow's refresh compares against (the sampling these covers were drawn with).
     store.put_json(
         layout.cover_plan(plan.ds),
         {"generator_version": plan.generator_version, "sampling": plan.sampling_digest},
     )
-    statuses = manifest.column("status").to_pylist()
+    return tally
+
+
+def summarize(
+    store: ObjectStore,
+    plan: GeneratePlan,
+    tally: ManifestTally,
+    *,
+    seconds: float,
+    encoder_calls: int,
+    extra: dict[str, Any] | None = None,
+) -> GenerateSummary:
+    """The :class:`GenerateSummary` of a staged day (logged)."""
     summary = GenerateSummary(
         ds=plan.ds,
         generator_version=plan.generator_version,
         items=plan.items.num_rows,
         segments=len(plan.centroids),
-        rows=manifest.num_rows,
-        generated=statuses.count(GENERATED),
-        kept=statuses.count(KEPT),
-        copied=statuses.count(COPIED),
+        rows=tally.rows,
+        generated=tally.statuses.get(GENERATED, 0),
+        kept=tally.statuses.get(KEPT, 0),
+        copied=tally.statuses.get(COPIED, 0),
         encoder_calls=encoder_calls,
-        fallbacks=manifest.column("source").to_pylist().count("base"),
+        fallbacks=tally.fallbacks,
         manifest_uri=layout.STAGED_COVERS.uri(store, plan.ds),
         previous_ds=plan.previous_ds,
         seconds=round(seconds, 3),
@@ -658,16 +714,8 @@ def generate_covers(
     with torch_threads(cfg.models.cpu_threads):
         bundle = load_bundle(store, cfg.models, plan.generator_version)
         writer = CoverWriter(store, bundle, load_plan_rewards(store, plan), plan, force)
-        table = requests(plan)
-        parts = [
-            writer.write(table.slice(s, cfg.generate.batch_size))
-            for s in range(0, table.num_rows, cfg.generate.batch_size)
-        ]
-    manifest = pa.concat_tables(parts)
-    return commit_manifest(
-        store,
-        plan,
-        manifest,
-        seconds=time.perf_counter() - started,
-        encoder_calls=writer.counts.encoder_calls,
+        batches = (writer.write(batch) for batch in request_batches(plan, cfg.generate.batch_size))
+        tally = stage_manifest(store, plan, batches)
+    return summarize(
+        store, plan, tally, seconds=time.perf_counter() - started, encoder_calls=writer.counts.encoder_calls
     )

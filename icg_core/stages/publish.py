@@ -13,15 +13,17 @@ each table's ``_latest``. A day that fails any check is not published, and reade
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -29,11 +31,14 @@ from icg_core import layout
 from icg_core.config import ICGConfig, ValidationConfig
 from icg_core.data.images import check_image_uris
 from icg_core.data.schemas import MANIFEST_SCHEMA_VERSION
-from icg_core.storage import ObjectStore, PartitionCommit, StorageError
+from icg_core.serving.pairs import PairCounts
+from icg_core.storage import ObjectStore, ParquetStream, PartitionCommit, StorageError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_ROWS = 5  # offending rows named per problem
+SAMPLE_ROWS = 5  # offending rows named per problem in the message
+MAX_NAMED = 100  # offending rows kept per problem (all are counted)
+BATCH_ROWS = 8192  # staged manifest rows read, checked and published at a time
 _LIMITS = ValidationConfig()
 # Columns readers rely on: none may be null.
 _REQUIRED = ("item_id", "segment_id", "cover_uri", "width", "height", "format")
@@ -91,13 +96,34 @@ def _row(item: object, segment: object, uri: object | None = None) -> str:
 
 def _add(problems: list[ManifestProblem], kind: str, detail: str, rows: Sequence[str]) -> None:
     if rows:
-        problems.append(ManifestProblem(kind, detail, len(rows), tuple(rows)))
+        problems.append(ManifestProblem(kind, detail, len(rows), tuple(rows[:MAX_NAMED])))
+
+
+class _Found:
+    """Offending rows per kind of problem: every one counted, the first ``MAX_NAMED`` kept to name them."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.named: dict[str, list[str]] = {}
+
+    def add(self, kind: str, row: str) -> None:
+        self.counts[kind] += 1
+        named = self.named.setdefault(kind, [])
+        if len(named) < MAX_NAMED:
+            named.append(row)
+
+    def problem(self, kind: str, detail: str) -> list[ManifestProblem]:
+        count = self.counts.get(kind, 0)
+        return [ManifestProblem(kind, detail, count, tuple(self.named[kind]))] if count else []
+
+
+Batches = Callable[[], Iterable[pa.Table]]  # a fresh pass over a manifest, batch by batch
 
 
 def manifest_problems(
     store: ObjectStore,
     ds: str,
-    manifest: pa.Table,
+    manifest: pa.Table | Batches,
     *,
     expected_item_ids: Iterable[str],
     expected_segment_ids: Iterable[int],
@@ -112,10 +138,14 @@ def manifest_problems(
     ``cover_uri`` names an object under ``covers/`` of this store that decodes as an image within
     the limits, of the declared ``width`` x ``height`` and ``format``.
 
+    The manifest is read batch by batch and no row is kept: one counter per expected (item, segment)
+    and an 8-byte digest per ``cover_uri``, so memory stays flat as the catalog grows.
+
     Args:
         store: the store the manifest and its images live in.
         ds: the day, for messages.
-        manifest: rows of the ``covers`` contract.
+        manifest: rows of the ``covers`` contract, or a function that starts a pass over them in batches
+            (called a second time only to name the rows of a shared cover).
         expected_item_ids: the day's validated catalog items.
         expected_segment_ids: the day's user segments.
         max_image_bytes, max_image_pixels, min_image_side: image limits (see :mod:`icg_core.data.images`).
@@ -123,92 +153,139 @@ def manifest_problems(
     Returns:
         (problems, number of distinct images checked). No problems means publishable.
     """
-    items = set(expected_item_ids)
-    segments = {int(s) for s in expected_segment_ids}
-    rows = manifest.select(list(_REQUIRED)).to_pylist()
-    keyed = [r for r in rows if r["item_id"] is not None and r["segment_id"] is not None]
-    problems = _row_problems(ds, rows, keyed, items, segments)
-    with_uri = [r for r in keyed if r["cover_uri"] is not None]
-    image_problems, checked = _image_problems(
-        store, with_uri, max_bytes=max_image_bytes, max_pixels=max_image_pixels, min_side=min_image_side
-    )
-    return problems + image_problems, checked
+    passes: Batches = (lambda: [manifest]) if isinstance(manifest, pa.Table) else manifest
+    check = _ManifestCheck(store, ds, list(dict.fromkeys(expected_item_ids)), expected_segment_ids,
+                           max_bytes=max_image_bytes, max_pixels=max_image_pixels, min_side=min_image_side)  # fmt: skip
+    for batch in passes():
+        check.add(batch)
+    return check.problems(passes), check.images_checked
 
 
-def _row_problems(
-    ds: str, rows: list[dict[str, Any]], keyed: list[dict[str, Any]], items: set[str], segments: set[int]
-) -> list[ManifestProblem]:
-    """Nulls, duplicates, unknown or missing (item, segment) rows."""
-    problems: list[ManifestProblem] = []
-    if not items:
-        problems.append(ManifestProblem("empty_catalog", f"the validated catalog of {ds} has no items", 0))
-    if not segments:
-        problems.append(ManifestProblem("no_segments", f"the segment table of {ds} has no segments", 0))
-    nulls = [r for r in rows if any(r[c] is None for c in _REQUIRED)]
-    _add(problems, "null_value", f"{', '.join(_REQUIRED)} must be set",
-         [_row(r["item_id"], r["segment_id"], r["cover_uri"]) for r in nulls])  # fmt: skip
-    counts = Counter((r["item_id"], int(r["segment_id"])) for r in keyed)
-    duplicates = sorted(key for key, n in counts.items() if n > 1)
-    _add(problems, "duplicate", "more than one row for the same (item, segment)",
-         [f"{_row(*key)} x{counts[key]}" for key in duplicates])  # fmt: skip
-    if items and segments:
-        unknown_items = sorted(key for key in counts if key[0] not in items)
-        _add(problems, "unexpected_item", f"item not in the validated catalog of {ds}",
-             [_row(*key) for key in unknown_items])  # fmt: skip
-        unknown_segments = sorted(key for key in counts if key[0] in items and key[1] not in segments)
-        _add(problems, "unexpected_segment", f"segment not in the segment table of {ds}",
-             [_row(*key) for key in unknown_segments])  # fmt: skip
-        missing = sorted((i, s) for i in items for s in segments if (i, s) not in counts)
-        _add(
-            problems,
-            "missing_row",
-            "expected (item, segment) without a cover",
-            [_row(*key) for key in missing],
+class _ManifestCheck:
+    """The checks of :func:`manifest_problems`, fed one batch at a time."""
+
+    def __init__(
+        self, store: ObjectStore, ds: str, items: list[str], segments: Iterable[int], *,
+        max_bytes: int, max_pixels: int, min_side: int,
+    ) -> None:  # fmt: skip
+        self.store, self.ds = store, ds
+        self.limits = {"max_bytes": max_bytes, "max_pixels": max_pixels, "min_side": min_side}
+        self.pairs = PairCounts(items, segments)
+        self.unexpected: dict[tuple[str, int], str] = {}  # (item, segment) outside the grid -> kind
+        self.uri_digests: list[np.ndarray] = []
+        self.found = _Found()
+        self.images_checked = 0
+
+    def add(self, batch: pa.Table) -> None:
+        batch = batch.select(list(_REQUIRED))
+        nulls = pc.is_null(batch.column(_REQUIRED[0]))
+        for name in _REQUIRED[1:]:
+            nulls = pc.or_(nulls, pc.is_null(batch.column(name)))
+        for r in batch.filter(nulls).to_pylist():
+            self.found.add("null_value", _row(r["item_id"], r["segment_id"], r["cover_uri"]))
+        keyed = batch.filter(
+            pc.and_(pc.is_valid(batch.column("item_id")), pc.is_valid(batch.column("segment_id")))
         )
-    return problems
+        self._count_keys(keyed)
+        with_uri = keyed.filter(pc.is_valid(keyed.column("cover_uri")))
+        uris = with_uri.column("cover_uri").to_pylist()
+        self.uri_digests.append(_digests(uris))
+        self._check_images(with_uri.to_pylist())
 
+    def _count_keys(self, keyed: pa.Table) -> None:
+        known_item, known = self.pairs.add(keyed.column("item_id"), keyed.column("segment_id"))
+        if not known.all():
+            ids, segments = keyed.column("item_id").to_pylist(), keyed.column("segment_id").to_pylist()
+            for i in np.flatnonzero(~known):
+                kind = "unexpected_item" if not known_item[i] else "unexpected_segment"
+                self.unexpected.setdefault((ids[i], int(segments[i])), kind)
 
-def _image_problems(
-    store: ObjectStore, with_uri: list[dict[str, Any]], *, max_bytes: int, max_pixels: int, min_side: int
-) -> tuple[list[ManifestProblem], int]:
-    """Shared or misplaced covers, and images that fail to decode or differ from what the row declares."""
-    problems: list[ManifestProblem] = []
-    owners: dict[str, set[tuple[str, int]]] = {}
-    for r in with_uri:
-        owners.setdefault(r["cover_uri"], set()).add((r["item_id"], int(r["segment_id"])))
-    shared = sorted(uri for uri, keys in owners.items() if len(keys) > 1)
-    _add(problems, "shared_cover", "one cover_uri for several (item, segment)",
-         [f"{uri}: {' and '.join(_row(*k) for k in sorted(owners[uri]))}" for uri in shared])  # fmt: skip
-    under = [_under_covers(store, r["cover_uri"]) for r in with_uri]
-    placed = [r for r, ok in zip(with_uri, under, strict=True) if ok]
-    misplaced = [
-        _row(r["item_id"], r["segment_id"], r["cover_uri"])
-        for r, ok in zip(with_uri, under, strict=True)
-        if not ok
-    ]
-    _add(problems, "bad_uri", f"cover_uri must be under {store.uri(layout.covers_root())}", misplaced)
+    def _check_images(self, rows: list[dict[str, Any]]) -> None:
+        placed = []
+        for r in rows:
+            if _under_covers(self.store, r["cover_uri"]):
+                placed.append(r)
+            else:
+                self.found.add("bad_uri", _row(r["item_id"], r["segment_id"], r["cover_uri"]))
+        checks = check_image_uris(self.store, (r["cover_uri"] for r in placed), **self.limits)
+        self.images_checked += len(checks)
+        for r in placed:
+            check = checks[r["cover_uri"]]
+            where = _row(r["item_id"], r["segment_id"], r["cover_uri"])
+            if not check.ok:
+                self.found.add(f"image_{check.status}", f"{where}: {check.detail}")
+            elif (check.width, check.height) != (r["width"], r["height"]):
+                declared = f"declared {r['width']}x{r['height']}, image is {check.width}x{check.height}"
+                self.found.add("size_mismatch", f"{where}: {declared}")
+            elif r["format"] is not None and (check.format or "").upper() != r["format"].upper():
+                self.found.add("format_mismatch", f"{where}: declared {r['format']}, image is {check.format}")
 
-    checks = check_image_uris(
-        store, (r["cover_uri"] for r in placed), max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side
-    )
-    failed: dict[str, list[str]] = {}
-    size_mismatch, format_mismatch = [], []
-    for r in placed:
-        check = checks[r["cover_uri"]]
-        where = _row(r["item_id"], r["segment_id"], r["cover_uri"])
-        if not check.ok:
-            failed.setdefault(check.status, []).append(f"{where}: {check.detail}")
-        elif (check.width, check.height) != (r["width"], r["height"]):
-            size_mismatch.append(
-                f"{where}: declared {r['width']}x{r['height']}, image is {check.width}x{check.height}"
+    def problems(self, passes: Batches) -> list[ManifestProblem]:
+        problems: list[ManifestProblem] = []
+        pairs = self.pairs
+        if not len(pairs.items):
+            problems.append(
+                ManifestProblem("empty_catalog", f"the validated catalog of {self.ds} has no items", 0)
             )
-        elif r["format"] is not None and (check.format or "").upper() != r["format"].upper():
-            format_mismatch.append(f"{where}: declared {r['format']}, image is {check.format}")
-    for status, found in sorted(failed.items()):
-        _add(problems, f"image_{status}", "cover image failed its check", found)
-    _add(problems, "size_mismatch", "declared width/height differ from the image", size_mismatch)
-    _add(problems, "format_mismatch", "declared format differs from the image", format_mismatch)
-    return problems, len(checks)
+        if not len(pairs.segments):
+            problems.append(
+                ManifestProblem("no_segments", f"the segment table of {self.ds} has no segments", 0)
+            )
+        problems += self.found.problem("null_value", f"{', '.join(_REQUIRED)} must be set")
+        _add(problems, "duplicate", "more than one row for the same (item, segment)",
+             [f"{_row(item, segment)} x{times}" for item, segment, times in pairs.repeated()])  # fmt: skip
+        if len(pairs.items) and len(pairs.segments):
+            for kind, detail in (
+                ("unexpected_item", f"item not in the validated catalog of {self.ds}"),
+                ("unexpected_segment", f"segment not in the segment table of {self.ds}"),
+            ):
+                keys = sorted(key for key, found in self.unexpected.items() if found == kind)
+                _add(problems, kind, detail, [_row(*key) for key in keys])
+            _add(problems, "missing_row", "expected (item, segment) without a cover",
+                 [_row(*pair) for pair in pairs.missing()])  # fmt: skip
+        problems += self._shared(passes)
+        problems += self.found.problem(
+            "bad_uri", f"cover_uri must be under {self.store.uri(layout.covers_root())}"
+        )
+        for kind in sorted(k for k in self.found.counts if k.startswith("image_")):
+            problems += self.found.problem(kind, "cover image failed its check")
+        problems += self.found.problem("size_mismatch", "declared width/height differ from the image")
+        problems += self.found.problem("format_mismatch", "declared format differs from the image")
+        return problems
+
+    def _shared(self, passes: Batches) -> list[ManifestProblem]:
+        """Covers named by several (item, segment): found by digest, named in a second pass (only then)."""
+        digests = np.concatenate(self.uri_digests) if self.uri_digests else np.zeros(0, np.uint64)
+        values, counts = np.unique(digests, return_counts=True)
+        suspects = set(values[counts > 1].tolist())
+        if not suspects:
+            return []
+        owners: dict[str, set[tuple[str, int]]] = {}
+        for batch in passes():
+            rows = batch.select(["item_id", "segment_id", "cover_uri"]).to_pylist()
+            rows = [r for r in rows if None not in r.values()]
+            for r, digest in zip(rows, _digests([r["cover_uri"] for r in rows]).tolist(), strict=True):
+                if digest in suspects:
+                    owners.setdefault(r["cover_uri"], set()).add((r["item_id"], int(r["segment_id"])))
+        shared = sorted(uri for uri, keys in owners.items() if len(keys) > 1)
+        rows = [f"{uri}: {' and '.join(_row(*k) for k in sorted(owners[uri]))}" for uri in shared]
+        return (
+            [
+                ManifestProblem(
+                    "shared_cover", "one cover_uri for several (item, segment)", len(rows), tuple(rows)
+                )
+            ]
+            if rows
+            else []
+        )
+
+
+def _digests(uris: Sequence[str]) -> np.ndarray:
+    """An 8-byte digest per URI (equal URIs, equal digests), to find repeats without keeping the URIs."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little") for u in uris],
+        np.uint64,
+    )
 
 
 def _under_covers(store: ObjectStore, uri: str) -> bool:
@@ -253,33 +330,48 @@ def _day_of(store: ObjectStore, cover_ref: str, default: str) -> str:
         return default
 
 
-def _staged_manifest(store: ObjectStore, ds: str, previous: str | None) -> pa.Table:
+def _staged_manifest(store: ObjectStore, ds: str, previous: str | None) -> Batches:
+    """A pass over the staged manifest of ``ds``, batch by batch (refused when generate staged none)."""
     if not layout.STAGED_COVERS.exists(store, ds):
         where = layout.STAGED_COVERS.uri(store, ds)
         problem = ManifestProblem(
             "no_staged_manifest", f"no committed manifest at {where} (run generate first)", 0
         )
         raise PublishError(ds, [problem], _readers_keep(previous))
-    return layout.STAGED_COVERS.read(store, ds)
+    return lambda: layout.STAGED_COVERS.iter_batches(store, ds, BATCH_ROWS)
+
+
+def _published_covers(
+    store: ObjectStore, ds: str, batch: pa.Table, publish_id: str, public_base_url: str | None
+) -> pa.Table:
+    """Staged manifest rows as published rows: ``cover_url``, ``made_ds``, the schema version and publish id."""
+    refs = batch.column("cover_uri").to_pylist()
+    urls = [cover_url(store, ref, public_base_url) for ref in refs]
+    if "made_ds" not in batch.column_names:  # staged before covers said the day they were drawn for
+        batch = batch.append_column(
+            "made_ds", pa.array([_day_of(store, ref, ds) for ref in refs], pa.string())
+        )
+    return _stamped(batch.append_column("cover_url", pa.array(urls, pa.string())), publish_id)
 
 
 def _commit(
-    store: ObjectStore, ds: str, manifest: pa.Table, user_segments: pa.Table, public_base_url: str | None
+    store: ObjectStore, ds: str, manifest: Batches, user_segments: pa.Table, public_base_url: str | None
 ) -> tuple[str, dict[str, PartitionCommit]]:
-    """Write the day's two published tables (user_segments first, then covers); returns (publish id, commits)."""
+    """Write the day's two published tables (user_segments first, then covers); returns (publish id, commits).
+
+    The covers are streamed from the staged manifest to one local Parquet file and uploaded whole:
+    one atomic object, and no more than a batch of rows in memory.
+    """
     publish_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    refs = manifest.column("cover_uri").to_pylist()
-    urls = [cover_url(store, ref, public_base_url) for ref in refs]
-    if "made_ds" not in manifest.column_names:  # staged before covers said the day they were drawn for
-        manifest = manifest.append_column(
-            "made_ds", pa.array([_day_of(store, ref, ds) for ref in refs], pa.string())
-        )
-    tables = {
-        "user_segments": _stamped(user_segments.select(["user_id", "segment_id"]), publish_id),
-        "covers": _stamped(manifest.append_column("cover_url", pa.array(urls, pa.string())), publish_id),
-    }
     meta = {"publish_id": publish_id, "schema_version": MANIFEST_SCHEMA_VERSION}
-    return publish_id, layout.PUBLISHED_DAY.write(store, tables, ds, meta=meta)
+    with ParquetStream(layout.PUBLISHED_COVERS.name) as covers:
+        for batch in manifest():
+            covers.write(_published_covers(store, ds, batch, publish_id, public_base_url))
+        tables = {
+            "user_segments": _stamped(user_segments.select(["user_id", "segment_id"]), publish_id),
+            "covers": covers,
+        }
+        return publish_id, layout.PUBLISHED_DAY.write(store, tables, ds, meta=meta)
 
 
 def publish_day(
@@ -322,18 +414,17 @@ def publish_day(
     segments = sorted({int(s) for s in expected_segment_ids})
     previous = layout.PUBLISHED_COVERS.latest(store)
     manifest = _staged_manifest(store, ds, previous)
-    log.info("stage=publish ds=%s staged rows=%d expected items=%d segments=%d users=%d",
-             ds, manifest.num_rows, len(items), len(segments), user_segments.num_rows)  # fmt: skip
+    log.info("stage=publish ds=%s checking the staged manifest: expected items=%d segments=%d users=%d",
+             ds, len(items), len(segments), user_segments.num_rows)  # fmt: skip
     problems, images_checked = manifest_problems(
         store, ds, manifest, expected_item_ids=items, expected_segment_ids=segments,
         max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels, min_image_side=min_image_side,
     )  # fmt: skip
     problems += user_segment_problems(user_segments, set(segments))
     if problems:
-        expected = len(items) * len(segments)
-        context = f"; staged rows={manifest.num_rows}, expected {len(items)} items x {len(segments)} segments = {expected}{_readers_keep(previous)}"
+        staged = sum(batch.num_rows for batch in manifest())
         log.warning("stage=publish ds=%s refused: %d problems", ds, len(problems))
-        raise PublishError(ds, problems, context)
+        raise PublishError(ds, problems, _refusal_context(staged, len(items), len(segments), previous))
 
     publish_id, commits = _commit(store, ds, manifest, user_segments, public_base_url)
     latest_moved = previous is None or ds >= previous
@@ -391,6 +482,11 @@ def run_publish(store: ObjectStore, cfg: ICGConfig, ds: str) -> PublishSummary:
         max_image_bytes=cfg.validation.max_image_bytes,
         max_image_pixels=cfg.validation.max_image_pixels,
     )
+
+
+def _refusal_context(staged: int, items: int, segments: int, previous: str | None) -> str:
+    expected = f"expected {items} items x {segments} segments = {items * segments}"
+    return f"; staged rows={staged}, {expected}{_readers_keep(previous)}"
 
 
 def _readers_keep(previous: str | None) -> str:

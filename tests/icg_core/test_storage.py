@@ -9,7 +9,15 @@ import pyarrow as pa
 import pytest
 
 from icg_core.data.schemas import SchemaError
-from icg_core.storage import LATEST, SUCCESS, ObjectStore, StorageError, StorageUnavailable, normalize_root
+from icg_core.storage import (
+    LATEST,
+    SUCCESS,
+    ObjectStore,
+    ParquetStream,
+    StorageError,
+    StorageUnavailable,
+    normalize_root,
+)
 from tests.conftest import remount_read_only, s3_store_for
 
 
@@ -228,3 +236,35 @@ def test_a_symlink_out_of_a_local_root_is_never_followed(tmp_path: Path) -> None
         store.put_bytes("elsewhere/new.png", b"x")  # nor written through
     assert not (outside / "new.png").exists()
     assert store.get_bytes("images/alias.png") == b"mine"  # a link inside the root is fine
+
+
+def test_a_streamed_table_is_committed_whole_and_read_back_in_batches(any_store: ObjectStore) -> None:
+    # Large tables (a big catalog's covers manifest) go through a local file a batch at a time.
+    with ParquetStream("catalog_items") as stream:
+        for start in range(0, 10, 4):
+            stream.write(_catalog(10).slice(start, 4))
+        commit = any_store.write_table("catalog_items", stream, ds="2026-11-01", area="raw")
+        local = Path(stream.path)
+    assert not local.exists()  # the temporary file is gone once committed
+    assert commit.rows == 10
+    read = any_store.read_table("catalog_items", ds="2026-11-01", area="raw")
+    assert read.column("item_id").to_pylist() == [f"i{k}" for k in range(10)]
+    batches = list(any_store.iter_table("catalog_items", ds="2026-11-01", area="raw", batch_rows=3))
+    assert [b.num_rows for b in batches] == [3, 3, 3, 1]
+    assert pa.concat_tables(batches).column("title").to_pylist() == [f"t{k}" for k in range(10)]
+
+
+def test_a_stream_of_another_table_or_a_bad_batch_is_refused(any_store: ObjectStore) -> None:
+    with ParquetStream("catalog_items") as stream:
+        with pytest.raises(SchemaError):
+            stream.write(pa.table({"item_id": ["i1"]}))
+        with pytest.raises(StorageError, match="cannot be written as"):
+            any_store.write_table("impressions", stream, ds="2026-11-01", area="raw")
+    assert not any_store.has_partition("impressions", ds="2026-11-01", area="raw")
+
+
+def test_an_empty_stream_commits_an_empty_table_with_its_columns(any_store: ObjectStore) -> None:
+    with ParquetStream("catalog_items") as stream:
+        any_store.write_table("catalog_items", stream, ds="2026-11-01", area="raw")
+    (batch,) = any_store.iter_table("catalog_items", ds="2026-11-01", area="raw")
+    assert batch.num_rows == 0 and "title" in batch.column_names

@@ -23,6 +23,7 @@ from pipelines.ray_runtime import (
     actor_arguments,
     actor_pool,
     block_count,
+    block_ranges,
     gpus_per_actor,
     pool_bounds,
     pool_size,
@@ -269,3 +270,5 @@ def test_blocks_are_small_enough_for_frequent_progress_and_enough_for_every_acto
     assert block_count(300, rows_per_item=8, batch_size=16, actors=2) == 75  # 4 items = 32 covers a block
     assert block_count(300, rows_per_item=1, batch_size=32, actors=2) == 8  # 4 per actor beats 5 blocks of 64
     assert block_count(10, rows_per_item=64, batch_size=16, actors=1) == 10  # never less than an item
+    assert block_ranges(10, 3) == [(0, 4), (4, 4), (8, 2)]
+    assert block_ranges(2, 5) == [(0, 1), (1, 1)] and block_ranges(0, 3) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,14 @@ import pytest
 from icg_core import layout
 from icg_core.config import ICGConfig
 from icg_core.stages.generate import (
+    MANIFEST_SCHEMA,
     GenerateInputError,
     Sampling,
     cover_fingerprint,
     generate_covers,
     plan_generation,
+    requests,
+    stage_manifest,
 )
 from icg_core.storage import ObjectStore, StorageError
 from tests.tiny import prepare_tiny_day, tiny_settings
@@ -157,6 +161,39 @@ def test_bad_inputs_fail_before_any_work(world, tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="cannot write"):
         plan_generation(ObjectStore(str(blocked)), cfg, ds)
     assert not layout.STAGED_COVERS.exists(store, "2030-01-01")
+
+
+def test_a_manifest_with_lost_repeated_or_foreign_rows_is_not_committed(world) -> None:
+    # The rows stream to the staged manifest; only counters are kept, and they must add up to
+    # items x segments once each before anything is committed.
+    store, cfg, ds = world
+    plan = plan_generation(store, cfg, ds)
+    day = "2030-02-01"  # a day of its own: the other tests' manifests stay as they are
+    plan = dataclasses.replace(plan, ds=day)
+    n = plan.rows
+    given = {
+        "item_id": requests(plan).column("item_id"),
+        "segment_id": requests(plan).column("segment_id"),
+        "cover_uri": pa.array([f"covers/x{i}.png" for i in range(n)]),
+        "status": pa.array(["generated"] * n),
+        "source": pa.array(["personalized"] * (n - 1) + ["base"]),
+    }
+    rows = pa.table(
+        {f.name: given.get(f.name, pa.nulls(n, f.type)) for f in MANIFEST_SCHEMA}, MANIFEST_SCHEMA
+    )
+    foreign = rows.slice(0, 1).set_column(1, "segment_id", pa.array([99], pa.int32()))
+    bad = {
+        "1 repeated": [rows, rows.slice(0, 1)],
+        "1 (item, segment) missing": [rows.slice(1)],
+        "1 outside the plan": [rows.slice(1), foreign],
+    }
+    for mention, batches in bad.items():
+        with pytest.raises(StorageError, match=re.escape(mention) + ".*manifest not committed"):
+            stage_manifest(store, plan, batches)
+        assert not layout.STAGED_COVERS.exists(store, day)
+    tally = stage_manifest(store, plan, [rows.slice(0, 2), rows.slice(2)])  # complete, in two batches
+    assert (tally.rows, tally.fallbacks, tally.statuses) == (n, 1, {"generated": n})
+    assert layout.STAGED_COVERS.read(store, day).num_rows == n
 
 
 @pytest.mark.slow

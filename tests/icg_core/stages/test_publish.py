@@ -10,6 +10,7 @@ import pytest
 
 from icg_core import layout
 from icg_core.data.schemas import MANIFEST_SCHEMA_VERSION, TABLES
+from icg_core.stages import publish as publish_module
 from icg_core.stages.publish import (
     PublishError,
     cover_for,
@@ -251,6 +252,22 @@ def test_bad_day_is_refused_naming_rows_and_yesterday_stays(tmp_path, case: str)
     assert layout.PUBLISHED_COVERS.latest(store) == YESTERDAY
     assert not layout.PUBLISHED_COVERS.exists(store, TODAY)
     assert set(read_published(store).column("ds").to_pylist()) == {YESTERDAY}
+
+
+@pytest.mark.parametrize("case", ["duplicate", "missing_row", "shared_cover", "unknown_item"])
+def test_rows_are_checked_across_batches(tmp_path, monkeypatch, case: str) -> None:
+    # Publish reads the staged manifest a batch at a time: a problem whose rows lie in different
+    # batches (one row per batch here) is still found, and a good day still publishes whole.
+    monkeypatch.setattr(publish_module, "BATCH_ROWS", 1)
+    store = ObjectStore(str(tmp_path))
+    stage(store, YESTERDAY, full_day(store, YESTERDAY))
+    assert publish(store, YESTERDAY).rows == len(ITEMS) * len(SEGMENTS)
+    corrupt, kind, mention = BAD_DAYS[case]
+    stage(store, TODAY, corrupt(store, full_day(store, TODAY)))
+    with pytest.raises(PublishError) as raised:
+        publish(store, TODAY)
+    assert kind in [p.kind for p in raised.value.problems] and mention in str(raised.value)
+    assert layout.PUBLISHED_COVERS.latest(store) == YESTERDAY
 
 
 def test_several_problems_are_reported_together(tmp_path) -> None:
