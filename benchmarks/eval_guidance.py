@@ -1,16 +1,18 @@
-"""How covers are made, measured: reward guidance strength and candidates against selection and the ceiling.
+"""How covers are made, measured: reward guidance, candidates and the sampler against selection and the ceiling.
 
 Usage::
 
     python benchmarks/eval_guidance.py --root R [--ds DS] [--steps 0,1,2,4] [--candidates 1]
-        [--no-base-candidate] [--items N] [--out FILE]
+        [--no-base-candidate] [--samplers ddim:20,dpm:10] [--items N] [--out FILE]
 
 On every held-out item x segment of ``ds`` (the evaluate stage's items, segments and seeds), with
 the production generator: ``reference``, ``selection``, ``base``, ``oracle_best`` (the ceiling),
-then the cover policy (:mod:`icg_core.serving.policy`) at each number of guidance steps. For each it
-prints the preference model's score next to the oracle CTR, so over-optimization of the learned
-reward shows as preference rising while the oracle CTR stalls or falls. Evaluation code: reads the
-oracle. Prints a table and writes JSON (``--out``).
+then the cover policy (:mod:`icg_core.serving.policy`) at each number of guidance steps and each
+sampler (``scheduler:steps``; default the config's). For each it prints the preference model's
+score next to the oracle CTR, so over-optimization of the learned reward shows as preference rising
+while the oracle CTR stalls or falls, and the seconds per cover, so a cheaper sampler's price in
+quality is read off one table. Evaluation code: reads the oracle. Prints a table and writes JSON
+(``--out``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def main() -> None:
     parser.add_argument("--steps", default="0,1,2,4", help="steer steps to measure, comma-separated")
     parser.add_argument("--candidates", type=int, default=None, help="default: the config's")
     parser.add_argument("--no-base-candidate", action="store_true")
+    parser.add_argument(
+        "--samplers", default=None, help="scheduler:steps pairs, e.g. ddim:20,dpm:10 (default: the config's)"
+    )
     parser.add_argument("--items", type=int, default=None, help="first N held-out items (default: all)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -69,6 +74,7 @@ def main() -> None:
         if args.no_base_candidate:
             sampling = replace(sampling, base_candidate=False)
         plain = Sampling(sampling.steps, sampling.guidance_scale, sampling.scheduler)
+        samplers = _samplers(args.samplers, sampling)
         covers = {
             "reference": reference_covers(items, len(segments)),
             "selection": select_covers(items, segments, judges.preference),
@@ -79,16 +85,19 @@ def main() -> None:
         )
         if oracle is not None:
             covers["oracle_best"] = oracle_best_covers(items, segments, oracle, seed=cfg.evaluate.seed)
-        for steps in [int(s) for s in args.steps.split(",")]:
-            policy = (
-                replace(sampling, reward_steps=steps)
-                if steps
-                else replace(plain, candidates=sampling.candidates)
-            )
-            name = f"icg_steps{steps}" if steps else "icg_unguided"
-            covers[name] = generate_covers(bundle, items, segments, seeds, policy, personalized=True,
-                                           batch_size=64, rewards=rewards)  # fmt: skip
-            print(f"measured {name}", flush=True)
+        for scheduler, sample_steps in samplers:
+            sampler = {"scheduler": scheduler, "steps": sample_steps}
+            suffix = "" if len(samplers) == 1 else f"_{scheduler}{sample_steps}"
+            for steps in [int(s) for s in args.steps.split(",")]:
+                policy = (
+                    replace(sampling, reward_steps=steps, **sampler)
+                    if steps
+                    else replace(plain, candidates=sampling.candidates, **sampler)
+                )
+                name = (f"icg_steps{steps}" if steps else "icg_unguided") + suffix
+                covers[name] = generate_covers(bundle, items, segments, seeds, policy, personalized=True,
+                                               batch_size=64, rewards=rewards)  # fmt: skip
+                print(f"measured {name}", flush=True)
         indices = resample_indices(len(items), cfg.evaluate.bootstrap_samples, cfg.evaluate.seed)
         results = {}
         for name, made in covers.items():
@@ -100,14 +109,14 @@ def main() -> None:
     print(
         f"ds={ds} items={len(items)} segments={len(segments)} generator={setup.icg_version} sampling={sampling}"
     )
-    print(f"{'variant':<14}" + "".join(f"{c:>26}" for c in COLUMNS) + f"{'fallback':>10}{'s/cover':>9}")
+    print(f"{'variant':<22}" + "".join(f"{c:>26}" for c in COLUMNS) + f"{'fallback':>10}{'s/cover':>9}")
     for name, m in results.items():
         cells = "".join(
             f"{'-':>26}" if m[c] is None else f"{m[c]:>9.4f} [{m[c + '_ci'][0]:.3f}, {m[c + '_ci'][1]:.3f}]"
             for c in COLUMNS
         )
         fallback = "-" if m["fallback_rate"] is None else f"{m['fallback_rate']:.3f}"
-        print(f"{name:<14}{cells}{fallback:>10}{m['seconds_per_cover']:>9.3f}")
+        print(f"{name:<22}{cells}{fallback:>10}{m['seconds_per_cover']:>9.3f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
@@ -115,6 +124,14 @@ def main() -> None:
                 {"ds": ds, "root": args.root, "sampling": str(sampling), "variants": results}, indent=1
             )
         )
+
+
+def _samplers(spec: str | None, sampling: Sampling) -> list[tuple[str, int]]:
+    """``[(scheduler, steps)]`` from ``"ddim:20,dpm:10"``; the config's sampler without a spec."""
+    if not spec:
+        return [(sampling.scheduler, sampling.steps)]
+    pairs = [part.split(":") for part in spec.split(",")]
+    return [(name.strip(), int(steps)) for name, steps in pairs]
 
 
 if __name__ == "__main__":

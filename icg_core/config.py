@@ -91,14 +91,16 @@ class ModelsConfig(_Section):
     sd_path: str | None = None  # local diffusers folder (model_index.json); None = embedded tiny SD
     device: str = "cpu"  # torch device for every model ("cuda" on a GPU worker)
     dtype: str = "float32"  # float16 / bfloat16 on CUDA; CPU always runs float32
-    cpu_threads: int | None = 1  # torch intra-op threads for training and sampling; None = torch default
+    cpu_threads: int | None = (
+        None  # torch threads of a stage in its own process; None = every core (Ray actors: cpus_per_actor)
+    )
     num_meta_tokens: int = 32  # N meta tokens, one conditioning token each
     user_dim: int = 16  # width of user embeddings / segment centroids the refiner reads
     refiner_layers: int = 1  # transformer layers of the personalization refiner
     adapter_hidden_dim: int = 128  # width of the adapter transformer
     adapter_layers: int = 2  # transformer layers of the adapter
-    scheduler: Literal["ddim", "dpm"] = "ddim"  # sampler for covers
-    sample_steps: int = 20  # denoising steps per cover
+    scheduler: Literal["ddim", "dpm"] = "dpm"  # sampler for covers: DPM-Solver++ (2M) or DDIM
+    sample_steps: int = 8  # denoising steps per cover (README, "Sampler": DDIM 20 buys nothing more)
     guidance_scale: float = 5.0  # classifier-free guidance weight (1 = off)
     generator_name: str = "icg_generator"  # our checkpoint's name under models/
     cache_dir: str = "~/.cache/icg/models"  # local copies of base checkpoints when the root is not local

@@ -80,7 +80,7 @@ def run_features(
     """
     import ray.data
 
-    from icg_core.stages.features import commit_features, plan_features
+    from icg_core.stages.features import cached_rows, commit_features, plan_features
     from pipelines.ray_runtime import (
         actor_arguments,
         actor_pool,
@@ -97,6 +97,12 @@ def run_features(
 
     started = time.perf_counter()
     plan = plan_features(store, cfg, ds, items_limit=items_limit, version=version)
+    cached = cached_rows(store, plan)
+    if cached is not None:  # nothing to encode: no Ray start-up, no encoder loaded
+        log.info("stage=features ds=%s every item is cached: Ray not started", ds)
+        return commit_features(
+            store, plan, cached, {"actors": 0, "seconds": round(time.perf_counter() - started, 2)}
+        )
     with ray_session() as session, restart_ledger() as ledger:
         gpus = gpus_per_actor(cfg.generate.gpus_per_actor, session.gpus, device=cfg.models.device)
         largest = pool_size(cfg.generate, session.cpus, session.gpus, gpus, plan.catalog.num_rows)

@@ -21,6 +21,7 @@ started=$(date +%s)
 if [ ! -e "$ROOT/raw/impressions" ]; then
   echo "== generating the embedded world under $ROOT"
   $BIN/icg world --out "$ROOT"
+  echo "   world generated in $(( $(date +%s) - started ))s"
 else
   echo "== embedded world already under $ROOT (delete it to regenerate)"
 fi
@@ -29,16 +30,29 @@ echo "== airflow db migrate ($AIRFLOW_HOME)"
 mkdir -p "$AIRFLOW_HOME/runs"
 $BIN/airflow db migrate > "$AIRFLOW_HOME/migrate.log" 2>&1 || { tail -n 40 "$AIRFLOW_HOME/migrate.log"; exit 1; }
 
-# One DAG run through Airflow, its log kept under $AIRFLOW_HOME/runs/.
+# One DAG run through Airflow, its log kept under $AIRFLOW_HOME/runs/. While it runs, the stages'
+# progress lines (N of M, rate, ETA) and each stage's time are relayed from the log; at the end, the
+# time of every stage.
 run_dag() {
-  local dag_id=$1 log="$AIRFLOW_HOME/runs/$1-$DS.log" t0=$(date +%s)
+  local dag_id=$1 log="$AIRFLOW_HOME/runs/$1-$DS.log" t0=$(date +%s) rc=0 pid
   echo "== airflow dags test $dag_id $DS (log: $log)"
-  if ! $BIN/airflow dags test "$dag_id" "$DS" > "$log" 2>&1 || ! grep -q "state=success" "$log"; then
+  $BIN/airflow dags test "$dag_id" "$DS" > "$log" 2>&1 &
+  pid=$!
+  tail -n +1 -F --pid="$pid" "$log" 2>/dev/null \
+    | grep --line-buffered -oE "icg_core\.progress: [^[]*|stage=[a-z0-9_]+ ds=$DS done in [0-9.]+s" \
+    | sed -u -E 's/^icg_core\.progress: //; s/^stage=([a-z0-9_]+) ds=[^ ]+ done in/\1 done in/; s/^stage=//; s/^/   /' || true
+  wait "$pid" || rc=$?
+  if [ "$rc" != 0 ] || ! grep -q "state=success" "$log"; then
     grep -E "error:|refused|ERROR" "$log" | tail -n 20
     echo "$dag_id failed for ds=$DS; full log: $log"
     exit 1
   fi
-  echo "   $dag_id succeeded in $(( $(date +%s) - t0 ))s"
+  echo "   $dag_id succeeded in $(( $(date +%s) - t0 ))s; stage times: $(stage_times "$log")"
+}
+
+stage_times() {
+  grep -oE "stage=[a-z0-9_]+ ds=$DS done in [0-9.]+s" "$1" \
+    | sed -E 's/stage=([a-z0-9_]+) ds=[^ ]+ done in /\1 /' | paste -sd, - | sed 's/,/, /g'
 }
 
 # The generator is trained once (icg_bootstrap); later runs reuse it.

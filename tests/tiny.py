@@ -18,6 +18,7 @@ TINY: dict[str, dict[str, Any]] = {
         "num_meta_tokens": 4, "adapter_hidden_dim": 32, "adapter_layers": 1, "user_dim": 8,
         "tiny_vlm_hidden_size": 32, "tiny_vlm_image_size": 16, "tiny_sd_image_size": 32,
         "tiny_sd_block_out_channels": [16, 32], "tiny_sd_cross_attention_dim": 16, "sample_steps": 2,
+        "cpu_threads": 1,  # models this small: a thread's synchronization costs more than its share of an op
     },
     "stage1": {
         "steps": 2, "batch_size": 4, "warmup_steps": 1, "vae_steps": 2, "vae_batch_size": 4, "vae_crop": 16,

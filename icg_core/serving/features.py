@@ -91,10 +91,8 @@ def compute_item_features(
     started = time.perf_counter()
     item_ids = items.column("item_id").to_pylist()
     titles = items.column("title").to_pylist()
-    uris = items.column("reference_image_uri").to_pylist()
     if image_bytes is None:
-        with ThreadPoolExecutor(_READ_THREADS) as pool:
-            image_bytes = list(pool.map(store.read_object, uris))
+        image_bytes = _read_references(store, items)
     version = encoder.encoder_version
     hashes = [content_hash(t, b, version) for t, b in zip(titles, image_bytes, strict=True)]
     cached = set(store.list(layout.feature_cache(version)))
@@ -121,14 +119,7 @@ def compute_item_features(
                     },
                 )
                 store.put_bytes(layout.feature(version, hashes[row]), payload)
-    table = pa.table(
-        {
-            "item_id": pa.array(item_ids, pa.string()),
-            "content_hash": pa.array(hashes, pa.string()),
-            "encoder_version": pa.array([version] * len(item_ids), pa.string()),
-            "features_uri": pa.array([layout.feature(version, h) for h in hashes], pa.string()),
-        }
-    )
+    table = _feature_rows(item_ids, hashes, version)
     if ds is not None:
         layout.ITEM_FEATURES.write(store, table, ds)
     result = ItemFeatures(
@@ -141,6 +132,40 @@ def compute_item_features(
     )
     log.info("stage=features ds=%s %s", ds, result.summary())
     return result
+
+
+def cached_item_features(store: ObjectStore, items: pa.Table, encoder_version: str) -> pa.Table | None:
+    """The ``item_features`` rows of ``items`` if every item is already in the cache, else None.
+
+    Reads the reference images (to hash them) but loads no model: a day whose items are all cached
+    needs no encoder, no workers and no Ray.
+    """
+    titles = items.column("title").to_pylist()
+    hashes = [
+        content_hash(t, b, encoder_version)
+        for t, b in zip(titles, _read_references(store, items), strict=True)
+    ]
+    cached = set(store.list(layout.feature_cache(encoder_version)))
+    if any(layout.feature(encoder_version, h) not in cached for h in hashes):
+        return None
+    return _feature_rows(items.column("item_id").to_pylist(), hashes, encoder_version)
+
+
+def _read_references(store: ObjectStore, items: pa.Table) -> list[bytes]:
+    with ThreadPoolExecutor(_READ_THREADS) as pool:
+        return list(pool.map(store.read_object, items.column("reference_image_uri").to_pylist()))
+
+
+def _feature_rows(item_ids: list[str], hashes: list[str], version: str) -> pa.Table:
+    """``item_features`` rows: each item's content hash and cache key under ``version``."""
+    return pa.table(
+        {
+            "item_id": pa.array(item_ids, pa.string()),
+            "content_hash": pa.array(hashes, pa.string()),
+            "encoder_version": pa.array([version] * len(item_ids), pa.string()),
+            "features_uri": pa.array([layout.feature(version, h) for h in hashes], pa.string()),
+        }
+    )
 
 
 def load_features(store: ObjectStore, features_uris: Sequence[str]) -> torch.Tensor:

@@ -35,6 +35,7 @@ class FeaturesPlan:
     ds: str
     catalog: pa.Table  # item_id, title, reference_image_uri; sorted by item_id
     generator_version: str
+    encoder_version: str  # the generator's encoder: the feature cache's key
 
 
 def plan_features(
@@ -47,8 +48,21 @@ def plan_features(
     """
     store.check_writable()
     catalog = read_catalog_items(store, ds, items_limit).select(["item_id", "title", "reference_image_uri"])
-    generator_version, _ = resolve_generator(store, cfg.models, version or cfg.generate.generator_version)
-    return FeaturesPlan(ds, catalog, generator_version)
+    generator_version, config = resolve_generator(
+        store, cfg.models, version or cfg.generate.generator_version
+    )
+    return FeaturesPlan(ds, catalog, generator_version, config["encoder_version"])
+
+
+def cached_rows(store: ObjectStore, plan: FeaturesPlan) -> pa.Table | None:
+    """What the workers would return for the plan, when every item is cached (else None: start them)."""
+    from icg_core.serving.features import cached_item_features
+
+    table = cached_item_features(store, plan.catalog, plan.encoder_version)
+    if table is None:
+        return None
+    zeros = pa.array([0] * table.num_rows, pa.int64())
+    return table.append_column("encoded", zeros).append_column("forward_calls", zeros)
 
 
 class FeatureWorker:

@@ -58,7 +58,8 @@ def test_features_and_generate_run_on_both_nodes_vlm_once_per_item(
         features = run_features(store, cfg, ds)
         n_items = features["items"]
         assert (features["encoded"], features["reused"]) == (n_items, 0)
-        assert run_features(store, cfg, ds)["encoded"] == 0  # cached now
+        cached = run_features(store, cfg, ds)  # cached now: answered without Ray or the encoder
+        assert (cached["encoded"], cached["actors"]) == (0, 0)
         summary = run_generate(store, cfg, ds)
     # No deprecated Ray API in our calls: no deprecation warning pointing at our code (Ray points its
     # warnings at the caller; Ray's own DataContext() warns about its own fields, which is not ours),

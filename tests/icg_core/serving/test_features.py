@@ -16,6 +16,7 @@ from icg_core.models.encoder import MetaTokenEncoder, content_hash
 from icg_core.models.tiny import build_tiny_vlm
 from icg_core.runtime import torch_threads
 from icg_core.serving.features import (
+    cached_item_features,
     compute_item_features,
     load_features,
     read_item_features,
@@ -84,6 +85,19 @@ def test_second_run_makes_no_forward_call_and_one_changed_title_makes_one(tmp_pa
     assert encoder.calls == [1] and third.computed == 1
     assert third.table.column("content_hash")[0] != first.table.column("content_hash")[0]
     assert third.table.column("content_hash")[1:].equals(first.table.column("content_hash")[1:])
+
+
+def test_a_fully_cached_day_is_answered_without_the_encoder(tmp_path, encoder) -> None:
+    # The features stage asks this before starting Ray: a day with nothing new needs no workers.
+    store = ObjectStore(str(tmp_path))
+    items = catalog(store, TITLES)
+    version = encoder.encoder_version
+    assert cached_item_features(store, items, version) is None
+    computed = compute_item_features(encoder, items, store, batch_size=2)
+    assert cached_item_features(store, items, version).equals(computed.table)
+    retitled = items.set_column(1, "title", pa.array(["Comet Galaxy", *TITLES[1:]]))
+    assert cached_item_features(store, retitled, version) is None
+    assert cached_item_features(store, items, "another-encoder") is None
 
 
 def test_new_encoder_version_recomputes_everything(tmp_path, encoder) -> None:
