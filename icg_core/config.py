@@ -91,9 +91,7 @@ class ModelsConfig(_Section):
     sd_path: str | None = None  # local diffusers folder (model_index.json); None = embedded tiny SD
     device: str = "cpu"  # torch device for every model ("cuda" on a GPU worker)
     dtype: str = "float32"  # float16 / bfloat16 on CUDA; CPU always runs float32
-    cpu_threads: int | None = (
-        None  # torch threads of a stage in its own process; None = every core (Ray actors: cpus_per_actor)
-    )
+    cpu_threads: int | None = 1  # torch threads per stage process and Ray task; None = every core
     num_meta_tokens: int = 32  # N meta tokens, one conditioning token each
     user_dim: int = 16  # width of user embeddings / segment centroids the refiner reads
     refiner_layers: int = 1  # transformer layers of the personalization refiner

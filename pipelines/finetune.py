@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines.ray_runtime import run_task, training_resources
+from pipelines.ray_runtime import run_task, task_threads, training_resources
 from pipelines.runtime import (
     ConfigOpt,
     DsOpt,
@@ -33,7 +33,7 @@ def _train(store: Any, cfg: Any, ds: str, stop_after: int | None) -> dict[str, A
     from icg_core.training.stage2 import RelevanceCollapse
 
     setup_logging(cfg.operations.log_format)
-    with torch_threads(cfg.models.cpu_threads):
+    with torch_threads(task_threads(cfg)):
         try:
             return run_finetune(store, cfg, ds, stop_after=stop_after).to_dict()
         except RelevanceCollapse as exc:

@@ -234,28 +234,44 @@ def gpus_per_actor(requested: float | str | None, cluster_gpus: float, *, device
     return float(requested)
 
 
-def run_task(fn: Callable[..., T], *args: Any, num_cpus: float, num_gpus: float, **kwargs: Any) -> T:
+def run_task(fn: Callable[..., T], *args: Any, num_cpus: float | None, num_gpus: float, **kwargs: Any) -> T:
     """Run ``fn(*args, **kwargs)`` as one Ray task with declared resources; return its result.
 
     The training stages (users, rewards, finetune) run this way, so a cluster places them on a node
     that has what they declare (a GPU node when ``num_gpus`` > 0); here they run on local Ray.
+    ``num_cpus`` None: every CPU of a local Ray the task has to itself (Ray gives the task as many
+    torch threads), one CPU on a cluster.
 
     Raises:
         The task's own exception (a refused gate stays a refusal), not Ray's wrapper.
     """
     import ray
 
-    with ray_session():
-        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(fn)
+    with ray_session() as session:
+        cpus = num_cpus if num_cpus is not None else (session.cpus if session.local else 1.0)
+        task = ray.remote(num_cpus=cpus, num_gpus=num_gpus, max_retries=0)(fn)
         try:
             return ray.get(task.remote(*args, **kwargs))
         except ray.exceptions.RayTaskError as exc:
             raise exc.cause from None
 
 
-def training_resources(device: str, cpu_threads: int | None) -> dict[str, float]:
-    """Ray resources of a training task: the torch threads it uses, and one GPU when it trains on CUDA."""
-    return {"num_cpus": float(cpu_threads or 1), "num_gpus": 1.0 if device.startswith("cuda") else 0.0}
+def task_threads(cfg: ICGConfig) -> int:
+    """Torch threads inside a training task: ``models.cpu_threads``, else the CPUs Ray assigned to it."""
+    import ray
+
+    if cfg.models.cpu_threads:
+        return cfg.models.cpu_threads
+    if not ray.is_initialized():  # called outside a task: every core
+        return len(os.sched_getaffinity(0))
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+def training_resources(device: str, cpu_threads: int | None) -> dict[str, Any]:
+    """Ray resources of a training task: the torch threads it uses (None: :func:`run_task` decides), and
+    one GPU when it trains on CUDA."""
+    num_cpus = float(cpu_threads) if cpu_threads else None
+    return {"num_cpus": num_cpus, "num_gpus": 1.0 if device.startswith("cuda") else 0.0}
 
 
 # ------------------------------------------------------------------ actor pools (features, generate)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.ray_runtime import run_task, training_resources
+from pipelines.ray_runtime import run_task, task_threads, training_resources
 from pipelines.runtime import (
     ConfigOpt,
     DsOpt,
@@ -38,7 +38,7 @@ def _train(store: Any, cfg: Any, ds: str) -> dict[str, Any]:
     from icg_core.stages.rewards import PreferenceGateError, run_rewards
 
     setup_logging(cfg.operations.log_format)
-    with torch_threads(cfg.models.cpu_threads):
+    with torch_threads(task_threads(cfg)):
         try:
             return run_rewards(store, cfg, ds)
         except PreferenceGateError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pipelines.ray_runtime import run_task, training_resources
+from pipelines.ray_runtime import run_task, task_threads, training_resources
 from pipelines.runtime import (
     ConfigOpt,
     DsOpt,
@@ -28,7 +28,7 @@ def _train(store: Any, cfg: Any, ds: str) -> dict[str, Any]:
     from icg_core.stages.users import run_users
 
     setup_logging(cfg.operations.log_format)
-    with torch_threads(cfg.models.cpu_threads):
+    with torch_threads(task_threads(cfg)):
         return dataclasses.asdict(run_users(store, ds, cfg.users))
 
 

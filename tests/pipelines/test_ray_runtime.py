@@ -52,7 +52,7 @@ def test_gpus_per_actor_follows_config_and_cluster() -> None:
 
 
 def test_training_tasks_declare_their_threads_and_a_gpu_only_on_cuda() -> None:
-    assert training_resources("cpu", None) == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert training_resources("cpu", None) == {"num_cpus": None, "num_gpus": 0.0}  # local Ray: every CPU
     assert training_resources("cuda:0", 4) == {"num_cpus": 4.0, "num_gpus": 1.0}
 
 
