@@ -665,10 +665,13 @@ class ObjectStore:
                     yield check(parquet.schema_arrow.empty_table())
                 for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
                     yield check(pa.Table.from_batches([batch]))
-            except (pa.ArrowInvalid, OSError) as exc:
+            except pa.ArrowInvalid as exc:
                 raise StorageError(
                     f"{self.uri(key)} is not a readable Parquet file: {_one_line(exc)}"
                 ) from exc
+            except OSError as exc:  # mid-read: the store failed (S3: retryable), as errors() decides
+                with self.errors("read", key):
+                    raise exc
             finally:
                 source.close()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from icg_core.config import ValidationConfig
@@ -220,7 +220,8 @@ def as_image_batch(images: Any, size: int | None = None) -> np.ndarray:
     same layouts or channels-first ``[B, 3, H, W]`` (the ddpo convention, floats in [0, 1]), or a
     sequence of PIL images / arrays. Images of another size are resized (bicubic).
     """
-    if isinstance(images, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor implies torch is loaded; validate and publish never load it
+    if torch is not None and isinstance(images, torch.Tensor):
         tensor = images.detach().to("cpu", torch.float32 if images.is_floating_point() else images.dtype)
         if tensor.ndim == 4 and tensor.shape[1] == 3 and tensor.shape[-1] != 3:
             tensor = tensor.permute(0, 2, 3, 1)

@@ -102,6 +102,8 @@ def test_unreadable_committed_files_are_named(any_store: ObjectStore) -> None:
         any_store.put_bytes(file, broken)
         with pytest.raises(StorageError, match=f"{file}.*not a readable Parquet file"):
             any_store.read_table("catalog_items", ds="2026-11-01", area="raw")
+        with pytest.raises(StorageError, match=f"{file}.*not a readable Parquet file"):
+            list(any_store.iter_table("catalog_items", ds="2026-11-01", area="raw"))
     any_store.put_bytes(f"raw/catalog_items/ds=2026-11-01/{SUCCESS}", b"\xff\xfe not json")
     with pytest.raises(StorageError, match=f"{SUCCESS} is not valid JSON"):
         any_store.read_table("catalog_items", ds="2026-11-01", area="raw")
