@@ -53,7 +53,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from icg_core.config import StorageConfig
-from icg_core.data.schemas import conform
+from icg_core.data.schemas import conform, empty_table
 
 log = logging.getLogger(__name__)
 
@@ -682,8 +682,6 @@ class ObjectStore:
             part = self.read_table(table_name, ds=ds, area=area)
             parts.append(part.append_column("ds", pa.array([ds] * part.num_rows, pa.string())))
         if not parts:
-            from icg_core.data.schemas import empty_table
-
             empty = empty_table(table_name)
             return empty.append_column("ds", pa.array([], pa.string()))
         return pa.concat_tables(parts, promote_options="default")
@@ -747,8 +745,6 @@ class ParquetStream:
     def finish(self) -> str:
         """Close the file (an empty table of the contract if nothing was written); returns its path."""
         if self._writer is None:
-            from icg_core.data.schemas import empty_table
-
             self._writer = pq.ParquetWriter(
                 self.path, conform(self.table_name, empty_table(self.table_name)).schema
             )

@@ -188,8 +188,7 @@ class _ManifestCheck:
         )
         self._count_keys(keyed)
         with_uri = keyed.filter(pc.is_valid(keyed.column("cover_uri")))
-        uris = with_uri.column("cover_uri").to_pylist()
-        self.uri_digests.append(_digests(uris))
+        self.uri_digests.append(_digests(with_uri.column("cover_uri").to_pylist()))
         self._check_images(with_uri.to_pylist())
 
     def _count_keys(self, keyed: pa.Table) -> None:
@@ -268,16 +267,10 @@ class _ManifestCheck:
                 if digest in suspects:
                     owners.setdefault(r["cover_uri"], set()).add((r["item_id"], int(r["segment_id"])))
         shared = sorted(uri for uri, keys in owners.items() if len(keys) > 1)
-        rows = [f"{uri}: {' and '.join(_row(*k) for k in sorted(owners[uri]))}" for uri in shared]
-        return (
-            [
-                ManifestProblem(
-                    "shared_cover", "one cover_uri for several (item, segment)", len(rows), tuple(rows)
-                )
-            ]
-            if rows
-            else []
-        )
+        problems: list[ManifestProblem] = []
+        _add(problems, "shared_cover", "one cover_uri for several (item, segment)",
+             [f"{uri}: {' and '.join(_row(*k) for k in sorted(owners[uri]))}" for uri in shared])  # fmt: skip
+        return problems
 
 
 def _digests(uris: Sequence[str]) -> np.ndarray:
