@@ -76,7 +76,9 @@ def throughput(store: ObjectStore, cfg, ds: str, items: int) -> dict:
     with torch_threads(cfg.models.cpu_threads):
         started = time.perf_counter()
         bundle = load_bundle(store, cfg.models, plan.generator_version)
-        writer = CoverWriter(store, bundle, load_plan_rewards(store, plan), plan, force=True)
+        writer = CoverWriter(
+            store, bundle, load_plan_rewards(store, plan, bundle.covers.image_size), plan, force=True
+        )
         loaded = time.perf_counter()
         batches = request_batches(plan, cfg.generate.batch_size)
         stage_manifest(store, plan, (writer.write(batch) for batch in batches))

@@ -3,12 +3,14 @@
 Usage::
 
     python benchmarks/eval_guidance.py --root R [--ds DS] [--steps 0,1,2,4] [--candidates 1]
-        [--no-base-candidate] [--samplers ddim:20,dpm:10] [--items N] [--out FILE]
+        [--no-base-candidate] [--samplers ddim:20,dpm:10] [--strengths "1;0.6;0.4,0.7"]
+        [--item-rank K] [--items N] [--out FILE]
 
 On every held-out item x segment of ``ds`` (the evaluate stage's items, segments and seeds), with
 the production generator: ``reference``, ``selection``, ``base``, ``oracle_best`` (the ceiling),
 then the cover policy (:mod:`icg_core.serving.policy`) at each number of guidance steps and each
-sampler (``scheduler:steps``; default the config's). For each it prints the preference model's
+sampler (``scheduler:steps``; default the config's) and each list of strengths (how far from the
+item's reference each group of candidates starts; ``;`` between lists). For each it prints the preference model's
 score next to the oracle CTR, so over-optimization of the learned reward shows as preference rising
 while the oracle CTR stalls or falls, and the seconds per cover, so a cheaper sampler's price in
 quality is read off one table. Evaluation code: reads the oracle. Prints a table and writes JSON
@@ -18,6 +20,7 @@ quality is read off one table. Evaluation code: reads the oracle. Prints a table
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 from dataclasses import replace
@@ -39,6 +42,7 @@ COLUMNS = (
     "oracle_ctr",
     "preference",
     "relevance",
+    "item_recall_1",
     "category_top1",
     "aesthetic",
     "aesthetic_heldout",
@@ -55,6 +59,12 @@ def main() -> None:
     parser.add_argument("--no-base-candidate", action="store_true")
     parser.add_argument(
         "--samplers", default=None, help="scheduler:steps pairs, e.g. ddim:20,dpm:10 (default: the config's)"
+    )
+    parser.add_argument(
+        "--strengths", default=None, help='strength lists, e.g. "1;0.6;0.4,0.7" (default: the config\'s)'
+    )
+    parser.add_argument(
+        "--item-rank", type=int, default=None, help="the item guard's k (0 = off; default: the config's)"
     )
     parser.add_argument("--items", type=int, default=None, help="first N held-out items (default: all)")
     parser.add_argument("--out", type=Path, default=None)
@@ -73,6 +83,8 @@ def main() -> None:
             sampling = replace(sampling, candidates=args.candidates)
         if args.no_base_candidate:
             sampling = replace(sampling, base_candidate=False)
+        if args.item_rank is not None:
+            sampling = replace(sampling, item_rank=args.item_rank)
         plain = Sampling(sampling.steps, sampling.guidance_scale, sampling.scheduler)
         samplers = _samplers(args.samplers, sampling)
         covers = {
@@ -85,14 +97,18 @@ def main() -> None:
         )
         if oracle is not None:
             covers["oracle_best"] = oracle_best_covers(items, segments, oracle, seed=cfg.evaluate.seed)
-        for scheduler, sample_steps in samplers:
-            sampler = {"scheduler": scheduler, "steps": sample_steps}
+        strength_lists = _strengths(args.strengths, sampling)
+        for (scheduler, sample_steps), strengths in itertools.product(samplers, strength_lists):
+            sampler = {"scheduler": scheduler, "steps": sample_steps, "strengths": strengths}
             suffix = "" if len(samplers) == 1 else f"_{scheduler}{sample_steps}"
+            suffix += "" if len(strength_lists) == 1 else "_s" + "+".join(f"{v:g}" for v in strengths)
             for steps in [int(s) for s in args.steps.split(",")]:
                 policy = (
                     replace(sampling, reward_steps=steps, **sampler)
                     if steps
-                    else replace(plain, candidates=sampling.candidates, **sampler)
+                    else replace(
+                        plain, candidates=sampling.candidates, item_rank=sampling.item_rank, **sampler
+                    )
                 )
                 name = (f"icg_steps{steps}" if steps else "icg_unguided") + suffix
                 covers[name] = generate_covers(bundle, items, segments, seeds, policy, personalized=True,
@@ -109,14 +125,19 @@ def main() -> None:
     print(
         f"ds={ds} items={len(items)} segments={len(segments)} generator={setup.icg_version} sampling={sampling}"
     )
-    print(f"{'variant':<22}" + "".join(f"{c:>26}" for c in COLUMNS) + f"{'fallback':>10}{'s/cover':>9}")
+    print(
+        f"{'variant':<34}"
+        + "".join(f"{c:>26}" for c in COLUMNS)
+        + f"{'fallback':>10}{'ref':>7}{'s/cover':>9}"
+    )
     for name, m in results.items():
         cells = "".join(
             f"{'-':>26}" if m[c] is None else f"{m[c]:>9.4f} [{m[c + '_ci'][0]:.3f}, {m[c + '_ci'][1]:.3f}]"
             for c in COLUMNS
         )
         fallback = "-" if m["fallback_rate"] is None else f"{m['fallback_rate']:.3f}"
-        print(f"{name:<22}{cells}{fallback:>10}{m['seconds_per_cover']:>9.3f}")
+        kept_reference = "-" if m["reference_rate"] is None else f"{m['reference_rate']:.3f}"
+        print(f"{name:<34}{cells}{fallback:>10}{kept_reference:>7}{m['seconds_per_cover']:>9.3f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
@@ -124,6 +145,13 @@ def main() -> None:
                 {"ds": ds, "root": args.root, "sampling": str(sampling), "variants": results}, indent=1
             )
         )
+
+
+def _strengths(spec: str | None, sampling: Sampling) -> list[tuple[float, ...]]:
+    """Strength lists from ``"1;0.6;0.4,0.7"``; the config's list without a spec."""
+    if not spec:
+        return [sampling.strengths]
+    return [tuple(float(v) for v in part.split(",")) for part in spec.split(";")]
 
 
 def _samplers(spec: str | None, sampling: Sampling) -> list[tuple[str, int]]:

@@ -290,10 +290,21 @@ class GuidanceConfig(_Section):
     guards: list[str] = Field(
         default_factory=lambda: ["aesthetic", "relevance"]
     )  # may not fall below the sample's
-    candidates: int = 1  # personalized candidates per cover (each costs one more sampling)
+    candidates: int = 1  # personalized candidates per cover and strength (each costs one more sampling)
     base_candidate: bool = (
         True  # the item's unpersonalized base cover competes: never worse than not personalizing
     )
+    strengths: list[float] = Field(
+        default_factory=lambda: [1.0]
+    )  # per group of candidates, the share of the schedule run from the item's reference (1 = from noise)
+    item_rank: int = 0  # 0 = off; k: a cover is kept only if its own item is among the k nearest references
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths_in_range(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0.0 < v <= 1.0 for v in value):
+            raise ValueError(f"strengths must be a non-empty list of numbers in (0, 1], got {value}")
+        return value
 
 
 class GenerateConfig(_Section):
@@ -334,7 +345,13 @@ class EvaluateConfig(_Section):
     # icg metrics compared with the last published run by the regression gate
     gate_metrics: list[str] = Field(default_factory=lambda: ["relevance", "aesthetic_heldout", "oracle_ctr"])
     max_regression: float = 0.1  # relative drop below the last published run that fails the gate
-    max_relevance_drop_vs_base: float = 0.1  # relative drop of icg relevance below base that fails the gate
+    max_relevance_drop_vs_reference: float = (
+        0.15  # relative drop of icg relevance below the references' that fails
+    )
+    min_item_recall_ratio: float = 0.9  # icg item recall@1 must reach this share of the reference covers'
+    max_reference_share: float = (
+        0.5  # pairs the policy may fill with the item's reference before the gate fails
+    )
 
 
 class PublishConfig(_Section):

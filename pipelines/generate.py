@@ -87,7 +87,7 @@ class CoverActor:
         self.store, cfg, self.restarts = open_actor(store, config, restart_ledger)
         self.plan, self.fault_after = writer_plan(self.store, plan), fault_after
         bundle = load_bundle(self.store, actor_models(cfg, gpus), self.plan.generator_version)
-        rewards = load_plan_rewards(self.store, self.plan)
+        rewards = load_plan_rewards(self.store, self.plan, bundle.covers.image_size)
         self.writer = CoverWriter(
             self.store, bundle, rewards, self.plan, force, self._inject_fault if fault_after else None
         )

@@ -11,7 +11,7 @@ from icg_core import layout
 from icg_core.stages.publish import read_published
 from icg_core.storage import ObjectStore
 
-HEADLINE = ("oracle_ctr", "preference", "relevance", "aesthetic", "category_top1")
+HEADLINE = ("oracle_ctr", "preference", "relevance", "item_recall_1", "aesthetic", "category_top1")
 
 
 def _number(value: object) -> str:
@@ -41,6 +41,8 @@ def main() -> None:
     if store.exists(layout.metrics(args.ds)):
         metrics = store.get_json(layout.metrics(args.ds))
         variants = metrics["variants"]
+        verdict = metrics.get("verdict") or {}
+        print(f"  verdict:                 {verdict.get('outcome', 'n/a')} ({verdict.get('reason', '')})")
         print(f"  held-out metrics ({metrics.get('run', {}).get('items')} items, 95% intervals):")
         print(f"    {'variant':<22}{'oracle_ctr':>24}" + "".join(f"{m:>14}" for m in HEADLINE[1:]))
         for name, values in variants.items():

@@ -1,15 +1,21 @@
-"""The evaluate stage's gates: full ICG must not regress, and must not trade relevance away.
+"""The evaluate stage's gates: full ICG must not regress, must keep its items, and must not trade relevance away.
 
 1. Regression: for each metric in ``evaluate.gate_metrics``, the ``icg`` variant's value must not
    fall more than ``max_regression`` (relative) below the same metric of the last *published* run
    (the day the covers manifest's ``_latest`` pointer names, or the newest published day before
    ``ds`` when ``_latest`` is ``ds`` itself or later). No published run yet, or a metric that is null
    on either side (an oracle metric on real data): that check is skipped and says so.
-2. Relevance versus base: ``icg`` relevance must not fall more than ``max_relevance_drop_vs_base``
-   (relative) below the base generator's on the same items and seeds.
+2. The item kept: ``icg`` item recall@1 (:mod:`icg_core.rewards.content`) must be at least
+   ``min_item_recall_ratio`` of the reference covers', and the cover policy may have fallen back to
+   the item's reference on at most ``max_reference_share`` of the pairs: a generator whose covers
+   lose their item is refused, even where the policy would publish references in their place.
+3. Relevance versus the reference covers: ``icg`` relevance must not fall more than
+   ``max_relevance_drop_vs_reference`` (relative) below the reference covers' on the same items.
 
-Setting ``max_relevance_drop_vs_base`` (env ``ICG__EVALUATE__MAX_RELEVANCE_DROP_VS_BASE``) to a large
-negative number, e.g. -10, makes check 2 fail on any run: the knob tests use to force a failure.
+Content is compared with the item's reference, never with the base generator: a base that loses the
+item too would make every loss look small. Setting ``max_relevance_drop_vs_reference`` (env
+``ICG__EVALUATE__MAX_RELEVANCE_DROP_VS_REFERENCE``) to a large negative number, e.g. -10, makes check
+3 fail on any run: the knob tests use to force a failure.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ def last_published_day(store: ObjectStore, ds: str) -> str | None:
 
 @dataclass
 class GateCheck:
-    name: str  # "regression:<metric>" or "relevance_vs_base"
+    name: (
+        str  # "regression:<metric>", "item_recall_vs_reference", "reference_share", "relevance_vs_reference"
+    )
     passed: bool
-    value: float | None  # the relative drop measured (positive = worse)
+    value: float | None  # what was measured: a relative drop (positive = worse), a ratio or a share
     threshold: float
     detail: str
 
@@ -71,7 +79,7 @@ def _drop(new: float, old: float) -> float:
 def check_gates(
     metrics: dict[str, Any], baseline: dict[str, Any] | None, baseline_ds: str | None, cfg: EvaluateConfig
 ) -> GateResult:
-    """Run both gates on ``metrics`` (this run's metrics.json) against ``baseline`` (a published run's, or None).
+    """Run the gates on ``metrics`` (this run's metrics.json) against ``baseline`` (a published run's, or None).
 
     Raises:
         ValueError: ``cfg.gate_metrics`` names a metric the metrics file does not have.
@@ -94,23 +102,9 @@ def check_gates(
         passed = drop <= cfg.max_regression
         detail = f"icg {name} {new:.4f} vs {old:.4f} published on {baseline_ds}: {drop:+.1%} drop (limit {cfg.max_regression:.0%})"
         checks.append(GateCheck(f"regression:{name}", passed, round(drop, 5), cfg.max_regression, detail))
-    base = metrics["variants"].get("base", {})
-    if icg.get("relevance") is None or base.get("relevance") is None:
-        checks.append(
-            GateCheck(
-                "relevance_vs_base", True, None, cfg.max_relevance_drop_vs_base, "relevance vs base: skipped"
-            )
-        )
-    else:
-        drop = _drop(icg["relevance"], base["relevance"])
-        passed = drop <= cfg.max_relevance_drop_vs_base
-        detail = (
-            f"icg relevance {icg['relevance']:.4f} vs base {base['relevance']:.4f}: {drop:+.1%} drop "
-            f"(limit {cfg.max_relevance_drop_vs_base:.0%})"
-        )
-        checks.append(
-            GateCheck("relevance_vs_base", passed, round(drop, 5), cfg.max_relevance_drop_vs_base, detail)
-        )
+    reference = metrics["variants"].get("reference", {})
+    checks += _item_checks(icg, reference, cfg)
+    checks.append(_relevance_check(icg, reference, cfg))
     result = GateResult(all(c.passed for c in checks), baseline_ds, checks)
     log.info(
         "stage=evaluate gates passed=%s baseline_ds=%s failures=%s",
@@ -119,6 +113,45 @@ def check_gates(
         result.message(),
     )
     return result
+
+
+def _item_checks(icg: dict[str, Any], reference: dict[str, Any], cfg: EvaluateConfig) -> list[GateCheck]:
+    """Check 2: ICG's covers still show their item, and the policy rarely had to publish the reference."""
+    checks = []
+    recall, floor = icg.get("item_recall_1"), reference.get("item_recall_1")
+    if recall is None or floor is None:
+        checks.append(GateCheck("item_recall_vs_reference", True, None, cfg.min_item_recall_ratio,
+                                "item recall vs reference: skipped (not measured)"))  # fmt: skip
+    else:
+        ratio = recall / max(floor, 1e-8)
+        detail = (
+            f"icg item recall@1 {recall:.4f} vs reference {floor:.4f}: {ratio:.1%} of it "
+            f"(at least {cfg.min_item_recall_ratio:.0%})"
+        )
+        checks.append(GateCheck("item_recall_vs_reference", ratio >= cfg.min_item_recall_ratio, round(ratio, 5),
+                                cfg.min_item_recall_ratio, detail))  # fmt: skip
+    share = icg.get("reference_rate")
+    if share is not None:
+        detail = (
+            f"icg fell back to the reference cover on {share:.1%} of pairs "
+            f"(at most {cfg.max_reference_share:.0%}): its candidates lost the item"
+        )
+        checks.append(GateCheck("reference_share", share <= cfg.max_reference_share, round(share, 5),
+                                cfg.max_reference_share, detail))  # fmt: skip
+    return checks
+
+
+def _relevance_check(icg: dict[str, Any], reference: dict[str, Any], cfg: EvaluateConfig) -> GateCheck:
+    """Check 3: relevance against the reference covers."""
+    limit = cfg.max_relevance_drop_vs_reference
+    if icg.get("relevance") is None or reference.get("relevance") is None:
+        return GateCheck("relevance_vs_reference", True, None, limit, "relevance vs reference: skipped")
+    drop = _drop(icg["relevance"], reference["relevance"])
+    detail = (
+        f"icg relevance {icg['relevance']:.4f} vs reference {reference['relevance']:.4f}: {drop:+.1%} drop "
+        f"(limit {limit:.0%})"
+    )
+    return GateCheck("relevance_vs_reference", drop <= limit, round(drop, 5), limit, detail)
 
 
 def published_baseline(store: ObjectStore, ds: str) -> tuple[str | None, dict[str, Any] | None]:

@@ -6,6 +6,9 @@ Per (item, segment) cover (item-major rows, see :mod:`icg_core.evaluation.varian
 - ``aesthetic_heldout``: :func:`icg_core.rewards.aesthetic.composition_score`, never a training reward;
 - ``relevance``: the relevance reward, raw (title-image cosine);
 - ``preference``: the preference model's click probability for the segment centroid;
+- ``item_recall_1``, ``item_recall_10``: whether the item's own reference is the nearest (among the
+  10 nearest) of the catalog gallery's references to the cover, in the frozen content encoder's space
+  (:mod:`icg_core.rewards.content`): content measured against the item, on any catalog;
 - ``category_top1`` (oracle): whether the oracle's pixel classifier names the item's category;
 - ``oracle_ctr`` (oracle): mean click probability of the segment's users on the cover.
 
@@ -27,12 +30,15 @@ from icg_core.evaluation.stats import mean_ci, per_item_means, relative_change_c
 from icg_core.evaluation.variants import EvalItems, EvalSegments, VariantCovers
 from icg_core.rewards.aesthetic import composition_score
 from icg_core.rewards.common import RewardFn
+from icg_core.rewards.content import ContentIndex, recall_at
 from icg_core.world.oracle import Oracle
 
 HEADLINE = (
     "aesthetic",
     "aesthetic_heldout",
     "relevance",
+    "item_recall_1",
+    "item_recall_10",
     "category_top1",
     "preference",
     "oracle_ctr",
@@ -49,16 +55,18 @@ NOT_MEASURED_WITHOUT_ORACLE = {
     "segments.ari_vs_taste_groups": "needs the users' hidden taste groups",
     "finetune_curve.oracle_ctr": "as oracle_ctr, for the generator's fine-tuning snapshots",
 }
-UPLIFT_METRICS = ("oracle_ctr", "preference", "relevance", "aesthetic", "aesthetic_heldout")
+UPLIFT_METRICS = ("oracle_ctr", "preference", "relevance", "item_recall_1", "aesthetic", "aesthetic_heldout")
 
 
 @dataclass
 class Judges:
-    """What scores covers: the saved reward fns (segment centroids given to preference) and the oracle."""
+    """What scores covers: the saved reward fns (segment centroids given to preference), the content
+    index items are retrieved from, and the oracle."""
 
     aesthetic: RewardFn
     relevance: RewardFn
     preference: RewardFn
+    content: ContentIndex | None = None
     oracle: Oracle | None = None
 
 
@@ -117,9 +125,14 @@ def measure_covers(
         "preference": np.asarray(
             judges.preference(covers, titles, metadata)[1]["click_probability"], np.float64
         ),
+        "item_recall_1": None,
+        "item_recall_10": None,
         "category_top1": None,
         "oracle_ctr": None,
     }
+    if judges.content is not None:
+        ranks = judges.content.ranks(covers, [items.item_ids[i] for i in item_of], items.references[item_of])
+        out["item_recall_1"], out["item_recall_10"] = recall_at(ranks, 1), recall_at(ranks, 10)
     oracle = judges.oracle
     if oracle is not None:
         labels = np.array([oracle.categories.index(items.categories[i]) for i in item_of])
@@ -193,6 +206,9 @@ def variant_metrics(
     out["source"] = covers.source
     out["fallback_rate"] = (
         None if covers.fallbacks is None else rounded(covers.fallbacks / max(len(covers.images), 1))
+    )
+    out["reference_rate"] = (
+        None if covers.references is None else rounded(covers.references / max(len(covers.images), 1))
     )
     return out
 

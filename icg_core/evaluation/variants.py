@@ -36,7 +36,7 @@ from icg_core.models.generator import seed_for
 from icg_core.progress import Progress
 from icg_core.rewards.common import RewardFn
 from icg_core.serving.features import compute_item_features, load_features
-from icg_core.serving.policy import BASE, CoverPolicy, CoverRewards, Sampling, base_seed
+from icg_core.serving.policy import CoverPolicy, CoverRewards, Sampling, base_seed
 from icg_core.storage import ObjectStore
 from icg_core.training.data import load_catalog_covers, read_catalog, split_items
 
@@ -95,6 +95,7 @@ class VariantCovers:
         version: the generator version (None for non-generative variants).
         source: "catalog", "logged", "generated", "staged" (read from the generate stage) or "oracle".
         fallbacks: covers where the policy kept the base cover (None: no policy made them).
+        references: covers where no candidate kept the item and the policy kept its reference.
     """
 
     images: np.ndarray
@@ -104,6 +105,7 @@ class VariantCovers:
     version: str | None
     source: str
     fallbacks: int | None = None
+    references: int | None = None
 
     @property
     def seconds_per_cover(self) -> float:
@@ -205,7 +207,7 @@ def generate_covers(
     n_segments = len(segments)
     rows = torch.arange(len(items)).repeat_interleave(n_segments)
     started = time.perf_counter()
-    fallbacks = None
+    fallbacks = references = None
     progress = Progress(
         f"stage=evaluate {'icg' if personalized else 'base'} {bundle.version}", len(rows), "covers"
     )
@@ -213,7 +215,7 @@ def generate_covers(
         policy = CoverPolicy(bundle, sampling, rewards)
         users = torch.from_numpy(np.tile(segments.centroids, (len(items), 1))).float()
         segment_ids = np.tile(segments.segment_ids, len(items)).tolist()
-        chunks, fallbacks = [], 0
+        chunks, fallbacks, references = [], 0, 0
         for start in range(0, len(rows), batch_size):
             part = slice(start, start + batch_size)
             item_rows = rows[part].tolist()
@@ -225,9 +227,12 @@ def generate_covers(
                 segment_ids=segment_ids[part],
                 categories=[items.categories[i] for i in item_rows],
                 base_seeds=[base_seed(items.item_ids[i], bundle.version) for i in item_rows],
+                item_ids=[items.item_ids[i] for i in item_rows],
+                references=items.references[item_rows],
             )
             chunks.append(made.images)
-            fallbacks += made.source.count(BASE)
+            fallbacks += made.fallbacks
+            references += made.references
             progress.add(len(item_rows))
         images = np.concatenate(chunks)
     else:
@@ -248,9 +253,11 @@ def generate_covers(
         images = np.concatenate(chunks)
     progress.finish()
     seconds = time.perf_counter() - started
-    log.info("stage=evaluate generated %d covers with %s in %.1fs (fallbacks=%s)",
-             len(images), bundle.version, seconds, fallbacks)  # fmt: skip
-    return VariantCovers(images, seconds, len(images), len(images), bundle.version, "generated", fallbacks)
+    log.info("stage=evaluate generated %d covers with %s in %.1fs (fallbacks=%s, references=%s)",
+             len(images), bundle.version, seconds, fallbacks, references)  # fmt: skip
+    return VariantCovers(
+        images, seconds, len(images), len(images), bundle.version, "generated", fallbacks, references
+    )
 
 
 def staged_covers(

@@ -167,10 +167,28 @@ class ICGBundle:
         guidance_scale: float = 3.0,
         scheduler: str = "ddim",
         batch_size: int = 32,
+        init_latents: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> torch.Tensor:
-        """The final latents ``[B, 4, h, w]`` of :meth:`generate`'s covers (to refine before decoding)."""
+        """The final latents ``[B, 4, h, w]`` of :meth:`generate`'s covers (to refine before decoding).
+
+        ``init_latents`` ``[B, 4, h, w]`` and ``strength``: start from those latents noised to
+        ``strength`` instead of pure noise (:meth:`CoverGenerator.sample`).
+        """
         return torch.cat(
-            self._sample(features, seeds, users, None, steps, guidance_scale, scheduler, batch_size, "latent")
+            self._sample(
+                features,
+                seeds,
+                users,
+                None,
+                steps,
+                guidance_scale,
+                scheduler,
+                batch_size,
+                "latent",
+                init_latents,
+                strength,
+            )  # fmt: skip
         )
 
     def _sample(
@@ -184,6 +202,8 @@ class ICGBundle:
         scheduler: str,
         batch_size: int,
         output_type: str,
+        init_latents: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> list[Any]:
         device = self.covers.device
         out = []
@@ -201,6 +221,8 @@ class ICGBundle:
                     scheduler=scheduler,  # type: ignore[arg-type]
                     null_cond=self.adapter.null_conditioning(len(cond)),
                     output_type=output_type,  # type: ignore[arg-type]
+                    init_latents=None if init_latents is None else init_latents[rows],
+                    strength=strength,
                 )
             )
         return out

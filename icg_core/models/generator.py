@@ -138,8 +138,10 @@ class CoverGenerator:
         scheduler: SchedulerName = "ddim",
         null_cond: Conditioning | None = None,
         output_type: Literal["uint8", "latent"] = "uint8",
+        init_latents: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> np.ndarray | torch.Tensor:
-        """Generate one cover per conditioning row.
+        """Generate one cover per conditioning row, from noise or from given latents (image to image).
 
         Args:
             cond: B rows of conditioning (from ``ConditionAdapter``), matching this UNet's kind.
@@ -150,6 +152,10 @@ class CoverGenerator:
             null_cond: the adapter's ``null_conditioning(B)`` for the unconditional branch.
             output_type: ``"uint8"`` for decoded covers, ``"latent"`` for the final latents (to refine
                 them before :meth:`decode`).
+            init_latents: ``[B, 4, h, w]`` latents to start from (:meth:`encode_images` of the item's
+                reference cover), noised to ``strength``: the sample keeps their layout (SDEdit).
+            strength: share of the schedule run from ``init_latents``, in (0, 1]; 1 (or no
+                ``init_latents``) samples from pure noise. Costs ``round(steps * strength)`` UNet steps.
 
         Returns:
             uint8 array [B, H, W, 3], or latents [B, 4, h, w] with ``output_type="latent"``.
@@ -169,8 +175,19 @@ class CoverGenerator:
         )
         noise_scheduler = self.make_scheduler(scheduler)
         noise_scheduler.set_timesteps(steps, device=self.device)
-        latents = self.initial_latents(seeds) * noise_scheduler.init_noise_sigma
-        for t in noise_scheduler.timesteps:
+        timesteps = noise_scheduler.timesteps
+        noise = self.initial_latents(seeds)
+        if init_latents is None or strength >= 1.0:
+            latents = noise * noise_scheduler.init_noise_sigma
+        else:
+            skipped = steps - min(steps, max(1, round(steps * strength)))
+            timesteps = timesteps[skipped:]
+            if hasattr(noise_scheduler, "set_begin_index"):  # multistep solvers count steps from it
+                noise_scheduler.set_begin_index(skipped)
+            latents = noise_scheduler.add_noise(
+                init_latents.to(self.device, self.dtype), noise, timesteps[:1]
+            )
+        for t in timesteps:
             model_in = torch.cat([latents, latents]) if use_cfg else latents
             model_in = noise_scheduler.scale_model_input(model_in, t)
             noise = self.unet(model_in, t, return_dict=False, **unet_cond.unet_kwargs())[0]
@@ -193,6 +210,13 @@ class CoverGenerator:
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         images = self.vae.decode(latents, return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        """Deterministic latents ``[B, 4, h, w]`` (the posterior mean) of uint8 covers ``[B, H, W, 3]``."""
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        return (dist.mean * self.vae.config.scaling_factor).to(self.dtype)
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled VAE latents of images [B, 3, H, W] in [-1, 1] (for the denoising loss in training)."""

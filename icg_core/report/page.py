@@ -40,12 +40,12 @@ VARIANT_LABELS = {
     "challenger": "Challenger: tonight's fine-tune",
     "oracle_best": "Ceiling: best world-drawn cover (oracle)",
 }
-BASELINES = ("reference", "selection", "base")  # what ICG must beat: the verdict names the best of them
 # Ablation table columns: (metric key, header, which direction is better: +1 higher, -1 lower, 0 none).
 METRIC_COLUMNS = [
     ("aesthetic", "Aesthetic", 1),
     ("aesthetic_heldout", "Held-out aesthetic", 1),
     ("relevance", "Relevance", 1),
+    ("item_recall_1", "Item recall@1", 1),
     ("category_top1", "Category top\u20111", 1),  # a non-breaking hyphen: "top-" never ends a line
     ("preference", "Preference score", 1),
     ("oracle_ctr", "Oracle CTR", 1),
@@ -381,40 +381,28 @@ def _models_section(metrics: Mapping[str, Any]) -> str:
     )
 
 
-def _verdict(variants: Mapping[str, Mapping[str, Any]]) -> str:
-    """One line: ICG against the best baseline on the headline metric (oracle CTR, else preference), with intervals."""
-    icg = variants.get("icg") or {}
-    metric = "oracle_ctr" if _number(icg.get("oracle_ctr")) is not None else "preference"
-    if _number(icg.get(metric)) is None:
+def _verdict(verdict: Mapping[str, Any]) -> str:
+    """The opening line: the evaluation's verdict (:mod:`icg_core.evaluation.verdict`) and its evidence."""
+    outcome = verdict.get("outcome")
+    if not outcome:
         return ""
-    numbers = {b: _number((variants.get(b) or {}).get(metric)) for b in BASELINES}
-    scored = {b: v for b, v in numbers.items() if v is not None}
-    if not scored:
-        return ""
-    best = max(scored, key=lambda b: scored[b])
-    icg_ci, best_ci = (
-        icg.get(f"{metric}_ci") or [None, None],
-        (variants.get(best) or {}).get(f"{metric}_ci") or [None, None],
-    )
-    lo, hi = _number(icg_ci[0]), _number(best_ci[1])
-    if lo is not None and hi is not None and lo > hi:
-        outcome, css = "ICG wins: its interval lies wholly above", "ok"
-    elif _number(icg_ci[1]) is not None and _number(best_ci[0]) is not None and icg_ci[1] < best_ci[0]:
-        outcome, css = "ICG loses: its interval lies wholly below", "warn"
+    label = f"ICG {outcome}" if outcome in ("wins", "loses") else str(outcome)
+    css = "ok" if outcome == "wins" else "warn"
+    if verdict.get("metric") is None:
+        text = f"Verdict: {esc(label)}: {esc(verdict.get('reason'))}."
     else:
-        outcome, css = "no clear winner: the intervals overlap with", "warn"
-    name = "oracle CTR" if metric == "oracle_ctr" else "preference score"
-    ceiling = _number((variants.get("oracle_best") or {}).get(metric))
-    headroom = f" The world's own best cover reaches {fmt(ceiling)}." if ceiling is not None else ""
-    return (
-        (
-            f'<p class="verdict {css}" data-verdict="{esc(outcome.split(":")[0])}">Verdict on {name}: {outcome} '
-            f"the best baseline, {esc(VARIANT_LABELS.get(best, best).lower())}: ICG {fmt(icg.get(metric))}"
-            f"{_interval(icg.get(f'{metric}_ci'))} vs {fmt(scored[best])}{_interval(best_ci)}.{headroom}</p>"
+        best = str(verdict.get("baseline"))
+        ceiling = _number(verdict.get("ceiling"))
+        headroom = f" The world's own best cover reaches {fmt(ceiling)}." if ceiling is not None else ""
+        text = (
+            f"Verdict on oracle CTR: {esc(label)} against the best baseline, "
+            f"{esc(VARIANT_LABELS.get(best, best).lower())}: ICG {fmt(verdict.get('icg'))}"
+            f"{_interval(verdict.get('icg_ci'))} vs {fmt(verdict.get('baseline_value'))}"
+            f"{_interval(verdict.get('baseline_ci'))}.{headroom}"
         )
-        .replace('<span class="ci">', " ")
-        .replace("</span>", "")
-    )
+    return f'<p class="verdict {css}" data-verdict="{esc(label)}">{text}</p>'.replace(
+        '<span class="ci">', " "
+    ).replace("</span>", "")
 
 
 def _taste_label(taste: Mapping[str, Any] | None) -> str:
@@ -682,7 +670,7 @@ def render_report(
             "held-out items, segments and seeds.</p>"
             f"{warning}</header>",
             failure_section(failures),
-            _verdict(metrics.get("variants") or {}),
+            _verdict(metrics.get("verdict") or {}),
             _promotion_section(metrics.get("promotion") or {}),
             _not_measured_section(metrics.get("not_measured") or {}),
             _run_section(metrics),

@@ -3,8 +3,11 @@
 The generate stage and the evaluation's generated variants both call :class:`CoverPolicy`, so what
 is measured is what is published (docs/architecture.md, "Generation").
 
-1. **Sample** ``candidates`` personalized covers with the segment centroid as the user (candidate
-   ``k`` uses seed ``seed + k``; candidate 0 is the cover's own seed).
+1. **Sample** ``candidates`` personalized covers per entry of ``strengths`` with the segment centroid
+   as the user (candidate ``k`` uses seed ``seed + k``; candidate 0 is the cover's own seed). A
+   strength below 1 starts from the item's reference cover, its VAE latent noised that far, and
+   runs only that share of the schedule (SDEdit): the cover keeps the reference's layout, so
+   personalization changes how the item is presented, not what it is; 1 samples from pure noise.
 2. **Steer** each candidate's final latent along the differentiable R
    (:class:`icg_core.rewards.guidance.GuidanceReward`), over a *look* transform of the latent::
 
@@ -17,12 +20,17 @@ is measured is what is published (docs/architecture.md, "Generation").
    qualifies, so R never falls). This reaches every attribute the preference model reads (warmth,
    brightness, saturation, contrast) for a few decoder passes, where reward-weighted fine-tuning
    alone moves mostly what the sampler's noise already varies.
-3. **Fall back**: with ``base_candidate`` the base cover (null user, not steered: what not
-   personalizing gives) competes with the candidates. It is the item's one unpersonalized cover,
-   seeded per item (``base_seeds``), so it costs one sampling per item, not per (item, segment).
+3. **Fall back**: with ``base_candidate`` the base cover (null user, at the first strength, not
+   steered: what not personalizing gives) competes with the candidates. It is the item's one
+   unpersonalized cover, seeded per item (``base_seeds``), so it costs one sampling per item, not
+   per (item, segment).
 4. **Keep the best** by R from the reward fns (standardized, ``w_a*a + w_r*r + w_p*p`` with the
    segment's own preference), so a personalized cover is published only where the rewards expect it
-   to beat the base cover; how often the base wins is counted (``source``).
+   to beat the base cover. With ``item_rank`` k > 0, only candidates that still show their item
+   compete: the item's own reference must be among the k nearest references of the catalog's
+   gallery (:class:`icg_core.rewards.content.ContentIndex`, a frozen encoder no reward was trained
+   with). Where no candidate does, the item's reference cover is kept. What won is counted
+   (``source``: personalized, base or reference).
 """
 
 from __future__ import annotations
@@ -37,13 +45,14 @@ import torch
 
 from icg_core.config import ICGConfig, RewardWeights
 from icg_core.models.generator import seed_for
+from icg_core.rewards.content import ContentIndex
 from icg_core.rewards.guidance import GuidanceReward
 from icg_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 REWARD_KINDS = ("aesthetic", "relevance", "preference")
-PERSONALIZED, BASE = "personalized", "base"
+PERSONALIZED, BASE, REFERENCE = "personalized", "base", "reference"
 
 
 def base_seed(item_id: str, generator_version: str) -> int:
@@ -60,8 +69,11 @@ class Sampling:
         reward_steps: steer steps on each candidate's final latent (0 = off).
         reward_radii: step lengths tried per step (in theta units), best kept per cover.
         reward_guards: rewards a step may not lower below the sample's own.
-        candidates: personalized candidates per cover.
+        candidates: personalized candidates per strength.
         base_candidate: the base cover (null user) competes, so the rewards can refuse personalization.
+        strengths: share of the schedule each group of candidates runs from the item's reference
+            latent; 1.0 = from pure noise.
+        item_rank: 0 = off; k = a kept cover's own item is among the k nearest gallery references.
     """
 
     steps: int
@@ -72,6 +84,8 @@ class Sampling:
     reward_guards: tuple[str, ...] = ("aesthetic", "relevance")
     candidates: int = 1
     base_candidate: bool = False
+    strengths: tuple[float, ...] = (1.0,)
+    item_rank: int = 0
 
     @classmethod
     def from_config(cls, cfg: ICGConfig) -> Sampling:
@@ -85,23 +99,37 @@ class Sampling:
             tuple(guidance.guards),
             guidance.candidates,
             guidance.base_candidate,
+            tuple(guidance.strengths),
+            guidance.item_rank,
         )
 
     @property
     def uses_rewards(self) -> bool:
         """Whether covers depend on the reward models (then their versions are part of the fingerprint)."""
-        return self.reward_steps > 0 or self.candidates > 1 or self.base_candidate
+        return (
+            self.reward_steps > 0
+            or self.candidates * len(self.strengths) > 1
+            or self.base_candidate
+            or self.item_rank > 0
+        )
+
+    @property
+    def uses_references(self) -> bool:
+        """Whether covers start from, or are checked against, the item's reference cover."""
+        return self.item_rank > 0 or min(self.strengths) < 1.0
 
 
 @dataclass
 class CoverRewards:
-    """The three standardized reward fns for covers of given segments, R's weights and the guidance R."""
+    """The three standardized reward fns for covers of given segments, R's weights, the guidance R
+    and the content index the item guard retrieves from."""
 
     aesthetic: Callable
     relevance: Callable
     preference: Callable
     weights: RewardWeights
     guide: GuidanceReward | None = None
+    content: ContentIndex | None = None
 
     def score(
         self, images: np.ndarray, titles: Sequence[str], segment_ids: Sequence[int], categories: Sequence[str]
@@ -138,9 +166,10 @@ def load_cover_rewards(
     weights: RewardWeights | None = None,
     *,
     guidance: bool = False,
+    content: ContentIndex | None = None,
 ) -> CoverRewards:
     """Load the saved reward models once: the reward fns for ``centroids``' segments and, with
-    ``guidance``, their differentiable R (:class:`GuidanceReward`)."""
+    ``guidance``, their differentiable R (:class:`GuidanceReward`); ``content`` is passed through."""
     from icg_core.rewards.aesthetic import aesthetic_reward_fn, load_aesthetic_reward_fn
     from icg_core.rewards.common import load_reward_model
     from icg_core.rewards.preference import PreferenceModel, preference_reward_fn
@@ -165,7 +194,7 @@ def load_cover_rewards(
     if guidance:
         guide = GuidanceReward(preference, relevance_model, saved_aesthetic.stats if proxy else None, weights)
     return CoverRewards(
-        aesthetic, relevance, preference_reward_fn(preference, dict(centroids)), weights, guide
+        aesthetic, relevance, preference_reward_fn(preference, dict(centroids)), weights, guide, content
     )
 
 
@@ -242,8 +271,10 @@ class PolicyCovers:
     Attributes:
         images: uint8 ``[B, H, W, 3]``.
         rewards: standardized rewards ``[B]`` per kind of the kept covers.
-        source: per row, ``"personalized"`` or ``"base"`` (the fallback).
-        candidate: per row, the index of the kept personalized candidate (-1 for the base cover).
+        source: per row, ``"personalized"``, ``"base"`` (the fallback) or ``"reference"`` (no
+            candidate kept the item).
+        candidate: per row, the index of the kept personalized candidate (-1: the base cover,
+            -2: the reference).
     """
 
     images: np.ndarray
@@ -255,6 +286,10 @@ class PolicyCovers:
     def fallbacks(self) -> int:
         return self.source.count(BASE)
 
+    @property
+    def references(self) -> int:
+        return self.source.count(REFERENCE)
+
 
 @dataclass
 class CoverPolicy:
@@ -263,7 +298,8 @@ class CoverPolicy:
     Args:
         bundle: the generator.
         sampling: the settings (:meth:`Sampling.from_config`).
-        rewards: the reward fns (and, when ``sampling.reward_steps`` > 0, ``rewards.guide``).
+        rewards: the reward fns (and, when ``sampling.reward_steps`` > 0, ``rewards.guide``; when
+            ``sampling.item_rank`` > 0, ``rewards.content``).
     """
 
     bundle: Any
@@ -272,18 +308,35 @@ class CoverPolicy:
 
     def __post_init__(self) -> None:
         if self.sampling.uses_rewards and self.rewards is None:
-            raise ValueError("reward guidance, several candidates or a base candidate need the reward models")
+            raise ValueError(
+                "reward guidance, several candidates, a base candidate or the item guard need the reward models"
+            )
         if self.sampling.reward_steps > 0 and (self.rewards is None or self.rewards.guide is None):
             raise ValueError("reward guidance needs rewards loaded with guidance=True")
+        if self.sampling.item_rank > 0 and (self.rewards is None or self.rewards.content is None):
+            raise ValueError("the item guard (item_rank > 0) needs rewards with a content index")
 
     def _sample(
-        self, features: torch.Tensor, users: torch.Tensor | None, seeds: Sequence[int]
+        self,
+        features: torch.Tensor,
+        users: torch.Tensor | None,
+        seeds: Sequence[int],
+        anchors: torch.Tensor | None,
+        strength: float,
     ) -> torch.Tensor:
-        """Final latents of the rows (decoded after steering)."""
+        """Final latents of the rows (decoded after steering), from ``anchors`` noised to ``strength``."""
         s = self.sampling
-        return self.bundle.generate_latents(features, list(seeds), users=users, steps=s.steps,
-                                            guidance_scale=s.guidance_scale, scheduler=s.scheduler,
-                                            batch_size=max(len(seeds), 1))  # fmt: skip
+        return self.bundle.generate_latents(
+            features,
+            list(seeds),
+            users=users,
+            steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            scheduler=s.scheduler,
+            batch_size=max(len(seeds), 1),
+            init_latents=anchors,
+            strength=strength,
+        )
 
     def __call__(
         self,
@@ -295,6 +348,8 @@ class CoverPolicy:
         segment_ids: Sequence[int],
         categories: Sequence[str],
         base_seeds: Sequence[int] | None = None,
+        item_ids: Sequence[str] | None = None,
+        references: np.ndarray | None = None,
     ) -> PolicyCovers:
         """The cover of each row.
 
@@ -305,13 +360,20 @@ class CoverPolicy:
             titles, segment_ids, categories: per row, for the rewards.
             base_seeds: B seeds of the base candidate, equal for rows of one item (default: ``seeds``);
                 each distinct one is sampled once.
+            item_ids: per row, the item (the item guard retrieves it).
+            references: uint8 ``[B, H, W, 3]`` each row's reference cover at the generator's size
+                (needed when ``sampling.uses_references``).
         """
         s, rows = self.sampling, len(seeds)
-        # 1. Sample the personalized candidates (candidate-major: rows k*B .. k*B + B - 1).
-        k = max(s.candidates, 1)
-        candidate_seeds = [(int(seed) + c) % 2**63 for c in range(k) for seed in seeds]
-        latents = self._sample(features.repeat(k, 1, 1), users.repeat(k, 1), candidate_seeds)
+        if s.uses_references and (references is None or item_ids is None):
+            raise ValueError(
+                "these sampling settings start from or check against references: pass item_ids and references"
+            )
         covers = self.bundle.covers
+        anchors = None if references is None or min(s.strengths) >= 1.0 else covers.encode_images(references)
+        # 1. Sample the personalized candidates (candidate-major: rows k*B .. k*B + B - 1).
+        latents = self._candidates(features, users, seeds, anchors)
+        k = len(latents) // max(rows, 1)
         # 2. Steer them by the rewards.
         guide = None if self.rewards is None else self.rewards.guide
         # The guide is present whenever reward_steps > 0 (checked in __init__).
@@ -332,20 +394,90 @@ class CoverPolicy:
             return PolicyCovers(images, {}, [PERSONALIZED] * rows, np.zeros(rows, np.int64))
         # 3. The base cover competes: one per distinct base seed (per item).
         if s.base_candidate:
-            base_seeds = list(seeds) if base_seeds is None else [int(b) for b in base_seeds]
-            first = {seed: row for row, seed in reversed(list(enumerate(base_seeds)))}
-            distinct = list(first)
-            with torch.no_grad():
-                base = covers.decode(self._sample(features[[first[b] for b in distinct]], None, distinct))
-            images = np.concatenate([images, base[[distinct.index(b) for b in base_seeds]]])
-        # 4. Keep the best by R.
+            images = np.concatenate([images, self._base_covers(features, seeds, base_seeds, anchors)])
+        # 4. Keep the best by R, among the candidates that still show their item.
+        return self._keep_best(images, k, titles, segment_ids, categories, item_ids, references)
+
+    def _candidates(
+        self, features: torch.Tensor, users: torch.Tensor, seeds: Sequence[int], anchors: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Latents of every personalized candidate, candidate-major: ``candidates`` per strength."""
+        s, per = self.sampling, max(self.sampling.candidates, 1)
+        groups = []
+        for g, strength in enumerate(s.strengths):
+            group_seeds = [(int(seed) + g * per + c) % 2**63 for c in range(per) for seed in seeds]
+            groups.append(
+                self._sample(
+                    features.repeat(per, 1, 1),
+                    users.repeat(per, 1),
+                    group_seeds,
+                    None if anchors is None else anchors.repeat(per, 1, 1, 1),
+                    strength,
+                )
+            )
+        return torch.cat(groups)
+
+    def _base_covers(
+        self,
+        features: torch.Tensor,
+        seeds: Sequence[int],
+        base_seeds: Sequence[int] | None,
+        anchors: torch.Tensor | None,
+    ) -> np.ndarray:
+        """The base cover of each row (null user, first strength), sampled once per distinct base seed."""
+        base_seeds = list(seeds) if base_seeds is None else [int(b) for b in base_seeds]
+        first = {seed: row for row, seed in reversed(list(enumerate(base_seeds)))}
+        distinct = list(first)
+        picked = [first[b] for b in distinct]
+        with torch.no_grad():
+            base = self.bundle.covers.decode(
+                self._sample(features[picked], None, distinct,
+                             None if anchors is None else anchors[picked], self.sampling.strengths[0])
+            )  # fmt: skip
+        return base[[distinct.index(b) for b in base_seeds]]
+
+    def _keep_best(
+        self,
+        images: np.ndarray,
+        k: int,
+        titles: Sequence[str],
+        segment_ids: Sequence[int],
+        categories: Sequence[str],
+        item_ids: Sequence[str] | None,
+        references: np.ndarray | None,
+    ) -> PolicyCovers:
+        """Step 4 over candidate-major ``images`` (k personalized candidates, then the base if any)."""
+        assert self.rewards is not None  # checked by the caller
+        rows = len(titles)
         n = len(images) // rows
-        rewards = self.rewards.score(images, list(titles) * n, list(segment_ids) * n, list(categories) * n)
-        best = self.rewards.total(rewards).reshape(n, rows).argmax(axis=0)
+
+        def score(batch: np.ndarray, m: int) -> dict[str, np.ndarray]:
+            return self.rewards.score(batch, list(titles) * m, list(segment_ids) * m, list(categories) * m)  # type: ignore[union-attr]
+
+        rewards = score(images, n)
+        total = self.rewards.total(rewards).reshape(n, rows)
+        keeps = np.ones((n, rows), dtype=bool)
+        content = self.rewards.content
+        if (
+            self.sampling.item_rank > 0
+            and content is not None
+            and references is not None
+            and item_ids is not None
+        ):
+            ranks = content.ranks(images, list(item_ids) * n, np.tile(references, (n, 1, 1, 1)))
+            keeps = ranks.reshape(n, rows) <= self.sampling.item_rank
+        best = np.where(keeps, total, -np.inf).argmax(axis=0)
         pick = best * rows + np.arange(rows)
-        return PolicyCovers(
-            images[pick],
-            {kind: value[pick] for kind, value in rewards.items()},
-            [BASE if b == k else PERSONALIZED for b in best.tolist()],
-            np.where(best == k, -1, best),
-        )
+        kept_images = images[pick]
+        kept = {kind: value[pick] for kind, value in rewards.items()}
+        source = [BASE if b == k else PERSONALIZED for b in best.tolist()]
+        candidate = np.where(best == k, -1, best)
+        lost = np.logical_not(keeps.any(axis=0))
+        if lost.any() and references is not None:  # no candidate shows the item: its reference does
+            kept_images[lost] = references[lost]
+            reference_rewards = score(references, 1)
+            for kind in kept:
+                kept[kind][lost] = reference_rewards[kind][lost]
+            source = [REFERENCE if lost[row] else src for row, src in enumerate(source)]
+            candidate[lost] = -2
+        return PolicyCovers(kept_images, kept, source, candidate)

@@ -21,9 +21,11 @@ metrics.json keys::
     samples [{item_id, title, segment_id, variant, image_key}], gate {passed, baseline_ds, checks},
     promotion {champion, challenger, metric, uplift, uplift_ci, promoted, reason} (icg_core.evaluation.promotion),
     not_measured {metric: why} (empty in the embedded world; on real data, what needs the oracle)
-    M = {aesthetic, aesthetic_heldout, relevance, category_top1, preference, oracle_ctr, diversity (each with
+    verdict {outcome, metric, baseline, icg, icg_ci, baseline_value, baseline_ci, ceiling, reason} (icg_core.evaluation.verdict),
+    M = {aesthetic, aesthetic_heldout, relevance, item_recall_1, item_recall_10, category_top1, preference,
+         oracle_ctr, diversity (each with
          <metric>_ci [lo, hi]), oracle_ctr_by_segment, preference_by_segment, seconds_per_cover, n_covers,
-         generator_version, source, fallback_rate,
+         generator_version, source, fallback_rate, reference_rate,
          uplift_vs_reference {<metric>, <metric>_ci}, uplift_vs_base {...}, and for the challenger uplift_vs_icg}
     variants: reference, selection, base, icg (the champion, as published), icg_unguided, challenger (the
     day's fine-tuned generator, when it is not the champion), oracle_best (embedded world), ablations
@@ -74,15 +76,18 @@ from icg_core.evaluation.variants import (
     staged_covers,
     staged_segment_covers,
 )
+from icg_core.evaluation.verdict import decide_verdict
 from icg_core.models.bundle import load_bundle
 from icg_core.models.checkpoint import checkpoint_config, resolve_version
 from icg_core.models.users import load_segments
 from icg_core.rewards.common import model_name
+from icg_core.rewards.content import ContentIndex, load_content_index
 from icg_core.rewards.preference import PreferenceModel
-from icg_core.serving.policy import BASE, REWARD_KINDS, CoverRewards, Sampling, load_cover_rewards
+from icg_core.serving.policy import BASE, REFERENCE, REWARD_KINDS, CoverRewards, Sampling, load_cover_rewards
 from icg_core.stages.ablations import ABLATIONS, run_ablation
 from icg_core.stages.generate import encode_png
 from icg_core.storage import ObjectStore
+from icg_core.training.data import read_catalog
 from icg_core.world.oracle import Oracle
 
 log = logging.getLogger(__name__)
@@ -178,7 +183,8 @@ def _icg_covers(
         for s in segments.segment_ids.tolist()
     ]
     log.info("stage=evaluate ds=%s icg covers read from the generate stage (%d)", ds, len(staged))
-    return VariantCovers(staged, seconds, timed, len(staged), bundle.version, "staged", sources.count(BASE))
+    return VariantCovers(staged, seconds, timed, len(staged), bundle.version, "staged", sources.count(BASE),
+                         sources.count(REFERENCE))  # fmt: skip
 
 
 def _write_samples(
@@ -260,7 +266,11 @@ def generator_versions(store: ObjectStore, cfg: ICGConfig) -> tuple[str, str]:
 
 
 def load_judges(
-    store: ObjectStore, cfg: ICGConfig, segments: EvalSegments, oracle: Oracle | None
+    store: ObjectStore,
+    cfg: ICGConfig,
+    segments: EvalSegments,
+    oracle: Oracle | None,
+    content: ContentIndex,
 ) -> tuple[Judges, dict[str, str], PreferenceModel, CoverRewards]:
     """The judges, the reward versions, the preference model (for its report) and the policy's rewards."""
     versions = {
@@ -268,9 +278,9 @@ def load_judges(
     }
     centroids = {int(s): c for s, c in zip(segments.segment_ids, segments.centroids, strict=True)}
     rewards = load_cover_rewards(
-        store, versions, centroids, cfg.rewards.weights, guidance=cfg.guidance.steps > 0
+        store, versions, centroids, cfg.rewards.weights, guidance=cfg.guidance.steps > 0, content=content
     )
-    judges = Judges(rewards.aesthetic, rewards.relevance, rewards.preference, oracle)
+    judges = Judges(rewards.aesthetic, rewards.relevance, rewards.preference, content, oracle)
     return judges, versions, PreferenceModel.load(store, versions["preference"]), rewards
 
 
@@ -313,9 +323,10 @@ def load_setup(store: ObjectStore, cfg: ICGConfig, ds: str, items_limit: int | N
     """The oracle (if any), segments, judges, generators, held-out items (first ``items_limit``) and seeds of ``ds``."""
     oracle = load_oracle(store)
     segments = load_eval_segments(store, ds)
-    judges, reward_versions, preference, rewards = load_judges(store, cfg, segments, oracle)
     icg_version, base_version = generator_versions(store, cfg)
     bundle = load_bundle(store, cfg.models, icg_version)
+    content = load_content_index(store, read_catalog(store, ds), bundle.covers.image_size)
+    judges, reward_versions, preference, rewards = load_judges(store, cfg, segments, oracle, content)
     items = load_eval_items(
         store, ds, held_out_item_ids(store, ds, cfg.stage1.holdout_fraction, items_limit), bundle
     )
@@ -376,6 +387,7 @@ def run_evaluation(
         "samples": samples,
         "not_measured": {} if setup.oracle is not None else dict(NOT_MEASURED_WITHOUT_ORACLE),
     }
+    metrics["verdict"] = decide_verdict(metrics["variants"], cfg.evaluate.min_item_recall_ratio)
     baseline_ds, baseline = published_baseline(store, ds)
     gate = check_gates(metrics, baseline, baseline_ds, cfg.evaluate)
     decision = _promotion(store, cfg, ds, setup, variants, gate)
@@ -397,7 +409,7 @@ def _promotion(
     """Whether the day's challenger replaces the champion (never on a failed gate)."""
     decision = decide_promotion(
         setup.icg_version, setup.challenger, (variants.get("challenger") or {}).get("uplift_vs_icg"),
-        metric=primary_metric(setup.oracle is not None), max_relevance_drop=cfg.evaluate.max_relevance_drop_vs_base,
+        metric=primary_metric(setup.oracle is not None), max_relevance_drop=cfg.evaluate.max_relevance_drop_vs_reference,
         backfill=is_backfill(store, cfg, ds, setup.icg_version),
     )  # fmt: skip
     if decision.promoted and not gate.passed:

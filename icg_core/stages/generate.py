@@ -46,6 +46,7 @@ from PIL import Image
 
 from icg_core import layout
 from icg_core.config import ICGConfig, ModelsConfig, RewardWeights
+from icg_core.data.images import read_images
 from icg_core.data.schemas import TABLES
 from icg_core.models.checkpoint import (
     checkpoint_config,
@@ -54,9 +55,12 @@ from icg_core.models.checkpoint import (
 )
 from icg_core.models.generator import seed_for
 from icg_core.rewards.common import model_name
+from icg_core.rewards.content import load_content_index
 from icg_core.serving.features import load_features
 from icg_core.serving.pairs import PairCounts
 from icg_core.serving.policy import (
+    BASE,
+    REFERENCE,
     REWARD_KINDS,
     CoverPolicy,
     CoverRewards,
@@ -71,7 +75,15 @@ log = logging.getLogger(__name__)
 
 FORMAT = "PNG"
 # Columns of a generation request: one row per (item, segment).
-REQUEST_COLUMNS = ("item_id", "title", "category", "content_hash", "features_uri", "segment_id")
+REQUEST_COLUMNS = (
+    "item_id",
+    "title",
+    "category",
+    "reference_image_uri",
+    "content_hash",
+    "features_uri",
+    "segment_id",
+)
 # Status of each manifest row: generated now, kept from today's earlier attempt, or copied from a previous day.
 GENERATED, KEPT, COPIED = "generated", "kept", "copied"
 
@@ -104,7 +116,7 @@ class GeneratePlan:
     """What the generate stage will do for ``ds``; built by :func:`plan_generation`.
 
     Attributes:
-        items: one row per item: item_id, title, category, content_hash, features_uri.
+        items: one row per item: item_id, title, category, reference_image_uri, content_hash, features_uri.
         centroids: segment id -> centroid ``[D]``.
         generator_version: the resolved generator checkpoint version.
         reward_versions: reward kind -> resolved version.
@@ -231,7 +243,7 @@ def plan_generation(
     encoder_version = generator_config["encoder_version"]
     features = features.filter(pc.equal(features.column("encoder_version"), encoder_version))
     items = (
-        catalog.select(["item_id", "title", "category"])
+        catalog.select(["item_id", "title", "category", "reference_image_uri"])
         .join(features.select(["item_id", "content_hash", "features_uri"]), "item_id", join_type="left outer")
         .sort_by("item_id")
     )
@@ -372,14 +384,19 @@ def request_batches(plan: GeneratePlan, batch_rows: int) -> Iterator[pa.Table]:
 
 
 # ------------------------------------------------------------------ rewards and the writer
-def load_plan_rewards(store: ObjectStore, plan: GeneratePlan) -> CoverRewards:
-    """The reward models the plan's covers are scored (and, with guidance, steered) by."""
+def load_plan_rewards(store: ObjectStore, plan: GeneratePlan, image_size: int) -> CoverRewards:
+    """The reward models the plan's covers are scored (and, with guidance, steered) by, and with the
+    item guard, the content index of the day's validated catalog (references read at ``image_size``)."""
+    content = None
+    if plan.sampling.item_rank > 0:
+        content = load_content_index(store, layout.CATALOG.read(store, plan.ds), image_size)
     return load_cover_rewards(
         store,
         plan.reward_versions,
         plan.centroids,
         plan.reward_weights,
         guidance=plan.sampling.reward_steps > 0,
+        content=content,
     )
 
 
@@ -405,7 +422,7 @@ class CoverWriter:
     Args:
         store: the object store.
         bundle: the loaded generator (:class:`icg_core.models.bundle.ICGBundle`).
-        rewards: the reward fns (:func:`load_cover_rewards`).
+        rewards: the reward fns and content index (:func:`load_plan_rewards`).
         plan: the day's :class:`GeneratePlan` (ds, centroids, versions, previous day, sampling).
         force: regenerate even when a matching cover exists.
         on_written: called with the number of covers this writer generated so far, after each one
@@ -422,6 +439,10 @@ class CoverWriter:
 
     def __post_init__(self) -> None:
         self.bundle.encoder.register_forward_hook(self._count_encoder_call)
+        content = self.rewards.content
+        self._rewards_fingerprint = self.plan.reward_fingerprint | (
+            {} if content is None else {"content_index": content.digest}
+        )
 
     def _count_encoder_call(self, *_: Any) -> None:
         self.counts.encoder_calls += 1
@@ -437,7 +458,7 @@ class CoverWriter:
                 self.plan.generator_version,
                 self.plan.centroids[int(row["segment_id"])],
                 self.plan.sampling,
-                self.plan.reward_fingerprint,
+                self._rewards_fingerprint,
             )
             if not self.force:
                 out[i] = self._carry(row) if row.get("action") == REUSE else self._reuse(row)
@@ -507,6 +528,10 @@ class CoverWriter:
         seeds = [
             seed_for(r["item_id"], s, plan.generator_version) for r, s in zip(rows, segments, strict=True)
         ]
+        references = None
+        if plan.sampling.uses_references:
+            uris = [r["reference_image_uri"] for r in rows]
+            references = read_images(self.store, uris, self.bundle.covers.image_size)
         covers = CoverPolicy(self.bundle, plan.sampling, self.rewards)(
             features,
             users,
@@ -515,6 +540,8 @@ class CoverWriter:
             segment_ids=segments,
             categories=[r["category"] for r in rows],
             base_seeds=[base_seed(r["item_id"], plan.generator_version) for r in rows],
+            item_ids=[r["item_id"] for r in rows],
+            references=references,
         )
         images, rewards = covers.images, covers.rewards
         self.counts.sample_seconds += time.perf_counter() - started
@@ -566,7 +593,9 @@ MANIFEST_SCHEMA = pa.schema(
         *[pa.field(f.name, f.type) for f in TABLES[layout.STAGED_COVERS.name]],
         pa.field("made_ds", pa.string()),  # the day the cover was drawn for (earlier when copied forward)
         pa.field("status", pa.string()),
-        pa.field("source", pa.string()),  # "personalized", or "base" where the base cover won (the fallback)
+        pa.field(
+            "source", pa.string()
+        ),  # "personalized", "base" (the fallback won) or "reference" (item lost)
     ]
 )
 
@@ -586,6 +615,7 @@ class GenerateSummary:
     copied: int
     encoder_calls: int
     fallbacks: int  # covers where the base cover beat every personalized candidate (icg_core.serving.policy)
+    reference_covers: int  # pairs whose candidates all lost the item: its reference cover is published
     manifest_uri: str
     previous_ds: str | None
     seconds: float
@@ -604,6 +634,7 @@ class ManifestTally:
         self.pairs = PairCounts(plan.items.column("item_id").to_pylist(), plan.segment_ids)
         self.statuses: dict[str, int] = {}
         self.fallbacks = 0  # covers where the base cover won (source "base")
+        self.reference_covers = 0  # pairs published with the item's reference (source "reference")
 
     @property
     def rows(self) -> int:
@@ -613,7 +644,8 @@ class ManifestTally:
         self.pairs.add(batch.column("item_id"), batch.column("segment_id"))
         for value in pc.value_counts(batch.column("status")).to_pylist():
             self.statuses[value["values"]] = self.statuses.get(value["values"], 0) + value["counts"]
-        self.fallbacks += int(pc.sum(pc.equal(batch.column("source"), "base")).as_py() or 0)
+        self.fallbacks += int(pc.sum(pc.equal(batch.column("source"), BASE)).as_py() or 0)
+        self.reference_covers += int(pc.sum(pc.equal(batch.column("source"), REFERENCE)).as_py() or 0)
 
     def problem(self) -> str | None:
         """Why the manifest cannot be committed (rows missing, repeated or outside the plan), or None."""
@@ -673,6 +705,7 @@ def summarize(
         copied=tally.statuses.get(COPIED, 0),
         encoder_calls=encoder_calls,
         fallbacks=tally.fallbacks,
+        reference_covers=tally.reference_covers,
         manifest_uri=layout.STAGED_COVERS.uri(store, plan.ds),
         previous_ds=plan.previous_ds,
         seconds=round(seconds, 3),
@@ -713,7 +746,8 @@ def generate_covers(
     plan = plan or plan_generation(store, cfg, ds, items_limit=items_limit)
     with torch_threads(cfg.models.cpu_threads):
         bundle = load_bundle(store, cfg.models, plan.generator_version)
-        writer = CoverWriter(store, bundle, load_plan_rewards(store, plan), plan, force)
+        rewards = load_plan_rewards(store, plan, bundle.covers.image_size)
+        writer = CoverWriter(store, bundle, rewards, plan, force)
         batches = (writer.write(batch) for batch in request_batches(plan, cfg.generate.batch_size))
         tally = stage_manifest(store, plan, batches)
     return summarize(

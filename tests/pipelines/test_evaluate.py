@@ -139,8 +139,8 @@ def test_evaluate_writes_metrics_gates_ablations_and_nulls_without_oracle(tiny_d
     assert all(store.exists(s["image_key"]) for s in samples)
     assert {s["segment_id"] for s in samples if s["variant"] == "reference"} == {None}
 
-    # The knob that forces the gate to fail: any relevance at all is "too far" below base at -1000%.
-    forced = invoke("evaluate", *common, env={"ICG__EVALUATE__MAX_RELEVANCE_DROP_VS_BASE": "-10"})
+    # The knob that forces the gate to fail: any relevance is "too far" below the references' at -1000%.
+    forced = invoke("evaluate", *common, env={"ICG__EVALUATE__MAX_RELEVANCE_DROP_VS_REFERENCE": "-10"})
     assert isinstance(forced.exception, StageFailed) and "relevance" in str(forced.exception)
     assert store.get_json(f"reports/ds={ds}/metrics.json")["gate"]["passed"] is False
 

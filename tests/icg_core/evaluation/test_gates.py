@@ -1,4 +1,5 @@
-"""The evaluate gates: regression against the last published run, relevance against base, the forcing knob."""
+"""The evaluate gates: regression against the last published run, the item kept, relevance against the
+reference covers, the forcing knob."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ from icg_core.evaluation.gates import check_gates, last_published_day, published
 from icg_core.storage import ObjectStore
 
 
-def metrics(icg: dict, base_relevance: float = 0.5) -> dict:
-    return {"variants": {"icg": icg, "base": {"relevance": base_relevance}}}
+def metrics(icg: dict, reference_relevance: float = 0.5, reference_recall: float = 1.0) -> dict:
+    reference = {"relevance": reference_relevance, "item_recall_1": reference_recall}
+    return {"variants": {"icg": icg, "reference": reference, "base": {"relevance": 0.1}}}
 
 
-GOOD = {"relevance": 0.5, "aesthetic_heldout": 0.6, "oracle_ctr": 0.3}
+GOOD = {
+    "relevance": 0.5,
+    "aesthetic_heldout": 0.6,
+    "oracle_ctr": 0.3,
+    "item_recall_1": 0.95,
+    "reference_rate": 0.1,
+}
 
 
 def test_passes_without_a_published_run_and_fails_on_a_regression() -> None:
@@ -37,17 +45,32 @@ def test_null_metrics_are_skipped_on_real_data() -> None:
     assert check_gates(metrics(real), metrics(real), "2026-11-14", EvaluateConfig()).passed
 
 
-def test_relevance_drop_versus_base_fails() -> None:
-    cfg = EvaluateConfig(max_relevance_drop_vs_base=0.05)
-    assert check_gates(metrics(GOOD, base_relevance=0.52), None, None, cfg).passed  # -3.8%
-    result = check_gates(metrics(GOOD, base_relevance=0.6), None, None, cfg)  # -16.7%
-    assert [c.name for c in result.failures()] == ["relevance_vs_base"]
+def test_relevance_is_compared_with_the_reference_covers_not_the_base() -> None:
+    cfg = EvaluateConfig(max_relevance_drop_vs_reference=0.05)
+    assert check_gates(metrics(GOOD, reference_relevance=0.52), None, None, cfg).passed  # -3.8%
+    result = check_gates(metrics(GOOD, reference_relevance=0.6), None, None, cfg)  # -16.7%, base far below
+    assert [c.name for c in result.failures()] == ["relevance_vs_reference"]
+
+
+def test_covers_that_lose_their_item_fail_even_where_the_policy_published_references() -> None:
+    cfg = EvaluateConfig()
+    lost = dict(GOOD, item_recall_1=0.5)  # 50% of the reference covers' recall
+    assert [c.name for c in check_gates(metrics(lost), None, None, cfg).failures()] == [
+        "item_recall_vs_reference"
+    ]
+    filled = dict(
+        GOOD, item_recall_1=1.0, reference_rate=0.9
+    )  # recall looks perfect: the references stood in
+    result = check_gates(metrics(filled), None, None, cfg)
+    assert [c.name for c in result.failures()] == ["reference_share"] and "90.0%" in result.message()
+    unmeasured = {k: v for k, v in GOOD.items() if k not in ("item_recall_1", "reference_rate")}
+    assert check_gates(metrics(unmeasured), None, None, cfg).passed  # an older metrics file
 
 
 def test_the_env_knob_forces_a_failure() -> None:
-    cfg = load_config(environ={"ICG__EVALUATE__MAX_RELEVANCE_DROP_VS_BASE": "-10"}).evaluate
-    result = check_gates(metrics(GOOD, base_relevance=0.5), None, None, cfg)
-    assert not result.passed and result.failures()[0].name == "relevance_vs_base"
+    cfg = load_config(environ={"ICG__EVALUATE__MAX_RELEVANCE_DROP_VS_REFERENCE": "-10"}).evaluate
+    result = check_gates(metrics(GOOD), None, None, cfg)
+    assert not result.passed and result.failures()[0].name == "relevance_vs_reference"
 
 
 def test_unknown_gate_metric_is_a_config_error() -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from icg_core.data.images import as_image_batch
 from icg_core.models.conditioning import (
     AdapterConfig,
     ConditionAdapter,
@@ -126,3 +127,26 @@ def test_seed_for_is_stable_and_distinct():
         seed_for("item-1", 3, "gen-abd"),
     }
     assert seed not in others and len(others) == 3
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
+def test_a_low_strength_stays_near_its_starting_latents(scheduler, tiny_sd_dirs, features):
+    """Image to image: the less of the schedule is run, the closer the sample ends to where it began."""
+    generator = CoverGenerator(tiny_sd_dirs["sd15"])
+    with torch.no_grad():
+        cond = adapter_for("sd15")(features)
+    references = as_image_batch(reference_images(3), generator.image_size)
+    start = generator.encode_images(references)
+    assert start.shape == (3, 4, 8, 8)
+    assert torch.equal(start, generator.encode_images(references))  # the posterior mean: no noise
+
+    def distance(strength: float) -> float:
+        latents = generator.sample(cond, seeds=[1, 2, 3], steps=10, guidance_scale=1.0, scheduler=scheduler,
+                                   output_type="latent", init_latents=start, strength=strength)  # fmt: skip
+        return float((latents - start).pow(2).mean())
+
+    near, far, noise = distance(0.1), distance(0.6), distance(1.0)
+    assert near < far < noise
+    plain = generator.sample(cond, seeds=[1, 2, 3], steps=10, guidance_scale=1.0, scheduler=scheduler,
+                             output_type="latent")  # fmt: skip
+    assert noise == pytest.approx(float((plain - start).pow(2).mean()))  # strength 1: from pure noise

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from icg_core import layout
+from icg_core.evaluation.verdict import decide_verdict
 from icg_core.report.page import fmt
 from icg_core.stages.report import MetricsMissing, build_report
 from icg_core.storage import ObjectStore
@@ -18,7 +19,7 @@ DS = "2026-11-15"
 GENERATOR = "s2-a0.5-r1-p1-abc123"
 NASTY_TITLE = '<script>alert("x")</script> & "Q"'
 VARIANTS = ["reference", "selection", "base", "icg_no_preference", "icg_no_aesthetic", "icg"]
-ORACLE_CTR_COLUMN = 5  # index of "Oracle CTR" among the ablation table's value cells
+ORACLE_CTR_COLUMN = 6  # index of "Oracle CTR" among the ablation table's value cells
 
 
 def png(color: tuple[int, int, int], size: int = 32) -> bytes:
@@ -162,7 +163,7 @@ def test_page_has_every_variant_row_and_run_metadata(store) -> None:
     page = page_of(store)
     assert page.startswith("<!DOCTYPE html>")
     for variant in VARIANTS:
-        assert len(row_cells(page, variant)) == 9
+        assert len(row_cells(page, variant)) == 10
     assert GENERATOR in page and "2026-11-01 to 2026-11-15" in page
     assert "score.aesthetic" in page  # nested timings are flattened
     assert "segment 2" in page and "140" in page  # segment sizes
@@ -183,11 +184,11 @@ def test_best_value_per_column_is_highlighted(store) -> None:
     icg_row = re.search(r'<tr data-variant="icg">(.*?)</tr>', page, re.S).group(1)
     cells = re.findall(r"<td([^>]*)>", icg_row)
     assert 'class="best"' in cells[ORACLE_CTR_COLUMN]
-    assert 'class="best"' not in cells[7]  # seconds per cover: lower is better, icg is the slowest
+    assert 'class="best"' not in cells[8]  # seconds per cover: lower is better, icg is the slowest
     reference_cells = re.findall(
         r"<td([^>]*)>", re.search(r'<tr data-variant="reference">(.*?)</tr>', page, re.S).group(1)
     )
-    assert 'class="best"' in reference_cells[7]
+    assert 'class="best"' in reference_cells[8]
     assert "[0.096, 0.104]" in page  # icg oracle CTR interval
 
 
@@ -261,7 +262,7 @@ def test_minimal_metrics_render(store) -> None:
         layout.metrics(DS), {"ds": DS, "variants": {"icg": {"aesthetic": 0.5}}, "future_key": [1, 2]}
     )
     page = page_of(store)
-    assert len(row_cells(page, "icg")) == 9
+    assert len(row_cells(page, "icg")) == 10
     assert (
         "No sampled covers." in page
         and "No ROC curve recorded." in page
@@ -322,18 +323,33 @@ def test_the_verdict_names_the_best_baseline_and_reads_the_intervals(store) -> N
     variants["selection"] = variant_metrics(3)  # the best baseline: 0.08 [0.076, 0.084]
     variants["icg"]["oracle_ctr"], variants["icg"]["oracle_ctr_ci"] = 0.10, [0.09, 0.11]
     variants["oracle_best"] = variant_metrics(9)
-    store.put_json(layout.metrics(DS), metrics)
-    page = page_of(store)
+
+    def page_with_verdict() -> str:
+        metrics["verdict"] = decide_verdict(variants, 0.9)
+        store.put_json(layout.metrics(DS), metrics)
+        return page_of(store)
+
+    page = page_with_verdict()
     assert _verdict(page) == "ICG wins"
     assert page.index('class="verdict') < page.index("<h2>Ablation</h2>")  # the report opens with it
     assert "best-variant selection" in page and "The world's own best cover reaches 0.14" in page
 
     variants["icg"]["oracle_ctr_ci"] = [0.079, 0.11]  # overlaps selection's interval
-    store.put_json(layout.metrics(DS), metrics)
-    assert _verdict(page_of(store)) == "no clear winner"
+    assert _verdict(page_with_verdict()) == "no clear winner"
     variants["icg"]["oracle_ctr"], variants["icg"]["oracle_ctr_ci"] = 0.06, [0.05, 0.07]
+    assert _verdict(page_with_verdict()) == "ICG loses"
+
+
+def test_on_real_data_the_verdict_says_not_shown_and_why(store) -> None:
+    """No oracle: however far the preference score is above, the page claims no win."""
+    metrics = write_fixture_run(store)
+    for variant in metrics["variants"].values():
+        variant["oracle_ctr"] = variant["oracle_ctr_ci"] = None
+    metrics["variants"]["icg"]["preference"] = 0.99
+    metrics["verdict"] = decide_verdict(metrics["variants"], 0.9)
     store.put_json(layout.metrics(DS), metrics)
-    assert _verdict(page_of(store)) == "ICG loses"
+    page = page_of(store)
+    assert _verdict(page) == "not shown" and "wins" not in page and "optimized for" in page
 
 
 def test_per_segment_table_labels_tastes_and_highlights_the_best(store) -> None:

@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from icg_core.config import RewardWeights
+from icg_core.data.images import read_images
 from icg_core.models.generator import seed_for
-from icg_core.serving.policy import BASE, CoverPolicy, Sampling, load_cover_rewards, steer_latents
+from icg_core.rewards.content import load_content_index
+from icg_core.serving.policy import (
+    BASE,
+    REFERENCE,
+    CoverPolicy,
+    Sampling,
+    load_cover_rewards,
+    steer_latents,
+)
+from icg_core.training.data import read_catalog
 from tests.icg_core.stages.test_generate import build_tiny_world
 
 
@@ -81,7 +91,6 @@ def made(tmp_path_factory: pytest.TempPathFactory):
     from icg_core.models.bundle import load_bundle
     from icg_core.models.users import load_segments
     from icg_core.serving.features import compute_item_features, load_features
-    from icg_core.training.data import read_catalog
 
     root = tmp_path_factory.mktemp("policy")
     from icg_core.storage import ObjectStore
@@ -98,12 +107,15 @@ def made(tmp_path_factory: pytest.TempPathFactory):
     versions = {
         k: resolve_version(store, model_name(k), "latest") for k in ("aesthetic", "relevance", "preference")
     }
+    size = bundle.covers.image_size
+    references = read_images(store, catalog.column("reference_image_uri").to_pylist(), size)
     rewards = load_cover_rewards(
         store,
         versions,
         dict(zip(segment_ids.tolist(), centroids, strict=True)),
         RewardWeights(),
         guidance=True,
+        content=load_content_index(store, read_catalog(store, ds), size),
     )
     items = np.repeat(np.arange(4), 2)
     segments = np.tile(segment_ids[:2], 4)
@@ -114,13 +126,16 @@ def made(tmp_path_factory: pytest.TempPathFactory):
         "titles": [catalog["title"][int(i)].as_py() for i in items],
         "segment_ids": segments.tolist(),
         "categories": [catalog["category"][int(i)].as_py() for i in items],
+        "item_ids": [catalog["item_id"][int(i)].as_py() for i in items],
+        "references": references[items],
     }  # fmt: skip
     return bundle, rewards, Sampling.from_config(cfg), rows
 
 
 def _run(policy: CoverPolicy, rows: dict):
     return policy(rows["features"], rows["users"], rows["seeds"], titles=rows["titles"],
-                  segment_ids=rows["segment_ids"], categories=rows["categories"])  # fmt: skip
+                  segment_ids=rows["segment_ids"], categories=rows["categories"], item_ids=rows["item_ids"],
+                  references=rows["references"])  # fmt: skip
 
 
 def _total(rewards, images: np.ndarray, rows: dict) -> np.ndarray:
@@ -136,8 +151,11 @@ def test_the_kept_cover_is_never_worse_than_the_base_by_r_and_guidance_raises_r(
     kept = _total(rewards, guided.images, rows)
     assert (kept >= _total(rewards, base, rows) - 1e-4).all()
     assert guided.images.shape == base.shape and guided.images.dtype == np.uint8
-    assert set(guided.source) <= {"personalized", BASE} and len(guided.source) == len(rows["seeds"])
+    assert set(guided.source) <= {"personalized", BASE, REFERENCE} and len(guided.source) == len(
+        rows["seeds"]
+    )
     assert ((guided.candidate == -1) == (np.array(guided.source) == BASE)).all()
+    assert ((guided.candidate == -2) == (np.array(guided.source) == REFERENCE)).all()
 
     plain = _run(CoverPolicy(bundle, replace(sampling, reward_steps=0, base_candidate=False), rewards), rows)
     steered = _run(
@@ -155,3 +173,35 @@ def test_the_base_cover_wins_where_the_judge_expects_personalization_to_lose(mad
     judge = replace(against, guide=rewards.guide)
     covers = _run(CoverPolicy(bundle, replace(sampling, reward_steps=2), judge), rows)
     assert covers.fallbacks >= 1
+
+
+@pytest.mark.slow
+def test_covers_that_lose_their_item_are_never_kept_the_reference_stands_in(made, monkeypatch) -> None:
+    """A broken generator (every cover one flat colour) under the item guard: each pair gets its reference."""
+    bundle, rewards, sampling, rows = made
+    flat = np.full(rows["references"].shape, 127, np.uint8)
+    monkeypatch.setattr(bundle.covers, "decode", lambda latents: flat[: len(latents)].copy())
+    guarded = replace(sampling, reward_steps=0, item_rank=1, base_candidate=True)
+    covers = _run(CoverPolicy(bundle, guarded, rewards), rows)
+    assert covers.source == [REFERENCE] * len(rows["seeds"]) and covers.references == len(rows["seeds"])
+    assert np.array_equal(covers.images, rows["references"]) and (covers.candidate == -2).all()
+    unguarded = _run(CoverPolicy(bundle, replace(guarded, item_rank=0), rewards), rows)
+    assert np.array_equal(unguarded.images, flat)  # without the guard the broken covers would be published
+
+
+@pytest.mark.slow
+def test_strengths_below_one_start_from_the_references_and_need_them(made) -> None:
+    """The policy samples from each row's reference latent (the latent test is in test_generator.py)."""
+    bundle, rewards, sampling, rows = made
+    plain = replace(sampling, reward_steps=0, base_candidate=False, item_rank=0)
+    anchored = _run(CoverPolicy(bundle, replace(plain, strengths=(0.3,)), rewards), rows)
+    moved = dict(rows, references=np.roll(rows["references"], 1, axis=0))
+    elsewhere = _run(CoverPolicy(bundle, replace(plain, strengths=(0.3,)), rewards), moved)
+    assert not np.array_equal(anchored.images, elsewhere.images)  # other references, other covers
+    from_noise = _run(CoverPolicy(bundle, replace(plain, strengths=(1.0,)), rewards), moved)
+    assert np.array_equal(from_noise.images, _run(CoverPolicy(bundle, plain, rewards), rows).images)
+    with pytest.raises(ValueError, match="references"):
+        CoverPolicy(bundle, replace(plain, strengths=(0.3,)), rewards)(
+            rows["features"], rows["users"], rows["seeds"], titles=rows["titles"],
+            segment_ids=rows["segment_ids"], categories=rows["categories"],
+        )  # fmt: skip
