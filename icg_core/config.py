@@ -295,9 +295,9 @@ class GuidanceConfig(_Section):
         True  # the item's unpersonalized base cover competes: never worse than not personalizing
     )
     strengths: list[float] = Field(
-        default_factory=lambda: [1.0]
+        default_factory=lambda: [0.4, 0.7]
     )  # per group of candidates, the share of the schedule run from the item's reference (1 = from noise)
-    item_rank: int = 0  # 0 = off; k: a cover is kept only if its own item is among the k nearest references
+    item_rank: int = 1  # 0 = off; k: a cover is kept only if its own item is among the k nearest references
 
     @field_validator("strengths")
     @classmethod
@@ -349,9 +349,7 @@ class EvaluateConfig(_Section):
         0.15  # relative drop of icg relevance below the references' that fails
     )
     min_item_recall_ratio: float = 0.9  # icg item recall@1 must reach this share of the reference covers'
-    max_reference_share: float = (
-        0.5  # pairs the policy may fill with the item's reference before the gate fails
-    )
+    max_reference_share: float = 0.9  # share of pairs filled with the item's reference that fails the gate
 
 
 class PublishConfig(_Section):

@@ -169,3 +169,31 @@ def test_evaluate_writes_metrics_gates_ablations_and_nulls_without_oracle(tiny_d
     )
     assert metrics["downstream"]["judged_by"] == "held-out logged clicks"
     assert "icg_no_preference" in metrics["variants"]  # kept from the ablation run of the same ds
+
+
+@pytest.mark.slow
+def test_a_broken_generator_is_refused_and_never_wins(tiny_day, monkeypatch) -> None:
+    """Covers that lose their item (every one flat grey): the gate refuses them, the verdict claims nothing,
+    and with the item guard on, the references that stand in are refused as well."""
+    import numpy as np
+
+    from icg_core.models.generator import CoverGenerator
+
+    store, config, ds = tiny_day
+
+    def flat(self: CoverGenerator, latents) -> np.ndarray:
+        return np.full((len(latents), self.image_size, self.image_size, 3), 127, np.uint8)
+
+    monkeypatch.setattr(CoverGenerator, "decode", flat)
+    common = ("--root", store.root, "--ds", ds, "--config", str(config))
+    gate_on = {"ICG__EVALUATE__MIN_ITEM_RECALL_RATIO": "0.9", "ICG__EVALUATE__MAX_REFERENCE_SHARE": "0.5"}
+    for guard, failing in (("0", "item_recall_vs_reference"), ("1", "reference_share")):
+        env = gate_on | {"ICG__GUIDANCE__ITEM_RANK": guard}
+        with torch_threads(1):
+            generate_covers(store, load_config(config, root=store.root, environ=env), ds, force=True)
+        result = invoke("evaluate", *common, env=env)
+        assert isinstance(result.exception, StageFailed), result.output
+        metrics = store.get_json(f"reports/ds={ds}/metrics.json")
+        assert metrics["gate"]["passed"] is False
+        assert failing in [c["name"] for c in metrics["gate"]["checks"] if not c["passed"]]
+        assert metrics["verdict"]["outcome"] != "wins"
