@@ -34,7 +34,7 @@ TINY: dict[str, dict[str, Any]] = {
         "reg_batch_size": 2, "guard_every": 1, "guard_items": 2, "checkpoint_every": 1, "log_every": 1,
         "updates_per_batch": 1, "noise_draws": 1,
     },
-    "guidance": {"steps": 2},
+    "guidance": {"steps": 2, "item_rank": 0},  # the item guard is off with the item gate (below)
     "generate": {"batch_size": 4, "features_batch_size": 8},
     # 2-step, 32-pixel models do not draw their items: the item guard and gate are off here, and
     # tested on their own (test_policy, test_gates, and a broken generator in test_evaluate).

@@ -199,7 +199,8 @@ def test_strengths_below_one_start_from_the_references_and_need_them(made) -> No
     elsewhere = _run(CoverPolicy(bundle, replace(plain, strengths=(0.3,)), rewards), moved)
     assert not np.array_equal(anchored.images, elsewhere.images)  # other references, other covers
     from_noise = _run(CoverPolicy(bundle, replace(plain, strengths=(1.0,)), rewards), moved)
-    assert np.array_equal(from_noise.images, _run(CoverPolicy(bundle, plain, rewards), rows).images)
+    noise_only = _run(CoverPolicy(bundle, replace(plain, strengths=(1.0,)), rewards), rows)
+    assert np.array_equal(from_noise.images, noise_only.images)  # strength 1 reads no reference
     with pytest.raises(ValueError, match="references"):
         CoverPolicy(bundle, replace(plain, strengths=(0.3,)), rewards)(
             rows["features"], rows["users"], rows["seeds"], titles=rows["titles"],
