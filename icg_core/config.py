@@ -295,15 +295,15 @@ class GuidanceConfig(_Section):
         True  # the item's unpersonalized base cover competes: never worse than not personalizing
     )
     strengths: list[float] = Field(
-        default_factory=lambda: [0.4, 0.7]
-    )  # per group of candidates, the share of the schedule run from the item's reference (1 = from noise)
+        default_factory=lambda: [0.0, 0.4]
+    )  # per group of candidates, the share of the schedule run from the item's reference (0: the reference itself, 1: from noise)
     item_rank: int = 1  # 0 = off; k: a cover is kept only if its own item is among the k nearest references
 
     @field_validator("strengths")
     @classmethod
     def _strengths_in_range(cls, value: list[float]) -> list[float]:
-        if not value or any(not 0.0 < v <= 1.0 for v in value):
-            raise ValueError(f"strengths must be a non-empty list of numbers in (0, 1], got {value}")
+        if not value or any(not 0.0 <= v <= 1.0 for v in value):
+            raise ValueError(f"strengths must be a non-empty list of numbers in [0, 1], got {value}")
         return value
 
 

@@ -120,24 +120,45 @@ def _item_checks(icg: dict[str, Any], reference: dict[str, Any], cfg: EvaluateCo
     checks = []
     recall, floor = icg.get("item_recall_1"), reference.get("item_recall_1")
     if recall is None or floor is None:
-        checks.append(GateCheck("item_recall_vs_reference", True, None, cfg.min_item_recall_ratio,
-                                "item recall vs reference: skipped (not measured)"))  # fmt: skip
+        checks.append(
+            GateCheck(
+                "item_recall_vs_reference",
+                True,
+                None,
+                cfg.min_item_recall_ratio,
+                "item recall vs reference: skipped (not measured)",
+            )
+        )
     else:
         ratio = recall / max(floor, 1e-8)
         detail = (
             f"icg item recall@1 {recall:.4f} vs reference {floor:.4f}: {ratio:.1%} of it "
             f"(at least {cfg.min_item_recall_ratio:.0%})"
         )
-        checks.append(GateCheck("item_recall_vs_reference", ratio >= cfg.min_item_recall_ratio, round(ratio, 5),
-                                cfg.min_item_recall_ratio, detail))  # fmt: skip
+        checks.append(
+            GateCheck(
+                "item_recall_vs_reference",
+                ratio >= cfg.min_item_recall_ratio,
+                round(ratio, 5),
+                cfg.min_item_recall_ratio,
+                detail,
+            )
+        )
     share = icg.get("reference_rate")
     if share is not None:
         detail = (
             f"icg fell back to the reference cover on {share:.1%} of pairs "
             f"(at most {cfg.max_reference_share:.0%}): its candidates lost the item"
         )
-        checks.append(GateCheck("reference_share", share <= cfg.max_reference_share, round(share, 5),
-                                cfg.max_reference_share, detail))  # fmt: skip
+        checks.append(
+            GateCheck(
+                "reference_share",
+                share <= cfg.max_reference_share,
+                round(share, 5),
+                cfg.max_reference_share,
+                detail,
+            )
+        )
     return checks
 
 

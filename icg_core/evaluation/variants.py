@@ -253,8 +253,14 @@ def generate_covers(
         images = np.concatenate(chunks)
     progress.finish()
     seconds = time.perf_counter() - started
-    log.info("stage=evaluate generated %d covers with %s in %.1fs (fallbacks=%s, references=%s)",
-             len(images), bundle.version, seconds, fallbacks, references)  # fmt: skip
+    log.info(
+        "stage=evaluate generated %d covers with %s in %.1fs (fallbacks=%s, references=%s)",
+        len(images),
+        bundle.version,
+        seconds,
+        fallbacks,
+        references,
+    )
     return VariantCovers(
         images, seconds, len(images), len(images), bundle.version, "generated", fallbacks, references
     )

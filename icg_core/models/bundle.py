@@ -188,7 +188,7 @@ class ICGBundle:
                 "latent",
                 init_latents,
                 strength,
-            )  # fmt: skip
+            )
         )
 
     def _sample(

@@ -154,8 +154,9 @@ class CoverGenerator:
                 them before :meth:`decode`).
             init_latents: ``[B, 4, h, w]`` latents to start from (:meth:`encode_images` of the item's
                 reference cover), noised to ``strength``: the sample keeps their layout (SDEdit).
-            strength: share of the schedule run from ``init_latents``, in (0, 1]; 1 (or no
-                ``init_latents``) samples from pure noise. Costs ``round(steps * strength)`` UNet steps.
+            strength: share of the schedule run from ``init_latents``, in [0, 1]; 1 (or no
+                ``init_latents``) samples from pure noise, and a strength that rounds to no step
+                returns ``init_latents`` as they are. Costs ``round(steps * strength)`` UNet steps.
 
         Returns:
             uint8 array [B, H, W, 3], or latents [B, 4, h, w] with ``output_type="latent"``.
@@ -179,8 +180,10 @@ class CoverGenerator:
         noise = self.initial_latents(seeds)
         if init_latents is None or strength >= 1.0:
             latents = noise * noise_scheduler.init_noise_sigma
+        elif round(steps * strength) == 0:  # nothing to run: the starting latents themselves
+            latents, timesteps = init_latents.to(self.device, self.dtype), timesteps[:0]
         else:
-            skipped = steps - min(steps, max(1, round(steps * strength)))
+            skipped = steps - min(steps, round(steps * strength))
             timesteps = timesteps[skipped:]
             if hasattr(noise_scheduler, "set_begin_index"):  # multistep solvers count steps from it
                 noise_scheduler.set_begin_index(skipped)

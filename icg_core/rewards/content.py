@@ -118,10 +118,6 @@ class ContentIndex:
         closer = (similarity >= own[:, None] - 1e-6) & ~is_own
         return 1 + closer.sum(axis=1)
 
-    def similarity(self, covers: np.ndarray, references: np.ndarray) -> np.ndarray:
-        """Cosine similarity ``[B]`` of each cover to its own reference in the descriptor space."""
-        return (structure_descriptor(covers) * structure_descriptor(references)).sum(axis=1)
-
 
 def gallery_items(item_ids: Sequence[str], limit: int = GALLERY_LIMIT) -> list[str]:
     """The catalog items an index holds: all of them up to ``limit``, else a stable sample (by a hash of the id)."""

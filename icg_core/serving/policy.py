@@ -431,9 +431,14 @@ class CoverPolicy:
         picked = [first[b] for b in distinct]
         with torch.no_grad():
             base = self.bundle.covers.decode(
-                self._sample(features[picked], None, distinct,
-                             None if anchors is None else anchors[picked], self.sampling.strengths[0])
-            )  # fmt: skip
+                self._sample(
+                    features[picked],
+                    None,
+                    distinct,
+                    None if anchors is None else anchors[picked],
+                    self.sampling.strengths[0],
+                )
+            )
         return base[[distinct.index(b) for b in base_seeds]]
 
     def _keep_best(
@@ -447,37 +452,48 @@ class CoverPolicy:
         references: np.ndarray | None,
     ) -> PolicyCovers:
         """Step 4 over candidate-major ``images`` (k personalized candidates, then the base if any)."""
-        assert self.rewards is not None  # checked by the caller
+        assert self.rewards is not None  # the caller made covers with rewards
         rows = len(titles)
         n = len(images) // rows
-
-        def score(batch: np.ndarray, m: int) -> dict[str, np.ndarray]:
-            return self.rewards.score(batch, list(titles) * m, list(segment_ids) * m, list(categories) * m)  # type: ignore[union-attr]
-
-        rewards = score(images, n)
+        rewards = self._score(images, titles, segment_ids, categories)
+        keeps = self._keeps_item(images, item_ids, references)
         total = self.rewards.total(rewards).reshape(n, rows)
-        keeps = np.ones((n, rows), dtype=bool)
-        content = self.rewards.content
-        if (
-            self.sampling.item_rank > 0
-            and content is not None
-            and references is not None
-            and item_ids is not None
-        ):
-            ranks = content.ranks(images, list(item_ids) * n, np.tile(references, (n, 1, 1, 1)))
-            keeps = ranks.reshape(n, rows) <= self.sampling.item_rank
-        best = np.where(keeps, total, -np.inf).argmax(axis=0)
+        best = np.where(keeps.reshape(n, rows), total, -np.inf).argmax(axis=0)
         pick = best * rows + np.arange(rows)
         kept_images = images[pick]
         kept = {kind: value[pick] for kind, value in rewards.items()}
         source = [BASE if b == k else PERSONALIZED for b in best.tolist()]
         candidate = np.where(best == k, -1, best)
-        lost = np.logical_not(keeps.any(axis=0))
-        if lost.any() and references is not None:  # no candidate shows the item: its reference does
+        lost = np.flatnonzero(~keeps.reshape(n, rows).any(axis=0)).tolist()
+        if lost and references is not None:  # no candidate shows the item: its reference does
             kept_images[lost] = references[lost]
-            reference_rewards = score(references, 1)
+            stand_in = self._score(
+                references[lost],
+                [titles[i] for i in lost],
+                [segment_ids[i] for i in lost],
+                [categories[i] for i in lost],
+            )
             for kind in kept:
-                kept[kind][lost] = reference_rewards[kind][lost]
-            source = [REFERENCE if lost[row] else src for row, src in enumerate(source)]
+                kept[kind][lost] = stand_in[kind]
+            for row in lost:
+                source[row] = REFERENCE
             candidate[lost] = -2
         return PolicyCovers(kept_images, kept, source, candidate)
+
+    def _score(
+        self, images: np.ndarray, titles: Sequence[str], segment_ids: Sequence[int], categories: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Standardized rewards of candidate-major ``images``: each block of ``len(titles)`` is one per row."""
+        assert self.rewards is not None  # the caller made covers with rewards
+        m = len(images) // max(len(titles), 1)
+        return self.rewards.score(images, list(titles) * m, list(segment_ids) * m, list(categories) * m)
+
+    def _keeps_item(
+        self, images: np.ndarray, item_ids: Sequence[str] | None, references: np.ndarray | None
+    ) -> np.ndarray:
+        """``bool [len(images)]``: whether each candidate-major cover passes the item guard (all True when off)."""
+        content, rank = None if self.rewards is None else self.rewards.content, self.sampling.item_rank
+        if rank <= 0 or content is None or references is None or item_ids is None:
+            return np.ones(len(images), dtype=bool)
+        m = len(images) // len(references)
+        return content.ranks(images, list(item_ids) * m, np.tile(references, (m, 1, 1, 1))) <= rank

@@ -183,8 +183,16 @@ def _icg_covers(
         for s in segments.segment_ids.tolist()
     ]
     log.info("stage=evaluate ds=%s icg covers read from the generate stage (%d)", ds, len(staged))
-    return VariantCovers(staged, seconds, timed, len(staged), bundle.version, "staged", sources.count(BASE),
-                         sources.count(REFERENCE))  # fmt: skip
+    return VariantCovers(
+        staged,
+        seconds,
+        timed,
+        len(staged),
+        bundle.version,
+        "staged",
+        sources.count(BASE),
+        sources.count(REFERENCE),
+    )
 
 
 def _write_samples(

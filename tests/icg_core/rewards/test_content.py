@@ -35,7 +35,7 @@ def _references(count: int, size: int = 64) -> np.ndarray:
         mask = (np.floor(field) % 2 == 0)[..., None]
         fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
         images[i] = np.where(mask, fg, bg)
-    return images  # fmt: skip
+    return images
 
 
 def _recolour(images: np.ndarray, gain: float, shift: float, swap: bool) -> np.ndarray:

@@ -133,9 +133,16 @@ def made(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _run(policy: CoverPolicy, rows: dict):
-    return policy(rows["features"], rows["users"], rows["seeds"], titles=rows["titles"],
-                  segment_ids=rows["segment_ids"], categories=rows["categories"], item_ids=rows["item_ids"],
-                  references=rows["references"])  # fmt: skip
+    return policy(
+        rows["features"],
+        rows["users"],
+        rows["seeds"],
+        titles=rows["titles"],
+        segment_ids=rows["segment_ids"],
+        categories=rows["categories"],
+        item_ids=rows["item_ids"],
+        references=rows["references"],
+    )
 
 
 def _total(rewards, images: np.ndarray, rows: dict) -> np.ndarray:
@@ -203,6 +210,10 @@ def test_strengths_below_one_start_from_the_references_and_need_them(made) -> No
     assert np.array_equal(from_noise.images, noise_only.images)  # strength 1 reads no reference
     with pytest.raises(ValueError, match="references"):
         CoverPolicy(bundle, replace(plain, strengths=(0.3,)), rewards)(
-            rows["features"], rows["users"], rows["seeds"], titles=rows["titles"],
-            segment_ids=rows["segment_ids"], categories=rows["categories"],
-        )  # fmt: skip
+            rows["features"],
+            rows["users"],
+            rows["seeds"],
+            titles=rows["titles"],
+            segment_ids=rows["segment_ids"],
+            categories=rows["categories"],
+        )
