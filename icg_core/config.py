@@ -288,8 +288,8 @@ class GuidanceConfig(_Section):
     steps: int = 2  # steer steps on each candidate's final latent (0 = off); each: 1 decoder pass + gradients
     radii: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])  # step lengths tried per step
     guards: list[str] = Field(
-        default_factory=lambda: ["aesthetic", "relevance"]
-    )  # may not fall below the sample's
+        default_factory=lambda: ["aesthetic"]
+    )  # may not fall below the sample's (content is kept by item_rank, not by relevance)
     candidates: int = 1  # personalized candidates per cover and strength (each costs one more sampling)
     base_candidate: bool = (
         True  # the item's unpersonalized base cover competes: never worse than not personalizing

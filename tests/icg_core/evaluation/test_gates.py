@@ -58,9 +58,8 @@ def test_covers_that_lose_their_item_fail_even_where_the_policy_published_refere
     assert [c.name for c in check_gates(metrics(lost), None, None, cfg).failures()] == [
         "item_recall_vs_reference"
     ]
-    filled = dict(
-        GOOD, item_recall_1=1.0, reference_rate=0.9
-    )  # recall looks perfect: the references stood in
+    # Recall looks perfect because the references stood in for most pairs.
+    filled = dict(GOOD, item_recall_1=1.0, reference_rate=0.95)
     result = check_gates(metrics(filled), None, None, cfg)
     assert [c.name for c in result.failures()] == ["reference_share"] and "95.0%" in result.message()
     unmeasured = {k: v for k, v in GOOD.items() if k not in ("item_recall_1", "reference_rate")}

@@ -178,7 +178,10 @@ def test_the_base_cover_wins_where_the_judge_expects_personalization_to_lose(mad
     bundle, rewards, sampling, rows = made
     against = rewards.with_weights(RewardWeights(aesthetic=0.0, relevance=0.0, preference=-1.0))
     judge = replace(against, guide=rewards.guide)
-    covers = _run(CoverPolicy(bundle, replace(sampling, reward_steps=2), judge), rows)
+    from_noise = replace(
+        sampling, reward_steps=2, strengths=(1.0,)
+    )  # the base: another sample, not the reference
+    covers = _run(CoverPolicy(bundle, from_noise, judge), rows)
     assert covers.fallbacks >= 1
 
 

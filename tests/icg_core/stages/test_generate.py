@@ -119,10 +119,11 @@ def test_covers_once_per_item_segment_then_reused_and_only_changed_items_regener
     assert (again.generated, again.kept) == (0, n_items * n_segments)
     assert {k: store.get_bytes(k) for k in covers_before} == covers_before
 
-    # A regenerate that draws other pixels (another guidance scale) writes new keys: the images the
-    # first manifest points to (perhaps already published) are never overwritten.
+    # A regenerate that draws other pixels (another guidance scale, from noise) writes new keys: the
+    # images the first manifest points to (perhaps already published) are never overwritten.
     plan = plan_generation(store, cfg, ds)
-    other = dataclasses.replace(plan, sampling=dataclasses.replace(plan.sampling, guidance_scale=9.0))
+    redraw = dataclasses.replace(plan.sampling, guidance_scale=9.0, strengths=(1.0,))
+    other = dataclasses.replace(plan, sampling=redraw)
     redrawn = generate_covers(store, cfg, ds, plan=other)
     assert redrawn.generated == n_items * n_segments
     assert {k: store.get_bytes(k) for k in covers_before} == covers_before
