@@ -51,9 +51,11 @@ def test_a_movielens_release_gets_covers_and_a_report_without_an_oracle(
     assert set(metrics["not_measured"]) >= {"oracle_ctr", "category_top1", "oracle_best"}
     icg = metrics["variants"]["icg"]
     assert icg["oracle_ctr"] is None and "oracle_best" not in metrics["variants"]
-    for measured in ("aesthetic", "relevance", "preference"):
+    for measured in ("aesthetic", "relevance", "preference", "item_recall_1"):
         assert icg[measured] is not None, measured
+    # No oracle: the only click score is the reward the covers were made with, so no win is claimed.
+    assert metrics["verdict"]["outcome"] == "not shown"
     page = store.get_bytes(layout.report_page(DS)).decode()
-    assert "Not measured on this data" in page
+    assert "Not measured on this data" in page and 'data-verdict="not shown"' in page
     print(f"\nMovieLens-format release ({len(items)} items, {len(segments)} segments): import, bootstrap "
           f"and nightly in {seconds:.0f} s")  # fmt: skip
