@@ -207,34 +207,15 @@ def generate_covers(
     n_segments = len(segments)
     rows = torch.arange(len(items)).repeat_interleave(n_segments)
     started = time.perf_counter()
-    fallbacks = references = None
+    fallbacks: int | None = None
+    references: int | None = None
     progress = Progress(
         f"stage=evaluate {'icg' if personalized else 'base'} {bundle.version}", len(rows), "covers"
     )
     if personalized:
-        policy = CoverPolicy(bundle, sampling, rewards)
-        users = torch.from_numpy(np.tile(segments.centroids, (len(items), 1))).float()
-        segment_ids = np.tile(segments.segment_ids, len(items)).tolist()
-        chunks, fallbacks, references = [], 0, 0
-        for start in range(0, len(rows), batch_size):
-            part = slice(start, start + batch_size)
-            item_rows = rows[part].tolist()
-            made = policy(
-                items.features[rows[part]],
-                users[part],
-                list(seeds[part]),
-                titles=[items.titles[i] for i in item_rows],
-                segment_ids=segment_ids[part],
-                categories=[items.categories[i] for i in item_rows],
-                base_seeds=[base_seed(items.item_ids[i], bundle.version) for i in item_rows],
-                item_ids=[items.item_ids[i] for i in item_rows],
-                references=items.references[item_rows],
-            )
-            chunks.append(made.images)
-            fallbacks += made.fallbacks
-            references += made.references
-            progress.add(len(item_rows))
-        images = np.concatenate(chunks)
+        images, fallbacks, references = _policy_covers(
+            CoverPolicy(bundle, sampling, rewards), items, segments, seeds, rows, batch_size, progress
+        )
     else:
         chunks = []
         for start in range(0, len(rows), batch_size):  # the batches generate() makes, one at a time
@@ -264,6 +245,41 @@ def generate_covers(
     return VariantCovers(
         images, seconds, len(images), len(images), bundle.version, "generated", fallbacks, references
     )
+
+
+def _policy_covers(
+    policy: CoverPolicy,
+    items: EvalItems,
+    segments: EvalSegments,
+    seeds: Sequence[int],
+    rows: torch.Tensor,
+    batch_size: int,
+    progress: Progress,
+) -> tuple[np.ndarray, int, int]:
+    """(covers, base fallbacks, reference stand-ins) of the item-major ``rows`` through the cover policy."""
+    users = torch.from_numpy(np.tile(segments.centroids, (len(items), 1))).float()
+    segment_ids = np.tile(segments.segment_ids, len(items)).tolist()
+    chunks, fallbacks, references = [], 0, 0
+    version = policy.bundle.version
+    for start in range(0, len(rows), batch_size):
+        part = slice(start, start + batch_size)
+        item_rows = rows[part].tolist()
+        made = policy(
+            items.features[rows[part]],
+            users[part],
+            list(seeds[part]),
+            titles=[items.titles[i] for i in item_rows],
+            segment_ids=segment_ids[part],
+            categories=[items.categories[i] for i in item_rows],
+            base_seeds=[base_seed(items.item_ids[i], version) for i in item_rows],
+            item_ids=[items.item_ids[i] for i in item_rows],
+            references=items.references[item_rows],
+        )
+        chunks.append(made.images)
+        fallbacks += made.fallbacks
+        references += made.references
+        progress.add(len(item_rows))
+    return np.concatenate(chunks), fallbacks, references
 
 
 def staged_covers(
