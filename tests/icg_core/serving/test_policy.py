@@ -212,11 +212,4 @@ def test_strengths_below_one_start_from_the_references_and_need_them(made) -> No
     noise_only = _run(CoverPolicy(bundle, replace(plain, strengths=(1.0,)), rewards), rows)
     assert np.array_equal(from_noise.images, noise_only.images)  # strength 1 reads no reference
     with pytest.raises(ValueError, match="references"):
-        CoverPolicy(bundle, replace(plain, strengths=(0.3,)), rewards)(
-            rows["features"],
-            rows["users"],
-            rows["seeds"],
-            titles=rows["titles"],
-            segment_ids=rows["segment_ids"],
-            categories=rows["categories"],
-        )
+        _run(CoverPolicy(bundle, replace(plain, strengths=(0.3,)), rewards), dict(rows, references=None))
